@@ -1,0 +1,1071 @@
+//! The configuration: one TOML file, loaded in two stages.
+//!
+//! Stage one ([`raw`]) deserializes the file's shape with source spans and
+//! rejects unknown keys. Stage two ([`validate`]) checks meaning (names,
+//! references, ranges, URLs, durations) and resolves defaults into the
+//! [`Config`] model that the roles use. Both stages report problems as
+//! [`ConfigError`]s naming the file, line, key and what was expected.
+
+mod error;
+mod raw;
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use error::Source;
+pub use error::{ConfigError, ConfigErrors};
+use raw::{RawBackend, RawConfig, RawEdge, RawHealth, RawOutlier, RawService, S};
+
+use crate::units::{format_duration, parse_duration, parse_size};
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub regions: Vec<Region>,
+    /// Settings of the edge role; absent in files that configure no edge.
+    pub edge: Option<EdgeSettings>,
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Region {
+    pub name: String,
+    pub serves_traffic: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeSettings {
+    /// The region this edge runs in; the latency policy prefers it on ties.
+    pub region: String,
+    pub listen: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    /// Deadline for a whole request, retries included.
+    pub request_timeout: Duration,
+    /// Deadline for one attempt against one backend, until response headers.
+    pub try_timeout: Duration,
+    /// Retries allowed as a share of requests over a sliding window.
+    pub retry_budget: f64,
+    /// Retries always allowed per second, so that light traffic can still retry.
+    pub retry_min_per_second: u32,
+    /// Request bodies up to this size are buffered so that they can be retried.
+    pub retry_body_limit: u64,
+    /// Request bodies larger than this are refused with 413.
+    pub max_body: Option<u64>,
+    /// Largest request head accepted; larger gets 431.
+    pub max_header: u64,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// The first healthy backend in file order.
+    Failover,
+    /// A healthy backend chosen by weight.
+    Weighted,
+    /// The healthy backend with the lowest measured round trip.
+    Latency,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Failover => "failover",
+            Policy::Weighted => "weighted",
+            Policy::Latency => "latency",
+        }
+    }
+}
+
+/// What a service does when no backend is healthy (DESIGN.md invariant 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllUnhealthy {
+    /// Try every backend anyway: some answer beats none.
+    FailOpen,
+    /// Answer 503 with a reason.
+    FailClosed,
+}
+
+impl AllUnhealthy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllUnhealthy::FailOpen => "fail-open",
+            AllUnhealthy::FailClosed => "fail-closed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub policy: Policy,
+    /// Host names this service answers for (lower case, no port); empty means any.
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub when_all_unhealthy: AllUnhealthy,
+    pub outlier: OutlierSettings,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutlierSettings {
+    /// Consecutive failures (connect error, reset, timeout, 5xx) that eject a backend.
+    pub consecutive_failures: u32,
+    /// First ejection time; the n-th ejection lasts n times this, up to `max_ejection`.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// Largest share of a service's backends ejected at once (at least one may always be).
+    pub max_ejected_share: f64,
+}
+
+impl Default for OutlierSettings {
+    fn default() -> Self {
+        OutlierSettings {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(5),
+            max_ejection: Duration::from_secs(60),
+            max_ejected_share: 0.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    pub region: String,
+    pub url: BackendUrl,
+    pub weight: u32,
+    pub health: HealthCheck,
+}
+
+/// An `http://host[:port][/base]` backend address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    pub host: String,
+    pub port: u16,
+    /// Path prefix prepended to proxied paths; empty or starting with `/`, no trailing `/`.
+    pub base_path: String,
+}
+
+impl BackendUrl {
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+impl std::fmt::Display for BackendUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}:{}{}", self.host, self.port, self.base_path)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeKind {
+    Http {
+        path: String,
+        expect_status: StatusRange,
+        body_contains: Option<String>,
+    },
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl StatusRange {
+    pub fn contains(&self, status: u16) -> bool {
+        (self.low..=self.high).contains(&status)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub probe: ProbeKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub fall: u32,
+    pub rise: u32,
+}
+
+impl Config {
+    /// Parses and validates `text`, naming `file` in errors.
+    pub fn from_toml(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+        let source = Source { file, text };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![source.toml_error(&e)]))?;
+        validate(&source, raw)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// A short human summary, as `tern check-config` prints it.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let regions: Vec<String> = self
+            .regions
+            .iter()
+            .map(|r| {
+                if r.serves_traffic {
+                    r.name.clone()
+                } else {
+                    format!("{} (no traffic)", r.name)
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "regions ({}): {}",
+            self.regions.len(),
+            regions.join(", ")
+        );
+        if let Some(edge) = &self.edge {
+            let admin = edge.admin.map_or("none".to_string(), |a| a.to_string());
+            let _ = writeln!(
+                out,
+                "edge: region {}, listen {}, admin {}, request timeout {}, try timeout {}, retry budget {:.0}%",
+                edge.region,
+                edge.listen,
+                admin,
+                format_duration(edge.request_timeout),
+                format_duration(edge.try_timeout),
+                edge.retry_budget * 100.0
+            );
+        }
+        let _ = writeln!(out, "services ({}):", self.services.len());
+        for s in &self.services {
+            let hosts = if s.hosts.is_empty() {
+                "any host".to_string()
+            } else {
+                s.hosts.join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "  {}: policy {}, {}, path {}, when all unhealthy {}",
+                s.name,
+                s.policy.as_str(),
+                hosts,
+                s.path_prefix,
+                s.when_all_unhealthy.as_str()
+            );
+            for b in &s.backends {
+                let probe = match &b.health.probe {
+                    ProbeKind::Http { path, .. } => format!("http {path}"),
+                    ProbeKind::Tcp => "tcp".to_string(),
+                };
+                let _ = writeln!(
+                    out,
+                    "    {} {} weight {} health {} every {} (timeout {}, fall {}, rise {})",
+                    b.region,
+                    b.url,
+                    b.weight,
+                    probe,
+                    format_duration(b.health.interval),
+                    format_duration(b.health.timeout),
+                    b.health.fall,
+                    b.health.rise
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Collects errors during validation so that all of them are reported.
+struct Checker<'a> {
+    source: &'a Source<'a>,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(self.source.error(span, key, message));
+    }
+
+    fn duration(&mut self, value: &Option<S<String>>, key: &str, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(v) => match parse_duration(v.get_ref()) {
+                Ok(d) if d.is_zero() => {
+                    self.err(v.span(), key, "expected a duration greater than zero");
+                    default
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    self.err(v.span(), key, e);
+                    default
+                }
+            },
+        }
+    }
+
+    fn size(&mut self, value: &Option<S<String>>, key: &str) -> Option<u64> {
+        let v = value.as_ref()?;
+        match parse_size(v.get_ref()) {
+            Ok(0) => {
+                self.err(v.span(), key, "expected a size greater than zero");
+                None
+            }
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.err(v.span(), key, e);
+                None
+            }
+        }
+    }
+
+    fn count(&mut self, value: &Option<S<i64>>, key: &str, range: Range<i64>, default: u32) -> u32 {
+        match value {
+            None => default,
+            Some(v) if range.contains(v.get_ref()) => *v.get_ref() as u32,
+            Some(v) => {
+                self.err(
+                    v.span(),
+                    key,
+                    format!(
+                        "expected an integer from {} to {}, found {}",
+                        range.start,
+                        range.end - 1,
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn share(&mut self, value: &Option<S<f64>>, key: &str, default: f64) -> f64 {
+        match value {
+            None => default,
+            Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.err(
+                    v.span(),
+                    key,
+                    format!("expected a share from 0.0 to 1.0, found {}", v.get_ref()),
+                );
+                default
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, value: &S<String>, key: &str) -> Option<SocketAddr> {
+        match value.get_ref().parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    value.span(),
+                    key,
+                    format!(
+                        "expected an address such as \"127.0.0.1:8080\", found \"{}\"",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut c = Checker {
+        source,
+        errors: Vec::new(),
+    };
+
+    let mut regions = Vec::new();
+    let mut region_names = BTreeSet::new();
+    if raw.region.is_empty() {
+        c.err(0..0, "region", "expected at least one [[region]] table");
+    }
+    for (i, r) in raw.region.iter().enumerate() {
+        let key = format!("region[{i}].name");
+        let name = r.get_ref().name.get_ref().trim().to_string();
+        if !valid_name(&name) {
+            c.err(
+                r.get_ref().name.span(),
+                key,
+                "expected a name of letters, digits, '-' and '_'",
+            );
+        } else if !region_names.insert(name.clone()) {
+            c.err(
+                r.get_ref().name.span(),
+                key,
+                format!("duplicate region name \"{name}\""),
+            );
+        }
+        regions.push(Region {
+            name,
+            serves_traffic: r.get_ref().serves_traffic,
+        });
+    }
+
+    let edge = raw
+        .edge
+        .as_ref()
+        .and_then(|e| validate_edge(&mut c, e.get_ref(), &region_names));
+
+    let mut services = Vec::new();
+    let mut claimed_routes: Vec<(String, String, String)> = Vec::new();
+    for (name, svc) in &raw.service {
+        let key = format!("service.{}", name.get_ref());
+        if !valid_name(name.get_ref()) {
+            c.err(
+                name.span(),
+                &key,
+                "expected a service name of letters, digits, '-' and '_'",
+            );
+        }
+        if let Some(s) = validate_service(&mut c, name.get_ref(), svc, &region_names) {
+            for host in hosts_or_any(&s.hosts) {
+                if let Some((_, _, other)) = claimed_routes
+                    .iter()
+                    .find(|(h, p, _)| *h == host && *p == s.path_prefix)
+                {
+                    c.err(
+                        svc.span(),
+                        &key,
+                        format!(
+                            "host \"{host}\" with path prefix \"{}\" is already served by service \"{other}\"",
+                            s.path_prefix
+                        ),
+                    );
+                }
+                claimed_routes.push((host, s.path_prefix.clone(), s.name.clone()));
+            }
+            services.push(s);
+        }
+    }
+    if raw.edge.is_some() && raw.service.is_empty() {
+        c.err(
+            raw.edge.as_ref().map_or(0..0, |e| e.span()),
+            "service",
+            "an edge needs at least one [service.NAME] table",
+        );
+    }
+
+    if c.errors.is_empty() {
+        Ok(Config {
+            regions,
+            edge,
+            services,
+        })
+    } else {
+        c.errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+fn hosts_or_any(hosts: &[String]) -> Vec<String> {
+    if hosts.is_empty() {
+        vec!["*".to_string()]
+    } else {
+        hosts.to_vec()
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn validate_edge(
+    c: &mut Checker<'_>,
+    e: &RawEdge,
+    regions: &BTreeSet<String>,
+) -> Option<EdgeSettings> {
+    let region = e.region.get_ref().clone();
+    if !regions.contains(&region) {
+        c.err(
+            e.region.span(),
+            "edge.region",
+            format!(
+                "unknown region \"{region}\"; expected one of: {}",
+                join(regions)
+            ),
+        );
+    }
+    let listen = c.socket_addr(&e.listen, "edge.listen");
+    let admin = e
+        .admin
+        .as_ref()
+        .and_then(|a| c.socket_addr(a, "edge.admin"));
+    let request_timeout = c.duration(
+        &e.request_timeout,
+        "edge.request_timeout",
+        Duration::from_secs(10),
+    );
+    let try_timeout = c.duration(&e.try_timeout, "edge.try_timeout", Duration::from_secs(2));
+    if try_timeout > request_timeout {
+        if let Some(t) = &e.try_timeout {
+            c.err(
+                t.span(),
+                "edge.try_timeout",
+                format!(
+                    "expected at most request_timeout ({}), found {}",
+                    format_duration(request_timeout),
+                    format_duration(try_timeout)
+                ),
+            );
+        }
+    }
+    let retry_budget = c.share(&e.retry_budget, "edge.retry_budget", 0.2);
+    let retry_min_per_second = c.count(
+        &e.retry_min_per_second,
+        "edge.retry_min_per_second",
+        0..100_001,
+        10,
+    );
+    let retry_body_limit = c
+        .size(&e.retry_body_limit, "edge.retry_body_limit")
+        .unwrap_or(64 * 1024);
+    let max_body = c.size(&e.max_body, "edge.max_body");
+    let max_header = c
+        .size(&e.max_header, "edge.max_header")
+        .unwrap_or(16 * 1024);
+    if max_header < 1024 {
+        if let Some(h) = &e.max_header {
+            c.err(h.span(), "edge.max_header", "expected at least 1KiB");
+        }
+    }
+    let shutdown_grace = c.duration(
+        &e.shutdown_grace,
+        "edge.shutdown_grace",
+        Duration::from_secs(5),
+    );
+    Some(EdgeSettings {
+        region,
+        listen: listen?,
+        admin,
+        request_timeout,
+        try_timeout,
+        retry_budget,
+        retry_min_per_second,
+        retry_body_limit,
+        max_body,
+        max_header,
+        shutdown_grace,
+    })
+}
+
+fn join(set: &BTreeSet<String>) -> String {
+    set.iter().cloned().collect::<Vec<_>>().join(", ")
+}
+
+fn validate_service(
+    c: &mut Checker<'_>,
+    name: &str,
+    svc: &S<RawService>,
+    regions: &BTreeSet<String>,
+) -> Option<Service> {
+    let key = format!("service.{name}");
+    let s = svc.get_ref();
+    let policy = match s.policy.get_ref().as_str() {
+        "failover" => Policy::Failover,
+        "weighted" => Policy::Weighted,
+        "latency" => Policy::Latency,
+        other => {
+            c.err(
+                s.policy.span(),
+                format!("{key}.policy"),
+                format!(
+                    "expected one of \"failover\", \"weighted\", \"latency\", found \"{other}\""
+                ),
+            );
+            Policy::Failover
+        }
+    };
+    let when_all_unhealthy = match s
+        .when_all_unhealthy
+        .as_ref()
+        .map(|v| (v.get_ref().as_str(), v.span()))
+    {
+        None | Some(("fail-open", _)) => AllUnhealthy::FailOpen,
+        Some(("fail-closed", _)) => AllUnhealthy::FailClosed,
+        Some((other, span)) => {
+            c.err(
+                span,
+                format!("{key}.when_all_unhealthy"),
+                format!("expected \"fail-open\" or \"fail-closed\", found \"{other}\""),
+            );
+            AllUnhealthy::FailOpen
+        }
+    };
+    let mut hosts = Vec::new();
+    for (i, h) in s.hosts.iter().enumerate() {
+        let host = h.get_ref().trim().to_ascii_lowercase();
+        let ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '*');
+        if !ok {
+            c.err(
+                h.span(),
+                format!("{key}.hosts[{i}]"),
+                format!(
+                    "expected a host name without scheme or port, found \"{}\"",
+                    h.get_ref()
+                ),
+            );
+        }
+        hosts.push(host);
+    }
+    let path_prefix = match &s.path_prefix {
+        None => "/".to_string(),
+        Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+        Some(p) => {
+            c.err(
+                p.span(),
+                format!("{key}.path_prefix"),
+                format!(
+                    "expected a path starting with '/', found \"{}\"",
+                    p.get_ref()
+                ),
+            );
+            "/".to_string()
+        }
+    };
+    let outlier = s
+        .outlier
+        .as_ref()
+        .map(|o| validate_outlier(c, &format!("{key}.outlier"), o.get_ref()))
+        .unwrap_or_default();
+
+    if s.backend.is_empty() {
+        c.err(
+            svc.span(),
+            &key,
+            "expected at least one [[service.NAME.backend]]; a service without backends can serve nothing",
+        );
+    }
+    let mut backends = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, b) in s.backend.iter().enumerate() {
+        let bkey = format!("{key}.backend[{i}]");
+        if let Some(backend) = validate_backend(c, &bkey, b.get_ref(), regions) {
+            if !seen.insert((backend.region.clone(), backend.url.to_string())) {
+                c.err(
+                    b.get_ref().url.span(),
+                    format!("{bkey}.url"),
+                    format!(
+                        "duplicate backend {} in region {}",
+                        backend.url, backend.region
+                    ),
+                );
+            }
+            backends.push(backend);
+        }
+    }
+    if policy == Policy::Weighted && !backends.is_empty() && backends.iter().all(|b| b.weight == 0)
+    {
+        c.err(
+            s.policy.span(),
+            format!("{key}.policy"),
+            "a weighted service needs at least one backend with a weight above 0",
+        );
+    }
+    Some(Service {
+        name: name.to_string(),
+        policy,
+        hosts,
+        path_prefix,
+        when_all_unhealthy,
+        outlier,
+        backends,
+    })
+}
+
+fn validate_outlier(c: &mut Checker<'_>, key: &str, o: &RawOutlier) -> OutlierSettings {
+    let d = OutlierSettings::default();
+    let consecutive_failures = c.count(
+        &o.consecutive_failures,
+        &format!("{key}.consecutive_failures"),
+        1..1001,
+        d.consecutive_failures,
+    );
+    let base_ejection = c.duration(
+        &o.base_ejection,
+        &format!("{key}.base_ejection"),
+        d.base_ejection,
+    );
+    let max_ejection = c.duration(
+        &o.max_ejection,
+        &format!("{key}.max_ejection"),
+        d.max_ejection,
+    );
+    if max_ejection < base_ejection {
+        if let Some(m) = &o.max_ejection {
+            c.err(
+                m.span(),
+                format!("{key}.max_ejection"),
+                format!(
+                    "expected at least base_ejection ({}), found {}",
+                    format_duration(base_ejection),
+                    format_duration(max_ejection)
+                ),
+            );
+        }
+    }
+    let max_ejected_share = c.share(
+        &o.max_ejected_share,
+        &format!("{key}.max_ejected_share"),
+        d.max_ejected_share,
+    );
+    OutlierSettings {
+        consecutive_failures,
+        base_ejection,
+        max_ejection,
+        max_ejected_share,
+    }
+}
+
+fn validate_backend(
+    c: &mut Checker<'_>,
+    key: &str,
+    b: &RawBackend,
+    regions: &BTreeSet<String>,
+) -> Option<Backend> {
+    let region = b.region.get_ref().clone();
+    if !regions.contains(&region) {
+        c.err(
+            b.region.span(),
+            format!("{key}.region"),
+            format!(
+                "unknown region \"{region}\"; expected one of: {}",
+                join(regions)
+            ),
+        );
+    }
+    let url = match parse_backend_url(b.url.get_ref()) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            c.err(b.url.span(), format!("{key}.url"), e);
+            None
+        }
+    };
+    let weight = c.count(&b.weight, &format!("{key}.weight"), 0..1001, 1);
+    let health = validate_health(
+        c,
+        &format!("{key}.health"),
+        b.health.as_ref().map(|h| h.get_ref()),
+    );
+    Some(Backend {
+        region,
+        url: url?,
+        weight,
+        health,
+    })
+}
+
+fn validate_health(c: &mut Checker<'_>, key: &str, h: Option<&RawHealth>) -> HealthCheck {
+    let empty = RawHealth {
+        kind: None,
+        path: None,
+        interval: None,
+        timeout: None,
+        fall: None,
+        rise: None,
+        expect_status: None,
+        body_contains: None,
+    };
+    let h = h.unwrap_or(&empty);
+    let interval = c.duration(
+        &h.interval,
+        &format!("{key}.interval"),
+        Duration::from_secs(1),
+    );
+    let timeout = c.duration(
+        &h.timeout,
+        &format!("{key}.timeout"),
+        Duration::from_millis(500).min(interval),
+    );
+    if interval < timeout {
+        let span = h
+            .interval
+            .as_ref()
+            .or(h.timeout.as_ref())
+            .map_or(0..0, |v| v.span());
+        c.err(
+            span,
+            format!("{key}.interval"),
+            format!(
+                "expected an interval at least as long as the timeout ({}), found {}",
+                format_duration(timeout),
+                format_duration(interval)
+            ),
+        );
+    }
+    let fall = c.count(&h.fall, &format!("{key}.fall"), 1..101, 3);
+    let rise = c.count(&h.rise, &format!("{key}.rise"), 1..101, 3);
+    let kind = h.kind.as_ref().map_or("http", |k| k.get_ref().as_str());
+    let probe = match kind {
+        "http" => {
+            let path = match &h.path {
+                None => "/health".to_string(),
+                Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+                Some(p) => {
+                    c.err(
+                        p.span(),
+                        format!("{key}.path"),
+                        format!(
+                            "expected a path starting with '/', found \"{}\"",
+                            p.get_ref()
+                        ),
+                    );
+                    "/health".to_string()
+                }
+            };
+            let expect_status = match &h.expect_status {
+                None => StatusRange {
+                    low: 200,
+                    high: 399,
+                },
+                Some(v) => parse_status_range(v.get_ref()).unwrap_or_else(|e| {
+                    c.err(v.span(), format!("{key}.expect_status"), e);
+                    StatusRange {
+                        low: 200,
+                        high: 399,
+                    }
+                }),
+            };
+            ProbeKind::Http {
+                path,
+                expect_status,
+                body_contains: h.body_contains.as_ref().map(|b| b.get_ref().clone()),
+            }
+        }
+        "tcp" => {
+            for (field, v) in [
+                ("path", &h.path),
+                ("expect_status", &h.expect_status),
+                ("body_contains", &h.body_contains),
+            ] {
+                if let Some(v) = v {
+                    c.err(
+                        v.span(),
+                        format!("{key}.{field}"),
+                        "only http health checks take this key; this check has kind = \"tcp\"",
+                    );
+                }
+            }
+            ProbeKind::Tcp
+        }
+        other => {
+            let span = h.kind.as_ref().map_or(0..0, |k| k.span());
+            c.err(
+                span,
+                format!("{key}.kind"),
+                format!("expected \"http\" or \"tcp\", found \"{other}\""),
+            );
+            ProbeKind::Tcp
+        }
+    };
+    HealthCheck {
+        probe,
+        interval,
+        timeout,
+        fall,
+        rise,
+    }
+}
+
+fn parse_status_range(text: &str) -> Result<StatusRange, String> {
+    let bad =
+        || format!("expected a status or range such as \"200\" or \"200-399\", found \"{text}\"");
+    let (low, high) = match text.split_once('-') {
+        Some((a, b)) => (a.trim(), b.trim()),
+        None => (text.trim(), text.trim()),
+    };
+    let low: u16 = low.parse().map_err(|_| bad())?;
+    let high: u16 = high.parse().map_err(|_| bad())?;
+    if !(100..=599).contains(&low) || !(100..=599).contains(&high) || low > high {
+        return Err(bad());
+    }
+    Ok(StatusRange { low, high })
+}
+
+/// Parses `http://host[:port][/base]`.
+pub fn parse_backend_url(text: &str) -> Result<BackendUrl, String> {
+    let bad = |why: &str| {
+        format!("expected a URL such as \"http://127.0.1.10:8080\", found \"{text}\" ({why})")
+    };
+    let rest = if let Some(rest) = text.strip_prefix("http://") {
+        rest
+    } else if text.starts_with("https://") {
+        return Err(bad("https backends are not supported yet; use http"));
+    } else {
+        return Err(bad("the scheme must be http://"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if path.contains(['?', '#']) {
+        return Err(bad("no query or fragment allowed"));
+    }
+    if authority.contains('@') {
+        return Err(bad("no user info allowed"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+        (format!("[{h}]"), after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
+    {
+        return Err(bad("missing or invalid host"));
+    }
+    let port = match port {
+        None => 80,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| bad("invalid port"))?,
+    };
+    Ok(BackendUrl {
+        host,
+        port,
+        base_path: path.trim_end_matches('/').to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[region]]
+name = "us-east"
+[[region]]
+name = "us-west"
+[[region]]
+name = "witness"
+serves_traffic = false
+
+[edge]
+region = "us-east"
+listen = "127.0.1.1:8080"
+admin = "127.0.1.1:9090"
+
+[service.api]
+policy = "failover"
+when_all_unhealthy = "fail-closed"
+[[service.api.backend]]
+region = "us-east"
+url = "http://127.0.1.10:8080"
+health = { path = "/health", interval = "1s", timeout = "500ms", fall = 3, rise = 2 }
+[[service.api.backend]]
+region = "us-west"
+url = "http://127.0.2.10:8080/v1/"
+weight = 5
+health = { kind = "tcp", interval = "2s" }
+"#;
+
+    #[test]
+    fn loads_a_good_file() {
+        let cfg = Config::from_toml("good.toml", GOOD).unwrap();
+        assert_eq!(cfg.regions.len(), 3);
+        assert!(!cfg.regions[2].serves_traffic);
+        let api = cfg.service("api").unwrap();
+        assert_eq!(api.policy, Policy::Failover);
+        assert_eq!(api.when_all_unhealthy, AllUnhealthy::FailClosed);
+        assert_eq!(api.backends[0].health.rise, 2);
+        assert_eq!(api.backends[1].url.base_path, "/v1");
+        assert_eq!(api.backends[1].health.probe, ProbeKind::Tcp);
+        assert_eq!(api.backends[1].health.timeout, Duration::from_millis(500));
+        let edge = cfg.edge.unwrap();
+        assert_eq!(edge.retry_budget, 0.2);
+        assert!(cfg.regions.iter().any(|r| r.name == edge.region));
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let text = GOOD.replace("interval = \"1s\"", "interval = \"1 parsec\"");
+        let err = Config::from_toml("f.toml", &text).unwrap_err();
+        let e = &err.0[0];
+        assert_eq!(e.key, "service.api.backend[0].health.interval");
+        assert_eq!(e.line, 21);
+        assert!(e.to_string().starts_with("f.toml:21:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = GOOD.replace("weight = 5", "wieght = 5");
+        let err = Config::from_toml("f.toml", &text).unwrap_err();
+        let e = &err.0[0];
+        assert_eq!(e.line, 25, "{e}");
+        assert_eq!(e.key, "service.api.backend.wieght", "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_inline_table_is_named() {
+        let text = GOOD.replace("fall = 3, rise = 2", "fall = 3, rize = 2");
+        let e = &Config::from_toml("f.toml", &text).unwrap_err().0[0];
+        assert_eq!(e.key, "service.api.backend.health.rize", "{e}");
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_backend_url("http://a.example:81/x/").unwrap(),
+            BackendUrl {
+                host: "a.example".into(),
+                port: 81,
+                base_path: "/x".into()
+            }
+        );
+        assert_eq!(parse_backend_url("http://[::1]:9").unwrap().host, "[::1]");
+        assert_eq!(parse_backend_url("http://h").unwrap().port, 80);
+        for bad in [
+            "ftp://h",
+            "https://h",
+            "http://",
+            "http://h:0",
+            "http://h:99999",
+            "http://u@h",
+            "http://h/?q",
+            "h:80",
+        ] {
+            assert!(parse_backend_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_ranges() {
+        assert_eq!(
+            parse_status_range("200"),
+            Ok(StatusRange {
+                low: 200,
+                high: 200
+            })
+        );
+        assert_eq!(
+            parse_status_range("200-299"),
+            Ok(StatusRange {
+                low: 200,
+                high: 299
+            })
+        );
+        for bad in ["2xx", "300-200", "99", "600", ""] {
+            assert!(parse_status_range(bad).is_err(), "{bad}");
+        }
+    }
+}

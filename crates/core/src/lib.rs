@@ -1,0 +1,17 @@
+//! tern's pure core: the decisions, without the I/O.
+//!
+//! [`config`] loads and validates the TOML file into a [`config::Config`].
+//! [`health`] turns probe results into up/down states with `fall`/`rise`
+//! thresholds, [`outlier`] ejects backends that fail real requests,
+//! [`routing`] picks the backend for a request from a service's policy, and
+//! [`retry`] says when a request may be sent again and rations retries.
+//! Nothing here opens a socket, spawns a task or reads a clock: time and
+//! randomness are arguments, so every decision is a table-driven test away.
+//! The role crates (edge, lab) own the runtime and call into this crate.
+
+pub mod config;
+pub mod health;
+pub mod outlier;
+pub mod retry;
+pub mod routing;
+pub mod units;

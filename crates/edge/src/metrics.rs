@@ -1,0 +1,143 @@
+//! Prometheus metrics of the edge, named `tern_edge_<thing>_<unit>[_total]`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    retries_denied: Family<Labels, Counter>,
+    ejections: Family<Labels, Counter>,
+    upstream_latency: Family<Labels, Histogram, fn() -> Histogram>,
+    backend_up: Family<Labels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        let retries = Family::<Labels, Counter>::default();
+        let retries_denied = Family::<Labels, Counter>::default();
+        let ejections = Family::<Labels, Counter>::default();
+        let upstream_latency =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let backend_up = Family::<Labels, Gauge>::default();
+        registry.register(
+            "tern_edge_requests",
+            "Requests answered by the edge, by service and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "tern_edge_retries",
+            "Attempts retried on another backend, by service and target region",
+            retries.clone(),
+        );
+        registry.register(
+            "tern_edge_retries_denied",
+            "Retries refused because the request was not safe to repeat or the retry budget was spent",
+            retries_denied.clone(),
+        );
+        registry.register(
+            "tern_edge_ejections",
+            "Backends ejected by passive outlier detection",
+            ejections.clone(),
+        );
+        registry.register(
+            "tern_edge_upstream_latency_seconds",
+            "Time from sending a request to a backend until its response head, by region",
+            upstream_latency.clone(),
+        );
+        registry.register(
+            "tern_edge_backend_up",
+            "1 when active health checks consider the backend up",
+            backend_up.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            retries,
+            retries_denied,
+            ejections,
+            upstream_latency,
+            backend_up,
+        }
+    }
+
+    pub fn request(&self, service: &str, status: u16) {
+        let class = format!("{}xx", status / 100);
+        self.requests
+            .get_or_create(&vec![("service", service.to_string()), ("class", class)])
+            .inc();
+    }
+
+    pub fn retry(&self, service: &str, region: &str) {
+        self.retries
+            .get_or_create(&vec![
+                ("service", service.to_string()),
+                ("region", region.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn retry_denied(&self, service: &str, reason: &'static str) {
+        self.retries_denied
+            .get_or_create(&vec![
+                ("service", service.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn ejection(&self, service: &str, region: &str) {
+        self.ejections
+            .get_or_create(&vec![
+                ("service", service.to_string()),
+                ("region", region.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn upstream_latency(&self, service: &str, region: &str, seconds: f64) {
+        self.upstream_latency
+            .get_or_create(&vec![
+                ("service", service.to_string()),
+                ("region", region.to_string()),
+            ])
+            .observe(seconds);
+    }
+
+    pub fn backend_up(&self, service: &str, region: &str, url: &str, up: bool) {
+        self.backend_up
+            .get_or_create(&vec![
+                ("service", service.to_string()),
+                ("region", region.to_string()),
+                ("url", url.to_string()),
+            ])
+            .set(i64::from(up));
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,381 @@
+//! What the edge knows about its services and backends at this moment.
+//!
+//! Health probes, outlier detection and the request path all update one
+//! [`EdgeState`]. Locks are plain mutexes held for a few field updates and
+//! never across an `.await`.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tern_core::config::{Backend, Config, EdgeSettings, Service};
+use tern_core::health::{HealthState, HealthTracker};
+use tern_core::outlier::{Ejection, OutlierDetector};
+use tern_core::retry::RetryBudget;
+use tern_core::routing::{self, BackendView, RoutePlan};
+
+use crate::metrics::Metrics;
+
+/// The clock every decision of this edge is made on: time since the edge
+/// started, which the pure core takes as `now`.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+    start_wall: SystemTime,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock {
+            start: Instant::now(),
+            start_wall: SystemTime::now(),
+        }
+    }
+
+    pub fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Converts a clock reading to Unix milliseconds for reports.
+    pub fn unix_ms(&self, at: Duration) -> u64 {
+        (self.start_wall + at)
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+pub struct BackendState {
+    pub config: Backend,
+    pub health: Mutex<HealthTracker>,
+    /// Smoothed round trip of successful health probes.
+    pub rtt: Mutex<Option<Duration>>,
+}
+
+/// Which regions a service is sending its first-choice traffic to, and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Serving {
+    pub regions: Vec<String>,
+    pub all_unhealthy: bool,
+    pub since: Duration,
+}
+
+pub struct ServiceState {
+    pub config: Service,
+    pub backends: Vec<BackendState>,
+    pub outliers: Mutex<OutlierDetector>,
+    pub retry_budget: Mutex<RetryBudget>,
+    pub serving: Mutex<Serving>,
+}
+
+pub struct EdgeState {
+    pub region: String,
+    pub settings: EdgeSettings,
+    pub services: Vec<ServiceState>,
+    pub clock: Clock,
+    pub metrics: Metrics,
+}
+
+impl EdgeState {
+    pub fn new(config: &Config, settings: EdgeSettings) -> EdgeState {
+        let clock = Clock::new();
+        let now = clock.now();
+        let services = config
+            .services
+            .iter()
+            .map(|s| {
+                let backends: Vec<BackendState> = s
+                    .backends
+                    .iter()
+                    .map(|b| BackendState {
+                        config: b.clone(),
+                        health: Mutex::new(HealthTracker::new(
+                            b.health.fall,
+                            b.health.rise,
+                            HealthState::Up,
+                            now,
+                        )),
+                        rtt: Mutex::new(None),
+                    })
+                    .collect();
+                ServiceState {
+                    outliers: Mutex::new(OutlierDetector::new(s.outlier, backends.len())),
+                    retry_budget: Mutex::new(RetryBudget::new(
+                        settings.retry_budget,
+                        settings.retry_min_per_second,
+                    )),
+                    serving: Mutex::new(Serving {
+                        regions: Vec::new(),
+                        all_unhealthy: false,
+                        since: now,
+                    }),
+                    config: s.clone(),
+                    backends,
+                }
+            })
+            .collect();
+        let state = EdgeState {
+            region: settings.region.clone(),
+            settings,
+            services,
+            clock,
+            metrics: Metrics::new(),
+        };
+        for s in &state.services {
+            state.refresh_serving(s);
+        }
+        state
+    }
+
+    /// Finds the service for a host (lower case, no port) and path: exact
+    /// host matches beat catch-all services, then the longest path prefix wins.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&ServiceState> {
+        self.services
+            .iter()
+            .filter(|s| path.starts_with(&s.config.path_prefix))
+            .filter_map(|s| {
+                let exact = host.is_some_and(|h| s.config.hosts.iter().any(|x| host_matches(x, h)));
+                if exact {
+                    Some((1, s.config.path_prefix.len(), s))
+                } else if s.config.hosts.is_empty() {
+                    Some((0, s.config.path_prefix.len(), s))
+                } else {
+                    None
+                }
+            })
+            .max_by_key(|(exact, len, _)| (*exact, *len))
+            .map(|(_, _, s)| s)
+    }
+
+    /// Routes one request of `service`.
+    pub fn plan(&self, service: &ServiceState, random: u64) -> RoutePlan {
+        let now = self.clock.now();
+        let views = service.views(now);
+        let views: Vec<BackendView<'_>> = views
+            .iter()
+            .map(|(b, healthy, ejected, rtt)| BackendView {
+                region: &b.config.region,
+                weight: b.config.weight,
+                healthy: *healthy,
+                ejected: *ejected,
+                rtt: *rtt,
+            })
+            .collect();
+        routing::plan(
+            service.config.policy,
+            service.config.when_all_unhealthy,
+            &self.region,
+            &views,
+            random,
+        )
+    }
+
+    /// Recomputes which regions the service sends first-choice traffic to,
+    /// noting the time of any change.
+    pub fn refresh_serving(&self, service: &ServiceState) {
+        let now = self.clock.now();
+        let (regions, all_unhealthy) = match self.plan(service, 0) {
+            RoutePlan::FailClosed => (Vec::new(), true),
+            RoutePlan::Try { order, degraded } => {
+                let regions =
+                    if service.config.policy == tern_core::config::Policy::Weighted && !degraded {
+                        let mut r: Vec<String> = order
+                            .iter()
+                            .filter(|i| service.backends[**i].config.weight > 0)
+                            .map(|i| service.backends[*i].config.region.clone())
+                            .collect();
+                        if r.is_empty() {
+                            r = order
+                                .iter()
+                                .map(|i| service.backends[*i].config.region.clone())
+                                .collect();
+                        }
+                        r.sort();
+                        r.dedup();
+                        r
+                    } else {
+                        order
+                            .first()
+                            .map(|i| vec![service.backends[*i].config.region.clone()])
+                            .unwrap_or_default()
+                    };
+                (regions, degraded)
+            }
+        };
+        let mut serving = service.serving.lock().expect("serving lock");
+        if serving.regions != regions || serving.all_unhealthy != all_unhealthy {
+            tracing::info!(
+                service = %service.config.name,
+                from = ?serving.regions,
+                to = ?regions,
+                all_unhealthy,
+                "routing changed"
+            );
+            *serving = Serving {
+                regions,
+                all_unhealthy,
+                since: now,
+            };
+        }
+    }
+
+    /// Records the outcome of one attempt for passive outlier detection.
+    pub fn record_attempt(
+        &self,
+        service: &ServiceState,
+        backend: usize,
+        failed: bool,
+    ) -> Option<Ejection> {
+        let now = self.clock.now();
+        let ejection = service
+            .outliers
+            .lock()
+            .expect("outlier lock")
+            .record(backend, !failed, now);
+        if let Some(e) = ejection {
+            let b = &service.backends[backend];
+            tracing::warn!(
+                service = %service.config.name,
+                region = %b.config.region,
+                backend = %b.config.url,
+                ejection_ms = (e.until - now).as_millis() as u64,
+                count = e.count,
+                "backend ejected by outlier detection"
+            );
+            self.metrics
+                .ejection(&service.config.name, &b.config.region);
+            self.refresh_serving(service);
+        }
+        ejection
+    }
+
+    pub fn snapshot(&self, phase: &str) -> StatusSnapshot {
+        let now = self.clock.now();
+        let services = self
+            .services
+            .iter()
+            .map(|s| {
+                self.refresh_serving(s);
+                let serving = s.serving.lock().expect("serving lock").clone();
+                let outliers = s.outliers.lock().expect("outlier lock").clone();
+                let backends = s
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let h = b.health.lock().expect("health lock").clone();
+                        let rtt = *b.rtt.lock().expect("rtt lock");
+                        BackendStatus {
+                            region: b.config.region.clone(),
+                            url: b.config.url.to_string(),
+                            weight: b.config.weight,
+                            health: h.state().as_str(),
+                            health_since_unix_ms: self.clock.unix_ms(h.since()),
+                            consecutive_probe_failures: h.consecutive_failed(),
+                            ejected: outliers.is_ejected(i, now),
+                            ejected_for_ms: outliers
+                                .ejected_until(i, now)
+                                .map(|u| (u - now).as_millis() as u64),
+                            ejections: outliers.ejection_count(i),
+                            rtt_ms: rtt.map(|r| r.as_secs_f64() * 1_000.0),
+                        }
+                    })
+                    .collect();
+                ServiceStatus {
+                    name: s.config.name.clone(),
+                    policy: s.config.policy.as_str(),
+                    when_all_unhealthy: s.config.when_all_unhealthy.as_str(),
+                    all_unhealthy: serving.all_unhealthy,
+                    serving_regions: serving.regions,
+                    serving_since_unix_ms: self.clock.unix_ms(serving.since),
+                    backends,
+                }
+            })
+            .collect();
+        StatusSnapshot {
+            region: self.region.clone(),
+            phase: phase.to_string(),
+            uptime_ms: now.as_millis() as u64,
+            services,
+        }
+    }
+}
+
+impl ServiceState {
+    /// (backend, healthy, ejected, rtt) for every backend, read under short locks.
+    fn views(&self, now: Duration) -> Vec<(&BackendState, bool, bool, Option<Duration>)> {
+        let outliers = self.outliers.lock().expect("outlier lock");
+        self.backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let healthy = b.health.lock().expect("health lock").state() == HealthState::Up;
+                let rtt = *b.rtt.lock().expect("rtt lock");
+                (b, healthy, outliers.is_ejected(i, now), rtt)
+            })
+            .collect()
+    }
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => {
+            host.len() > suffix.len() + 1
+                && host.ends_with(suffix)
+                && host[..host.len() - suffix.len()].ends_with('.')
+        }
+        None => pattern == host,
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusSnapshot {
+    pub region: String,
+    pub phase: String,
+    pub uptime_ms: u64,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub policy: &'static str,
+    pub when_all_unhealthy: &'static str,
+    pub all_unhealthy: bool,
+    /// Regions receiving first-choice traffic right now.
+    pub serving_regions: Vec<String>,
+    pub serving_since_unix_ms: u64,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    pub region: String,
+    pub url: String,
+    pub weight: u32,
+    pub health: &'static str,
+    pub health_since_unix_ms: u64,
+    pub consecutive_probe_failures: u32,
+    pub ejected: bool,
+    pub ejected_for_ms: Option<u64>,
+    pub ejections: u32,
+    pub rtt_ms: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_matches;
+
+    #[test]
+    fn wildcard_hosts() {
+        assert!(host_matches("api.example.com", "api.example.com"));
+        assert!(host_matches("*.example.com", "a.example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(!host_matches("*.example.com", "aexample.com"));
+    }
+}

@@ -1,0 +1,421 @@
+//! tern's lab: a whole multi-region deployment on one machine, a fault, and
+//! numbers about what happened.
+//!
+//! [`run`] starts a [`topology::Deployment`] (a [`sample`] service and an
+//! edge per serving region, each region on its own loopback subnet, every
+//! cross-region path through the [`wan`] emulator), drives load from
+//! clients located in each region ([`load`]), applies a [`scenario`]'s
+//! faults, watches the edges' routing through their admin API, and hands
+//! everything to the oracle ([`report`]) for the terminal table and JSON.
+//! Child processes are started from the `tern` binary itself ([`process`])
+//! and die with the lab, however it ends.
+
+pub mod load;
+pub mod process;
+pub mod report;
+pub mod sample;
+pub mod scenario;
+pub mod topology;
+pub mod wan;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::load::{ClientSpec, RequestRecord};
+use crate::report::{Event, Moments, Report, RoutingSample};
+use crate::scenario::{Action, Scenario};
+use crate::topology::{default_regions, Deployment, EdgeTuning};
+use crate::wan::Fault;
+
+/// Arguments of `tern lab`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabArgs {
+    /// Scenario to run.
+    #[arg(long, default_value = "region-outage")]
+    pub scenario: String,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub report_json: Option<PathBuf>,
+    /// Seed for the load mix and the fault's timing.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// One-way delay between regions, in milliseconds.
+    #[arg(long, default_value_t = 35)]
+    pub delay_ms: u64,
+    /// Clients located in each serving region.
+    #[arg(long, default_value_t = 3)]
+    pub clients_per_region: usize,
+    /// Milliseconds between the starts of one client's requests.
+    #[arg(long, default_value_t = 20)]
+    pub pace_ms: u64,
+    /// Exit with status 1 when a target of the scenario is missed.
+    #[arg(long)]
+    pub check: bool,
+    /// Keep the lab's directory (configurations and process logs) and print its path.
+    #[arg(long)]
+    pub keep_dir: bool,
+    /// The tern binary to start roles from; defaults to the running one.
+    #[arg(long, hide = true)]
+    pub tern_binary: Option<PathBuf>,
+}
+
+impl Default for LabArgs {
+    fn default() -> Self {
+        LabArgs {
+            scenario: "region-outage".into(),
+            report_json: None,
+            seed: 1,
+            delay_ms: 35,
+            clients_per_region: 3,
+            pace_ms: 20,
+            check: false,
+            keep_dir: false,
+            tern_binary: None,
+        }
+    }
+}
+
+pub struct Outcome {
+    pub report: Report,
+    pub check: bool,
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> u8 {
+        if self.check && !self.report.targets.all_met() {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// Runs one scenario end to end.
+pub async fn run(args: LabArgs) -> Result<Outcome> {
+    let scenario = Scenario::by_name(&args.scenario, args.seed)?;
+    if args.clients_per_region == 0 || args.pace_ms == 0 {
+        bail!("--clients-per-region and --pace-ms must be at least 1");
+    }
+    let binary = match &args.tern_binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().context("find the tern binary")?,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("tern-lab-")
+        .tempdir()
+        .context("create the lab directory")?;
+    let delay = Duration::from_millis(args.delay_ms);
+    println!(
+        "tern lab: scenario {} (seed {}), regions us-east 127.0.1.0/24, us-west 127.0.2.0/24, witness 127.0.3.0/24, {} ms one way between regions",
+        scenario.name, args.seed, args.delay_ms
+    );
+    println!("starting: sample service and edge in each serving region, WAN emulator");
+
+    let mut deployment = tokio::select! {
+        d = Deployment::start(&binary, dir.path(), default_regions(), delay, EdgeTuning::default()) => d?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted while starting"),
+    };
+    let result = tokio::select! {
+        r = drive(&mut deployment, &scenario, &args) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if let Err(e) = &result {
+        eprintln!("tern lab: {e:#}");
+        for rt in &deployment.serving {
+            for name in [
+                format!("edge-{}", rt.spec.name),
+                format!("service-{}", rt.spec.name),
+            ] {
+                let path = deployment.log_dir().join(format!("{name}.log"));
+                eprintln!("--- last lines of {name} ---\n{}", process::tail(&path, 8));
+            }
+        }
+    }
+    deployment.shutdown().await;
+    if args.keep_dir {
+        let kept = dir.keep();
+        println!("lab directory kept: {}", kept.display());
+    }
+    let report = result?;
+    print!("\n{}", report.table());
+    if let Some(path) = &args.report_json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    Ok(Outcome {
+        report,
+        check: args.check,
+    })
+}
+
+struct Clock {
+    t0: Instant,
+    t0_unix_ms: f64,
+}
+
+impl Clock {
+    fn ms(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64() * 1_000.0
+    }
+
+    fn lab_ms_of_unix(&self, unix_ms: f64) -> f64 {
+        unix_ms - self.t0_unix_ms
+    }
+
+    fn stamp(&self) -> String {
+        format!("[{:>5.1}s]", self.ms() / 1_000.0)
+    }
+}
+
+async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs) -> Result<Report> {
+    let admins: Vec<(String, SocketAddr)> = deployment
+        .serving
+        .iter()
+        .map(|rt| (rt.spec.name.clone(), rt.admin_addr))
+        .collect();
+    wait_until_probed(&admins).await?;
+
+    let client_paths = deployment.client_paths(Duration::from_micros(500)).await?;
+    let t0 = Instant::now();
+    let clock = Arc::new(Clock {
+        t0,
+        t0_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() * 1_000.0),
+    });
+    let stop = CancellationToken::new();
+    let (tx, mut rx) = mpsc::unbounded_channel::<RequestRecord>();
+    let mut id = 0;
+    for (region, edges) in &client_paths {
+        for _ in 0..args.clients_per_region {
+            id += 1;
+            let spec = ClientSpec {
+                id,
+                region: region.clone(),
+                edges: edges.clone(),
+                pace: Duration::from_millis(args.pace_ms),
+                edge_timeout: Duration::from_millis(1_000),
+                avoid_for: Duration::from_secs(3),
+                seed: args.seed.wrapping_mul(1_000).wrapping_add(id as u64),
+            };
+            tokio::spawn(load::run_client(spec, t0, stop.clone(), tx.clone()));
+        }
+    }
+    drop(tx);
+
+    let routing: Arc<Mutex<Vec<RoutingSample>>> = Arc::default();
+    let current: Arc<Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
+    let monitor = tokio::spawn(monitor_routing(
+        admins.clone(),
+        clock.clone(),
+        routing.clone(),
+        current.clone(),
+        stop.clone(),
+    ));
+
+    let mut records: Vec<RequestRecord> = Vec::new();
+    let mut events = vec![Event {
+        t_ms: 0.0,
+        what: "load starts".into(),
+    }];
+    println!(
+        "{} steady: load from {} clients in each serving region",
+        clock.stamp(),
+        args.clients_per_region
+    );
+    let mut fault_ms = None;
+    let mut restore_ms = None;
+    let mut steps = scenario.steps.iter().peekable();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let mut last_count = 0usize;
+    let end = t0 + scenario.duration;
+    loop {
+        let next_step_at = steps.peek().map(|s| t0 + s.at).unwrap_or(end).min(end);
+        tokio::select! {
+            Some(r) = rx.recv() => records.push(r),
+            _ = ticker.tick() => {
+                let failed = records.iter().filter(|r| !r.ok).count();
+                let edges = current.lock().expect("routing lock").iter()
+                    .map(|(e, to)| format!("{e}->{}", if to.is_empty() { "none".to_string() } else { to.join("+") }))
+                    .collect::<Vec<_>>().join(", ");
+                println!(
+                    "{} {:>4} req/s, {failed} failed so far; edges route: {edges}",
+                    clock.stamp(),
+                    records.len() - last_count
+                );
+                last_count = records.len();
+            }
+            _ = tokio::time::sleep_until(next_step_at.into()) => {
+                if Instant::now() >= end && steps.peek().is_none() {
+                    break;
+                }
+                let Some(step) = steps.next() else { continue };
+                println!("{} {}", clock.stamp(), step.label);
+                match &step.action {
+                    Action::Blackhole(region) => {
+                        fault_ms.get_or_insert(clock.ms());
+                        deployment.wan.set_region_fault(region, Fault::Blackhole);
+                    }
+                    Action::Kill(region) => {
+                        fault_ms.get_or_insert(clock.ms());
+                        deployment.kill_region(region).await?;
+                    }
+                    Action::Restore(region) => {
+                        deployment.restart_region(region).await?;
+                        deployment.wan.set_region_fault(region, Fault::None);
+                        restore_ms = Some(clock.ms());
+                    }
+                }
+                events.push(Event { t_ms: clock.ms(), what: step.label.clone() });
+            }
+        }
+    }
+    stop.cancel();
+    let end_ms = clock.ms();
+    // Clients finish the request in hand; collect those records too.
+    while let Some(r) = rx.recv().await {
+        records.push(r);
+    }
+    let _ = monitor.await;
+    events.push(Event {
+        t_ms: end_ms,
+        what: "load stops".into(),
+    });
+    records.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
+    let routing = routing.lock().expect("routing lock").clone();
+    Ok(report::build(report::Inputs {
+        scenario: scenario.name,
+        seed: args.seed,
+        failed_region: scenario.failed_region.as_deref(),
+        one_way_delay_ms: args.delay_ms,
+        records: &records,
+        routing: &routing,
+        moments: Moments {
+            fault_ms,
+            restore_ms,
+            end_ms,
+        },
+        events,
+    }))
+}
+
+type AdminClient = Client<HttpConnector, Empty<Bytes>>;
+
+fn admin_client() -> AdminClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+async fn get_status(client: &AdminClient, admin: SocketAddr) -> Option<serde_json::Value> {
+    let req = http::Request::get(format!("http://{admin}/status"))
+        .body(Empty::new())
+        .ok()?;
+    let resp = tokio::time::timeout(Duration::from_millis(500), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let body = tokio::time::timeout(Duration::from_millis(500), resp.into_body().collect())
+        .await
+        .ok()?
+        .ok()?
+        .to_bytes();
+    serde_json::from_slice(&body).ok()
+}
+
+/// Waits until every edge has completed a successful probe of every backend,
+/// so the load starts on a deployment that is known to work.
+async fn wait_until_probed(admins: &[(String, SocketAddr)]) -> Result<()> {
+    let client = admin_client();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut all = true;
+        for (_, admin) in admins {
+            let probed = get_status(&client, *admin).await.is_some_and(|s| {
+                s["services"].as_array().is_some_and(|svcs| {
+                    svcs.iter().all(|svc| {
+                        svc["backends"].as_array().is_some_and(|bs| {
+                            bs.iter()
+                                .all(|b| b["health"] == "up" && b["rtt_ms"].is_number())
+                        })
+                    })
+                })
+            });
+            all &= probed;
+        }
+        if all {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("edges did not see every backend healthy within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls every edge's `/status` and records each change of the regions it
+/// routes to, with the time the edge itself reports for the change.
+async fn monitor_routing(
+    admins: Vec<(String, SocketAddr)>,
+    clock: Arc<Clock>,
+    routing: Arc<Mutex<Vec<RoutingSample>>>,
+    current: Arc<Mutex<BTreeMap<String, Vec<String>>>>,
+    stop: CancellationToken,
+) {
+    let client = admin_client();
+    let mut last: BTreeMap<String, (Vec<String>, u64)> = BTreeMap::new();
+    loop {
+        for (region, admin) in &admins {
+            let Some(status) = get_status(&client, *admin).await else {
+                current
+                    .lock()
+                    .expect("routing lock")
+                    .insert(region.clone(), vec!["(down)".into()]);
+                continue;
+            };
+            let Some(svc) = status["services"].get(0) else {
+                continue;
+            };
+            let serving: Vec<String> = svc["serving_regions"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let since = svc["serving_since_unix_ms"].as_u64().unwrap_or(0);
+            current
+                .lock()
+                .expect("routing lock")
+                .insert(region.clone(), serving.clone());
+            let changed = last
+                .get(region)
+                .is_none_or(|(s, t)| *s != serving || *t != since);
+            if changed {
+                last.insert(region.clone(), (serving.clone(), since));
+                routing.lock().expect("routing lock").push(RoutingSample {
+                    edge_region: region.clone(),
+                    serving_regions: serving,
+                    since_ms: clock.lab_ms_of_unix(since as f64),
+                });
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}

@@ -1,0 +1,500 @@
+//! The oracle: what happened during a scenario, computed from the client
+//! records and the edges' routing history only, never from what the system
+//! under test says about itself.
+//!
+//! Everything here is a pure function of its inputs so the oracle itself is
+//! tested with hand-made records.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::load::RequestRecord;
+
+/// Success rate the service must be back above, for [`RTO_WINDOW_MS`], to count as recovered.
+pub const RTO_SUCCESS: f64 = 0.999;
+pub const RTO_WINDOW_MS: f64 = 5_000.0;
+/// Candidate recovery points are tried at this step.
+const RTO_STEP_MS: f64 = 100.0;
+
+/// A routing observation from one edge's `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutingSample {
+    pub edge_region: String,
+    pub serving_regions: Vec<String>,
+    /// When the edge started routing this way, in ms since the lab's time zero.
+    pub since_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub t_ms: f64,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Targets {
+    /// Zero failed requests for clients outside the failed region.
+    pub no_failures_outside_failed_region: bool,
+    /// `detection_ms` under 1000.
+    pub detection_under_1s: bool,
+}
+
+impl Targets {
+    pub fn all_met(&self) -> bool {
+        self.no_failures_outside_failed_region && self.detection_under_1s
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub seed: u64,
+    pub failed_region: Option<String>,
+    pub one_way_delay_ms: u64,
+    pub requests_total: usize,
+    pub requests_failed: usize,
+    pub requests_by_client_region: BTreeMap<String, usize>,
+    pub failed_by_client_region: BTreeMap<String, usize>,
+    /// From the fault until the first surviving edge stopped routing to the failed region.
+    pub detection_ms: Option<f64>,
+    /// From the first failed request's start to the last failed request's end; 0 without failures.
+    pub error_window_ms: f64,
+    /// From the fault until the success rate was back above 99.9 % for 5 s.
+    pub rto_ms: Option<f64>,
+    /// From the failed region's return until every edge routed to it again.
+    pub failback_ms: Option<f64>,
+    pub latency_ms: BTreeMap<String, Percentiles>,
+    /// Which region's backend served the requests, per phase.
+    pub served_by: BTreeMap<String, BTreeMap<String, usize>>,
+    pub targets: Targets,
+    pub events: Vec<Event>,
+    pub routing_changes: Vec<RoutingSample>,
+}
+
+/// Times of the scenario's key moments, ms since time zero.
+#[derive(Debug, Clone)]
+pub struct Moments {
+    pub fault_ms: Option<f64>,
+    pub restore_ms: Option<f64>,
+    pub end_ms: f64,
+}
+
+pub struct Inputs<'a> {
+    pub scenario: &'a str,
+    pub seed: u64,
+    pub failed_region: Option<&'a str>,
+    pub one_way_delay_ms: u64,
+    pub records: &'a [RequestRecord],
+    pub routing: &'a [RoutingSample],
+    pub moments: Moments,
+    pub events: Vec<Event>,
+}
+
+pub fn build(inputs: Inputs<'_>) -> Report {
+    let Inputs {
+        scenario,
+        seed,
+        failed_region,
+        one_way_delay_ms,
+        records,
+        routing,
+        moments,
+        events,
+    } = inputs;
+    let mut by_region = BTreeMap::new();
+    let mut failed_by_region = BTreeMap::new();
+    for r in records {
+        *by_region.entry(r.client_region.clone()).or_insert(0) += 1;
+        let failed = failed_by_region.entry(r.client_region.clone()).or_insert(0);
+        if !r.ok {
+            *failed += 1;
+        }
+    }
+    let failed: Vec<&RequestRecord> = records.iter().filter(|r| !r.ok).collect();
+    let error_window_ms = match (
+        failed.iter().map(|r| r.start_ms).reduce(f64::min),
+        failed.iter().map(|r| r.end_ms()).reduce(f64::max),
+    ) {
+        (Some(a), Some(b)) => b - a,
+        _ => 0.0,
+    };
+    let detection_ms = match (moments.fault_ms, failed_region) {
+        (Some(fault), Some(region)) => detection(routing, region, fault),
+        _ => None,
+    };
+    let failback_ms = match (moments.restore_ms, failed_region) {
+        (Some(restore), Some(region)) => failback(routing, region, restore),
+        _ => None,
+    };
+    let rto_ms = moments
+        .fault_ms
+        .and_then(|f| rto(records, f, moments.end_ms));
+
+    let phase_of = |r: &RequestRecord| -> &'static str {
+        match (moments.fault_ms, moments.restore_ms) {
+            (Some(f), _) if r.start_ms < f => "before",
+            (Some(_), Some(x)) if r.start_ms >= x => "after",
+            (Some(_), _) => "during",
+            (None, _) => "before",
+        }
+    };
+    let mut latencies: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut served_by: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for phase in ["before", "during", "after"] {
+        latencies.insert(phase.to_string(), Vec::new());
+        served_by.insert(phase.to_string(), BTreeMap::new());
+    }
+    for r in records {
+        let phase = phase_of(r);
+        if r.ok {
+            latencies.get_mut(phase).expect("phase").push(r.latency_ms);
+        }
+        if let Some(s) = &r.served_by {
+            *served_by
+                .get_mut(phase)
+                .expect("phase")
+                .entry(s.clone())
+                .or_insert(0) += 1;
+        }
+    }
+    let latency_ms = latencies
+        .into_iter()
+        .map(|(phase, mut v)| (phase, percentiles(&mut v)))
+        .collect();
+
+    let outside_failures: usize = failed_by_region
+        .iter()
+        .filter(|(region, _)| Some(region.as_str()) != failed_region)
+        .map(|(_, n)| *n)
+        .sum();
+    let targets = Targets {
+        no_failures_outside_failed_region: outside_failures == 0,
+        detection_under_1s: match failed_region {
+            Some(_) => detection_ms.is_some_and(|d| d < 1_000.0),
+            None => true,
+        },
+    };
+    Report {
+        scenario: scenario.to_string(),
+        seed,
+        failed_region: failed_region.map(str::to_string),
+        one_way_delay_ms,
+        requests_total: records.len(),
+        requests_failed: failed.len(),
+        requests_by_client_region: by_region,
+        failed_by_client_region: failed_by_region,
+        detection_ms,
+        error_window_ms,
+        rto_ms,
+        failback_ms,
+        latency_ms,
+        served_by,
+        targets,
+        events,
+        routing_changes: routing.to_vec(),
+    }
+}
+
+/// The first moment after the fault at which an edge outside the failed
+/// region routed away from it.
+fn detection(routing: &[RoutingSample], failed_region: &str, fault_ms: f64) -> Option<f64> {
+    routing
+        .iter()
+        .filter(|s| s.edge_region != failed_region)
+        .filter(|s| s.since_ms >= fault_ms)
+        .filter(|s| !s.serving_regions.iter().any(|r| r == failed_region))
+        .map(|s| s.since_ms - fault_ms)
+        .reduce(f64::min)
+}
+
+/// The moment after the restore by which every edge routed to the failed
+/// region again. An edge already routing there at the restore counts as back.
+fn failback(routing: &[RoutingSample], failed_region: &str, restore_ms: f64) -> Option<f64> {
+    let serves = |s: &RoutingSample| s.serving_regions.iter().any(|r| r == failed_region);
+    let edges: std::collections::BTreeSet<&str> =
+        routing.iter().map(|s| s.edge_region.as_str()).collect();
+    let mut latest = restore_ms;
+    for edge in edges {
+        let mine = || routing.iter().filter(move |s| s.edge_region == edge);
+        let at_restore = mine()
+            .filter(|s| s.since_ms < restore_ms)
+            .max_by(|a, b| a.since_ms.total_cmp(&b.since_ms));
+        if at_restore.is_some_and(serves) && !mine().any(|s| s.since_ms >= restore_ms && !serves(s))
+        {
+            continue;
+        }
+        let back = mine()
+            .filter(|s| s.since_ms >= restore_ms && serves(s))
+            .map(|s| s.since_ms)
+            .reduce(f64::min)?;
+        latest = latest.max(back);
+    }
+    Some(latest - restore_ms)
+}
+
+/// The smallest delay after the fault from which the next 5 s of requests
+/// succeeded at least 99.9 % of the time. `None` if that never happened
+/// before the end of the run.
+pub fn rto(records: &[RequestRecord], fault_ms: f64, end_ms: f64) -> Option<f64> {
+    if !records.iter().any(|r| !r.ok && r.end_ms() >= fault_ms) {
+        return Some(0.0);
+    }
+    let mut t = fault_ms;
+    while t + RTO_WINDOW_MS <= end_ms {
+        let window: Vec<&RequestRecord> = records
+            .iter()
+            .filter(|r| r.start_ms >= t && r.start_ms < t + RTO_WINDOW_MS)
+            .collect();
+        if !window.is_empty() {
+            let ok = window.iter().filter(|r| r.ok).count();
+            if ok as f64 / window.len() as f64 >= RTO_SUCCESS {
+                return Some(t - fault_ms);
+            }
+        }
+        t += RTO_STEP_MS;
+    }
+    None
+}
+
+/// Nearest-rank percentiles.
+pub fn percentiles(values: &mut [f64]) -> Percentiles {
+    if values.is_empty() {
+        return Percentiles {
+            count: 0,
+            p50: 0.0,
+            p99: 0.0,
+            max: 0.0,
+        };
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = |p: f64| {
+        let i = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1;
+        round2(values[i])
+    };
+    Percentiles {
+        count: values.len(),
+        p50: rank(0.50),
+        p99: rank(0.99),
+        max: round2(values[values.len() - 1]),
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn opt_ms(v: Option<f64>) -> String {
+    v.map_or("n/a".to_string(), |v| format!("{v:.0} ms"))
+}
+
+impl Report {
+    /// The table printed at the end of a run.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "scenario            {} (seed {})",
+            self.scenario, self.seed
+        );
+        if let Some(r) = &self.failed_region {
+            let _ = writeln!(out, "failed region       {r}");
+        }
+        let _ = writeln!(
+            out,
+            "requests            {} total, {} failed",
+            self.requests_total, self.requests_failed
+        );
+        for (region, total) in &self.requests_by_client_region {
+            let failed = self
+                .failed_by_client_region
+                .get(region)
+                .copied()
+                .unwrap_or(0);
+            let _ = writeln!(out, "  clients {region:<11} {total} total, {failed} failed");
+        }
+        let _ = writeln!(out, "detection           {}", opt_ms(self.detection_ms));
+        let _ = writeln!(out, "error window        {:.0} ms", self.error_window_ms);
+        let _ = writeln!(out, "rto                 {}", opt_ms(self.rto_ms));
+        let _ = writeln!(out, "failback            {}", opt_ms(self.failback_ms));
+        let _ = writeln!(
+            out,
+            "latency (ms)        phase    count     p50     p99     max"
+        );
+        for phase in ["before", "during", "after"] {
+            if let Some(p) = self.latency_ms.get(phase) {
+                let _ = writeln!(
+                    out,
+                    "                    {phase:<7} {:>6} {:>7.1} {:>7.1} {:>7.1}",
+                    p.count, p.p50, p.p99, p.max
+                );
+            }
+        }
+        let _ = writeln!(out, "served by           (phase: region=requests)");
+        for (phase, regions) in &self.served_by {
+            let list: Vec<String> = regions.iter().map(|(r, n)| format!("{r}={n}")).collect();
+            let _ = writeln!(out, "  {phase:<17} {}", list.join(" "));
+        }
+        let mark = |ok: bool| if ok { "met" } else { "MISSED" };
+        let _ = writeln!(
+            out,
+            "target: no failed requests outside the failed region: {}",
+            mark(self.targets.no_failures_outside_failed_region)
+        );
+        let _ = writeln!(
+            out,
+            "target: detection under 1000 ms: {}",
+            mark(self.targets.detection_under_1s)
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(start_ms: f64, latency_ms: f64, region: &str, ok: bool) -> RequestRecord {
+        RequestRecord {
+            start_ms,
+            latency_ms,
+            client_region: region.to_string(),
+            method: "GET",
+            status: ok.then_some(200),
+            ok,
+            edge_region: None,
+            served_by: Some("us-east".into()),
+            edges_tried: 1,
+            error: None,
+        }
+    }
+
+    fn sample(edge: &str, serving: &str, since_ms: f64) -> RoutingSample {
+        RoutingSample {
+            edge_region: edge.into(),
+            serving_regions: vec![serving.into()],
+            since_ms,
+        }
+    }
+
+    fn inputs<'a>(records: &'a [RequestRecord], routing: &'a [RoutingSample]) -> Inputs<'a> {
+        Inputs {
+            scenario: "region-outage",
+            seed: 1,
+            failed_region: Some("us-east"),
+            one_way_delay_ms: 35,
+            records,
+            routing,
+            moments: Moments {
+                fault_ms: Some(10_000.0),
+                restore_ms: Some(20_000.0),
+                end_ms: 30_000.0,
+            },
+            events: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn counts_failures_per_client_region_and_error_window() {
+        let mut records: Vec<_> = (0..300)
+            .map(|i| rec(i as f64 * 100.0, 5.0, "us-west", true))
+            .collect();
+        records.push(rec(10_050.0, 1_000.0, "us-east", false));
+        records.push(rec(12_000.0, 500.0, "us-east", false));
+        let r = build(inputs(&records, &[]));
+        assert_eq!(r.requests_total, 302);
+        assert_eq!(r.requests_failed, 2);
+        assert_eq!(r.failed_by_client_region["us-east"], 2);
+        assert_eq!(r.failed_by_client_region["us-west"], 0);
+        assert_eq!(r.error_window_ms, 12_500.0 - 10_050.0);
+        assert!(r.targets.no_failures_outside_failed_region);
+    }
+
+    #[test]
+    fn a_failure_outside_the_failed_region_misses_the_target() {
+        let records = vec![rec(10_100.0, 5.0, "us-west", false)];
+        let r = build(inputs(&records, &[]));
+        assert!(!r.targets.no_failures_outside_failed_region);
+        assert!(!r.targets.all_met());
+    }
+
+    #[test]
+    fn detection_uses_the_first_surviving_edge_change_after_the_fault() {
+        let routing = vec![
+            sample("us-west", "us-east", 0.0),
+            // The failed region's own edge does not count.
+            sample("us-east", "us-west", 10_100.0),
+            sample("us-west", "us-west", 10_640.0),
+            sample("us-west", "us-east", 21_500.0),
+            sample("us-east", "us-east", 20_300.0),
+        ];
+        let r = build(inputs(&[], &routing));
+        assert_eq!(r.detection_ms, Some(640.0));
+        assert!(r.targets.detection_under_1s);
+        assert_eq!(r.failback_ms, Some(1_500.0));
+    }
+
+    #[test]
+    fn no_detection_misses_the_target() {
+        let routing = vec![sample("us-west", "us-east", 0.0)];
+        let r = build(inputs(&[], &routing));
+        assert_eq!(r.detection_ms, None);
+        assert!(!r.targets.detection_under_1s);
+    }
+
+    #[test]
+    fn rto_is_when_success_returns_above_the_slo_for_5s() {
+        // 100 requests per second; failures from 10.0 s to 12.0 s.
+        let records: Vec<_> = (0..3000)
+            .map(|i| {
+                let t = i as f64 * 10.0;
+                rec(t, 5.0, "us-east", !(10_000.0..12_000.0).contains(&t))
+            })
+            .collect();
+        let r = rto(&records, 10_000.0, 30_000.0).unwrap();
+        assert!((2_000.0..=2_100.0).contains(&r), "rto {r}");
+        // No failures after the fault: zero.
+        let clean: Vec<_> = (0..100)
+            .map(|i| rec(i as f64 * 10.0, 5.0, "x", true))
+            .collect();
+        assert_eq!(rto(&clean, 100.0, 30_000.0), Some(0.0));
+        // Never recovered before the end.
+        let broken: Vec<_> = (0..100)
+            .map(|i| rec(i as f64 * 100.0, 5.0, "x", false))
+            .collect();
+        assert_eq!(rto(&broken, 0.0, 10_000.0), None);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        let p = percentiles(&mut v);
+        assert_eq!((p.count, p.p50, p.p99, p.max), (100, 50.0, 99.0, 100.0));
+        assert_eq!(percentiles(&mut []).count, 0);
+    }
+
+    #[test]
+    fn phases_split_latency_and_served_by() {
+        let records = vec![
+            rec(1_000.0, 3.0, "us-west", true),
+            rec(15_000.0, 80.0, "us-west", true),
+            rec(25_000.0, 4.0, "us-west", true),
+            rec(25_100.0, 6.0, "us-west", false),
+        ];
+        let r = build(inputs(&records, &[]));
+        assert_eq!(r.latency_ms["before"].count, 1);
+        assert_eq!(r.latency_ms["during"].p50, 80.0);
+        // Failed requests carry no latency.
+        assert_eq!(r.latency_ms["after"].count, 1);
+        assert_eq!(r.served_by["during"]["us-east"], 1);
+    }
+}

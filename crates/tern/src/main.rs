@@ -1,0 +1,179 @@
+//! The `tern` binary: parses arguments and starts one role.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tern_core::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a bad configuration file (EX_CONFIG).
+const EX_CONFIG: u8 = 78;
+/// Exit code for bad command-line usage (EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "tern",
+    version,
+    about = "Keeps a service answering when one of its regions goes dark"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file and print what it describes.
+    CheckConfig { file: PathBuf },
+    /// Run the HTTP edge (reverse proxy with health checks and failover).
+    Edge {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Bring up a multi-region deployment on this machine and run a failure scenario.
+    Lab(tern_lab::LabArgs),
+    /// Run the lab's sample service (started by `tern lab`).
+    #[command(
+        disable_help_flag = true,
+        after_help = "usage: tern sample-service --listen ADDR --region NAME [--dep NAME=KIND:VALUE[,critical]]..."
+    )]
+    SampleService {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing();
+    let command = cli
+        .command
+        .unwrap_or(Command::Lab(tern_lab::LabArgs::default()));
+    match command {
+        Command::CheckConfig { file } => match load(&file) {
+            Ok(cfg) => {
+                print!("{}: ok\n{}", file.display(), cfg.summary());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Edge { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            runtime().block_on(run_edge(cfg))
+        }
+        Command::Lab(args) => runtime().block_on(async move {
+            match tern_lab::run(args).await {
+                Ok(outcome) => ExitCode::from(outcome.exit_code()),
+                Err(e) => {
+                    eprintln!("tern lab: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+        Command::SampleService { args } => {
+            let args = match tern_lab::sample::SampleArgs::parse(args) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("tern sample-service: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            runtime().block_on(async move {
+                match tern_lab::sample::run(args, shutdown_on_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("tern sample-service: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    let name = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{name}: cannot read: {e}");
+            return Err(ExitCode::from(EX_CONFIG));
+        }
+    };
+    Config::from_toml(&name, &text).map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!(
+            "{name}: {} problem{}; nothing was started",
+            errors.0.len(),
+            if errors.0.len() == 1 { "" } else { "s" }
+        );
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
+async fn run_edge(cfg: Config) -> ExitCode {
+    let edge = match tern_edge::Edge::bind(&cfg).await {
+        Ok(e) => e,
+        Err(tern_edge::EdgeError::NoEdgeSettings) => {
+            eprintln!("tern edge: the configuration has no [edge] table");
+            return ExitCode::from(EX_CONFIG);
+        }
+        Err(e) => {
+            eprintln!("tern edge: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The ready line: the lab and scripts read the bound addresses from it.
+    println!(
+        "listening on {} admin {}",
+        edge.local_addr(),
+        edge.admin_addr()
+            .map_or("none".to_string(), |a| a.to_string())
+    );
+    edge.run(shutdown_on_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        t.cancel();
+    });
+    token
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("start the async runtime")
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
