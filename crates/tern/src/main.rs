@@ -54,10 +54,15 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_tracing();
     let command = cli
         .command
         .unwrap_or(Command::Lab(tern_lab::LabArgs::default()));
+    // The lab prints its own progress; its log lines would only interleave.
+    init_tracing(if matches!(command, Command::Lab(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     match command {
         Command::CheckConfig { file } => match load(&file) {
             Ok(cfg) => {

@@ -532,9 +532,9 @@ fn validate_edge(
     let max_header = c
         .size(&e.max_header, "edge.max_header")
         .unwrap_or(16 * 1024);
-    if max_header < 1024 {
+    if max_header < 8 * 1024 {
         if let Some(h) = &e.max_header {
-            c.err(h.span(), "edge.max_header", "expected at least 1KiB");
+            c.err(h.span(), "edge.max_header", "expected at least 8KiB");
         }
     }
     let shutdown_grace = c.duration(

@@ -1,0 +1,325 @@
+//! The edge as a proxy: health-driven failover, outlier ejection, policies,
+//! protocol correctness, bad input and graceful shutdown, against real
+//! backends on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tern_edge::Phase;
+
+fn failover(a: &Backend, b: &Backend, extra_service: &str) -> String {
+    format!(
+        "[service.api]\npolicy = \"failover\"\n{extra_service}\n{}{}",
+        backend_toml("api", "a", a.addr, ""),
+        backend_toml("api", "b", b.addr, "")
+    )
+}
+
+#[tokio::test]
+async fn failover_follows_active_health_and_returns_after_rise() {
+    let a = Backend::start("a", Mode::Ok).await;
+    let b = Backend::start("b", Mode::Ok).await;
+    let edge = RunningEdge::start(&edge_toml("", &failover(&a, &b, ""))).await;
+    assert_eq!(get(&edge.url("/")).await.1, "a");
+    a.set_healthy(false);
+    edge.wait_status("a down", |s| s["services"][0]["serving_regions"][0] == "b")
+        .await;
+    assert_eq!(get(&edge.url("/")).await.1, "b");
+    a.set_healthy(true);
+    let s = edge
+        .wait_status("a back", |s| s["services"][0]["serving_regions"][0] == "a")
+        .await;
+    assert_eq!(s["services"][0]["backends"][0]["health"], "up");
+    assert_eq!(get(&edge.url("/")).await.1, "a");
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_a_failing_backend_and_lets_it_return() {
+    let a = Backend::start("a", Mode::Status(500)).await;
+    let b = Backend::start("b", Mode::Ok).await;
+    let outlier =
+        "outlier = { consecutive_failures = 3, base_ejection = \"400ms\", max_ejection = \"2s\" }";
+    let edge = RunningEdge::start(&edge_toml("", &failover(&a, &b, outlier))).await;
+    // 500 is not retryable: the first three reach the client, then a is ejected.
+    for _ in 0..3 {
+        assert_eq!(
+            get(&edge.url("/")).await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+    let s = edge.status().await;
+    assert_eq!(s["services"][0]["backends"][0]["ejected"], true, "{s:#}");
+    assert_eq!(s["services"][0]["backends"][0]["ejections"], 1);
+    assert_eq!(get(&edge.url("/")).await.1, "b");
+    let (_, metrics) = get(&format!("http://{}/metrics", edge.admin)).await;
+    assert!(
+        metrics.contains("tern_edge_ejections_total{service=\"api\",region=\"a\"} 1"),
+        "{metrics}"
+    );
+    // Health probes still pass, so once the ejection ends, a serves again.
+    a.set_mode(Mode::Ok);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(get(&edge.url("/")).await.1, "a");
+}
+
+#[tokio::test]
+async fn outlier_detection_never_ejects_more_than_the_share() {
+    let a = Backend::start("a", Mode::Status(500)).await;
+    let b = Backend::start("b", Mode::Status(500)).await;
+    let outlier =
+        "outlier = { consecutive_failures = 2, base_ejection = \"10s\", max_ejected_share = 0.5 }";
+    let service = format!(
+        "[service.api]\npolicy = \"weighted\"\n{outlier}\n{}{}",
+        backend_toml("api", "a", a.addr, ""),
+        backend_toml("api", "b", b.addr, "")
+    );
+    let edge = RunningEdge::start(&edge_toml("", &service)).await;
+    for _ in 0..20 {
+        get(&edge.url("/")).await;
+    }
+    let s = edge.status().await;
+    let ejected = s["services"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["ejected"] == true)
+        .count();
+    assert_eq!(ejected, 1, "{s:#}");
+}
+
+#[tokio::test]
+async fn weighted_split_follows_the_weights() {
+    let a = Backend::start("a", Mode::Ok).await;
+    let b = Backend::start("b", Mode::Ok).await;
+    let service = format!(
+        "[service.api]\npolicy = \"weighted\"\n{}{}",
+        backend_toml("api", "a", a.addr, "weight = 1"),
+        backend_toml("api", "b", b.addr, "weight = 3")
+    );
+    let edge = RunningEdge::start(&edge_toml("", &service)).await;
+    let n = 2000;
+    for _ in 0..n {
+        get(&edge.url("/")).await;
+    }
+    let share_b = b.hits() as f64 / n as f64;
+    assert_eq!(a.hits() + b.hits(), n);
+    assert!(
+        (share_b - 0.75).abs() < 0.04,
+        "b got {share_b:.3} of requests, expected 0.75"
+    );
+}
+
+#[tokio::test]
+async fn weight_zero_serves_only_when_nothing_else_can() {
+    let a = Backend::start("a", Mode::Ok).await;
+    let b = Backend::start("b", Mode::Ok).await;
+    let service = format!(
+        "[service.api]\npolicy = \"weighted\"\n{}{}",
+        backend_toml("api", "a", a.addr, "weight = 0"),
+        backend_toml("api", "b", b.addr, "weight = 5")
+    );
+    let edge = RunningEdge::start(&edge_toml("", &service)).await;
+    for _ in 0..50 {
+        assert_eq!(get(&edge.url("/")).await.1, "b");
+    }
+    b.set_healthy(false);
+    edge.wait_status("b down", |s| {
+        s["services"][0]["backends"][1]["health"] == "down"
+    })
+    .await;
+    assert_eq!(get(&edge.url("/")).await.1, "a");
+}
+
+#[tokio::test]
+async fn latency_policy_prefers_the_nearest_and_the_own_region_on_ties() {
+    let a = Backend::start("a", Mode::Ok).await;
+    let b = Backend::start("b", Mode::Ok).await;
+    // Both backends are equally near: the edge's own region (a) wins the tie,
+    // even though b is listed first.
+    let service = format!(
+        "[service.api]\npolicy = \"latency\"\n{}{}",
+        backend_toml("api", "b", b.addr, ""),
+        backend_toml("api", "a", a.addr, "")
+    );
+    let edge = RunningEdge::start(&edge_toml("", &service)).await;
+    edge.wait_status("round trips measured", |s| {
+        s["services"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["rtt_ms"].is_number())
+    })
+    .await;
+    assert_eq!(get(&edge.url("/")).await.1, "a");
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_added_and_hop_by_hop_removed() {
+    let a = Backend::start("a", Mode::Ok).await;
+    let b = Backend::start("b", Mode::Ok).await;
+    let edge = RunningEdge::start(&edge_toml("", &failover(&a, &b, ""))).await;
+    let req = Request::get(edge.url("/h"))
+        .header("connection", "x-private")
+        .header("x-private", "secret")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-keep", "yes")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, headers, _) = send(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["via"].to_str().unwrap().contains("tern"));
+    let seen = a.last_headers.lock().unwrap().clone();
+    let has = |h: &str| seen.iter().any(|l| l == h);
+    assert!(has("x-forwarded-for: 203.0.113.9, 127.0.0.1"), "{seen:?}");
+    assert!(has("x-forwarded-proto: http"), "{seen:?}");
+    assert!(has("via: 1.1 tern"), "{seen:?}");
+    assert!(has("x-keep: yes"), "{seen:?}");
+    assert!(!seen.iter().any(|l| l.starts_with("x-private")), "{seen:?}");
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served() {
+    let a = Backend::start("a", Mode::Ok).await;
+    let b = Backend::start("b", Mode::Ok).await;
+    let edge = RunningEdge::start(&edge_toml("", &failover(&a, &b, ""))).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let resp = client
+        .request(
+            Request::get(edge.url("/h2"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "a");
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_the_edge_keeps_serving() {
+    let a = Backend::start("a", Mode::Ok).await;
+    let service = format!(
+        "[service.api]\npolicy = \"failover\"\nhosts = [\"api.test\"]\n{}",
+        backend_toml("api", "a", a.addr, "")
+    );
+    let edge = RunningEdge::start(&edge_toml(
+        "max_body = \"1KiB\"\nmax_header = \"8KiB\"",
+        &service,
+    ))
+    .await;
+
+    let garbage = raw(edge.addr, b"HELLO THERE\r\n\r\n").await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: api.test\r\nX-Big: {}\r\n\r\n",
+        "y".repeat(20 * 1024)
+    );
+    let resp = raw(edge.addr, big_header.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+
+    let resp = raw(
+        edge.addr,
+        b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(resp.contains("larger than the edge accepts"), "{resp}");
+
+    let chunked = format!(
+        "POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        3000,
+        "z".repeat(3000)
+    );
+    let resp = raw(edge.addr, chunked.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+
+    let resp = raw(
+        edge.addr,
+        b"GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    assert!(resp.contains("no service"), "{resp}");
+
+    let resp = raw(edge.addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("Host"), "{resp}");
+
+    // Still serving after all of that.
+    let ok = raw(
+        edge.addr,
+        b"GET / HTTP/1.1\r\nHost: API.test:80\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_eq!(a.hits(), 1);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_requests_in_flight() {
+    let a = Backend::start("a", Mode::Slow(Duration::from_millis(500))).await;
+    let b = Backend::start("b", Mode::Ok).await;
+    let mut edge =
+        RunningEdge::start(&edge_toml("try_timeout = \"2s\"", &failover(&a, &b, ""))).await;
+    let url = edge.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    // Wait until the request reached the backend, then shut down.
+    while a.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    edge.stop.cancel();
+    edge.phase
+        .wait_for(|p| *p == Phase::Draining)
+        .await
+        .unwrap();
+    let refused = tokio::net::TcpStream::connect(edge.addr).await;
+    assert!(
+        refused.is_err(),
+        "a draining edge must not accept new connections"
+    );
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
+    edge.phase.wait_for(|p| *p == Phase::Stopped).await.unwrap();
+    edge.task.await.unwrap();
+}
+
+#[tokio::test]
+async fn admin_reports_status_metrics_and_readiness() {
+    let a = Backend::start("a", Mode::Ok).await;
+    let b = Backend::start("b", Mode::Ok).await;
+    let edge = RunningEdge::start(&edge_toml("", &failover(&a, &b, ""))).await;
+    get(&edge.url("/")).await;
+    let s = edge.status().await;
+    assert_eq!(s["phase"], "serving");
+    assert_eq!(s["region"], "a");
+    let svc = &s["services"][0];
+    assert_eq!(svc["policy"], "failover");
+    assert_eq!(svc["backends"].as_array().unwrap().len(), 2);
+    assert_eq!(svc["backends"][1]["weight"], 1);
+    let (_, metrics) = get(&format!("http://{}/metrics", edge.admin)).await;
+    assert!(
+        metrics.contains("tern_edge_requests_total{service=\"api\",class=\"2xx\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tern_edge_upstream_latency_seconds_bucket"),
+        "{metrics}"
+    );
+    assert_eq!(
+        get(&format!("http://{}/ready", edge.admin)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&format!("http://{}/nope", edge.admin)).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
