@@ -69,6 +69,10 @@ pub struct LabArgs {
     /// The tern binary to start roles from; defaults to the running one.
     #[arg(long, hide = true)]
     pub tern_binary: Option<PathBuf>,
+    /// Give the edges no retry budget. Only for showing that the oracle sees
+    /// the failures retries otherwise hide.
+    #[arg(long, hide = true)]
+    pub no_edge_retries: bool,
 }
 
 impl Default for LabArgs {
@@ -83,6 +87,7 @@ impl Default for LabArgs {
             check: false,
             keep_dir: false,
             tern_binary: None,
+            no_edge_retries: false,
         }
     }
 }
@@ -123,8 +128,12 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
     );
     println!("starting: sample service and edge in each serving region, WAN emulator");
 
+    let tuning = EdgeTuning {
+        retries: !args.no_edge_retries,
+        ..EdgeTuning::default()
+    };
     let mut deployment = tokio::select! {
-        d = Deployment::start(&binary, dir.path(), default_regions(), delay, EdgeTuning::default()) => d?,
+        d = Deployment::start(&binary, dir.path(), default_regions(), delay, tuning) => d?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted while starting"),
     };
     let result = tokio::select! {

@@ -27,6 +27,8 @@ pub struct EdgeTuning {
     pub fall: u32,
     pub rise: u32,
     pub try_timeout_ms: u64,
+    /// When false, edges get an empty retry budget.
+    pub retries: bool,
 }
 
 impl Default for EdgeTuning {
@@ -37,6 +39,7 @@ impl Default for EdgeTuning {
             fall: 3,
             rise: 3,
             try_timeout_ms: 300,
+            retries: true,
         }
     }
 }
@@ -195,6 +198,9 @@ impl Deployment {
             "[edge]\nregion = \"{}\"\nlisten = \"{}\"\nadmin = \"{}\"\nrequest_timeout = \"5s\"\ntry_timeout = \"{}ms\"\nshutdown_grace = \"1s\"\n\n",
             rt.spec.name, rt.edge_addr, rt.admin_addr, t.try_timeout_ms
         ));
+        if !t.retries {
+            out.push_str("retry_budget = 0.0\nretry_min_per_second = 0\n\n");
+        }
         out.push_str(
             "[service.payments]\npolicy = \"failover\"\nwhen_all_unhealthy = \"fail-open\"\n\
              outlier = { consecutive_failures = 3, base_ejection = \"2s\", max_ejection = \"30s\" }\n\n",
