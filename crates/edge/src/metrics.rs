@@ -14,6 +14,19 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// Requests of one service by status class (1xx to 5xx).
+#[derive(Clone)]
+pub struct RequestCounters {
+    by_class: [Counter; 5],
+}
+
+impl RequestCounters {
+    pub fn count(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<Labels, Counter>,
@@ -75,11 +88,38 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, service: &str, status: u16) {
-        let class = format!("{}xx", status / 100);
+    /// Request counters of one service, resolved once so that the request
+    /// path only increments an atomic.
+    pub fn service_requests(&self, service: &str) -> RequestCounters {
+        let by_class = std::array::from_fn(|i| {
+            self.requests
+                .get_or_create(&vec![
+                    ("service", service.to_string()),
+                    ("class", format!("{}xx", i + 1)),
+                ])
+                .clone()
+        });
+        RequestCounters { by_class }
+    }
+
+    /// Counts a request answered without a service (no route).
+    pub fn unrouted_request(&self, status: u16) {
         self.requests
-            .get_or_create(&vec![("service", service.to_string()), ("class", class)])
+            .get_or_create(&vec![
+                ("service", "-".to_string()),
+                ("class", format!("{}xx", status / 100)),
+            ])
             .inc();
+    }
+
+    /// The upstream latency histogram of one backend, resolved once.
+    pub fn backend_latency(&self, service: &str, region: &str) -> Histogram {
+        self.upstream_latency
+            .get_or_create(&vec![
+                ("service", service.to_string()),
+                ("region", region.to_string()),
+            ])
+            .clone()
     }
 
     pub fn retry(&self, service: &str, region: &str) {

@@ -199,12 +199,7 @@ pub async fn handle(
     remote: SocketAddr,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let (resp, service_name) = route_and_forward(&state, &client, req, remote, started).await;
-    state.metrics.request(
-        service_name.as_deref().unwrap_or("-"),
-        resp.status().as_u16(),
-    );
-    resp
+    route_and_forward(&state, &client, req, remote, started).await
 }
 
 async fn route_and_forward(
@@ -213,26 +208,19 @@ async fn route_and_forward(
     req: Request<Incoming>,
     remote: SocketAddr,
     started: Instant,
-) -> (Response<ProxyBody>, Option<String>) {
+) -> Response<ProxyBody> {
     let host = request_host(&req);
     if host.is_none() && req.version() == Version::HTTP_11 {
-        return (
-            error_response(StatusCode::BAD_REQUEST, "missing Host header"),
-            None,
-        );
+        state.metrics.unrouted_request(400);
+        return error_response(StatusCode::BAD_REQUEST, "missing Host header");
     }
-    let path = req.uri().path().to_string();
-    let Some(service) = state.route(host.as_deref(), &path) else {
-        return (
-            error_response(StatusCode::NOT_FOUND, "no service for this host and path"),
-            None,
-        );
+    let Some(service) = state.route(host.as_deref(), req.uri().path()) else {
+        state.metrics.unrouted_request(404);
+        return error_response(StatusCode::NOT_FOUND, "no service for this host and path");
     };
-    let name = Some(service.config.name.clone());
-    (
-        forward(state, client, service, req, remote, started).await,
-        name,
-    )
+    let resp = forward(state, client, service, req, remote, started).await;
+    service.requests.count(resp.status().as_u16());
+    resp
 }
 
 async fn forward(

@@ -14,7 +14,9 @@ use tern_core::outlier::{Ejection, OutlierDetector};
 use tern_core::retry::RetryBudget;
 use tern_core::routing::{self, BackendView, RoutePlan};
 
-use crate::metrics::Metrics;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::metrics::{Metrics, RequestCounters};
 
 /// The clock every decision of this edge is made on: time since the edge
 /// started, which the pure core takes as `now`.
@@ -52,6 +54,7 @@ impl Default for Clock {
 
 pub struct BackendState {
     pub config: Backend,
+    pub latency: Histogram,
     pub health: Mutex<HealthTracker>,
     /// Smoothed round trip of successful health probes.
     pub rtt: Mutex<Option<Duration>>,
@@ -71,6 +74,7 @@ pub struct ServiceState {
     pub outliers: Mutex<OutlierDetector>,
     pub retry_budget: Mutex<RetryBudget>,
     pub serving: Mutex<Serving>,
+    pub requests: RequestCounters,
 }
 
 pub struct EdgeState {
@@ -85,6 +89,7 @@ impl EdgeState {
     pub fn new(config: &Config, settings: EdgeSettings) -> EdgeState {
         let clock = Clock::new();
         let now = clock.now();
+        let metrics = Metrics::new();
         let services = config
             .services
             .iter()
@@ -94,6 +99,7 @@ impl EdgeState {
                     .iter()
                     .map(|b| BackendState {
                         config: b.clone(),
+                        latency: metrics.backend_latency(&s.name, &b.region),
                         health: Mutex::new(HealthTracker::new(
                             b.health.fall,
                             b.health.rise,
@@ -114,6 +120,7 @@ impl EdgeState {
                         all_unhealthy: false,
                         since: now,
                     }),
+                    requests: metrics.service_requests(&s.name),
                     config: s.clone(),
                     backends,
                 }
@@ -124,7 +131,7 @@ impl EdgeState {
             settings,
             services,
             clock,
-            metrics: Metrics::new(),
+            metrics,
         };
         for s in &state.services {
             state.refresh_serving(s);

@@ -136,12 +136,16 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
         d = Deployment::start(&binary, dir.path(), default_regions(), delay, tuning) => d?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted while starting"),
     };
+    let mut interrupted = false;
     let result = tokio::select! {
         r = drive(&mut deployment, &scenario, &args) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = tokio::signal::ctrl_c() => {
+            interrupted = true;
+            Err(anyhow::anyhow!("interrupted; stopping every process of the lab"))
+        }
     };
-    if let Err(e) = &result {
-        eprintln!("tern lab: {e:#}");
+    if let (Err(e), false) = (&result, interrupted) {
+        eprintln!("tern lab: the run failed ({e:#}); last log lines of each process:");
         for rt in &deployment.serving {
             for name in [
                 format!("edge-{}", rt.spec.name),

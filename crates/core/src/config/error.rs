@@ -105,8 +105,12 @@ impl Source<'_> {
     fn key_at(&self, offset: usize) -> String {
         let offset = offset.min(self.text.len());
         let line_start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = self.text[offset..]
+            .find('\n')
+            .map_or(self.text.len(), |i| offset + i);
         let mut path: Vec<String> = Vec::new();
-        if let Some(header) = self.text[..line_start]
+        // The current line counts: errors such as `missing field` point at the header itself.
+        if let Some(header) = self.text[..line_end]
             .lines()
             .rev()
             .map(str::trim)
