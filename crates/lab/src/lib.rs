@@ -51,6 +51,10 @@ pub struct LabArgs {
     /// Seed for the load mix and the fault's timing.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// How the failed region's network breaks: `blackhole` (packets vanish,
+    /// connections hang) or `reset` (connections are refused and reset).
+    #[arg(long, default_value = "blackhole", value_parser = parse_fault)]
+    pub fault: Fault,
     /// One-way delay between regions, in milliseconds.
     #[arg(long, default_value_t = 35)]
     pub delay_ms: u64,
@@ -81,6 +85,7 @@ impl Default for LabArgs {
             scenario: "region-outage".into(),
             report_json: None,
             seed: 1,
+            fault: Fault::Blackhole,
             delay_ms: 35,
             clients_per_region: 3,
             pace_ms: 20,
@@ -107,9 +112,17 @@ impl Outcome {
     }
 }
 
+fn parse_fault(s: &str) -> Result<Fault, String> {
+    match s {
+        "blackhole" => Ok(Fault::Blackhole),
+        "reset" => Ok(Fault::Reset),
+        other => Err(format!("expected blackhole or reset, found {other}")),
+    }
+}
+
 /// Runs one scenario end to end.
 pub async fn run(args: LabArgs) -> Result<Outcome> {
-    let scenario = Scenario::by_name(&args.scenario, args.seed)?;
+    let scenario = Scenario::by_name(&args.scenario, args.seed, args.fault)?;
     if args.clients_per_region == 0 || args.pace_ms == 0 {
         bail!("--clients-per-region and --pace-ms must be at least 1");
     }
@@ -279,9 +292,9 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
                 let Some(step) = steps.next() else { continue };
                 println!("{} {}", clock.stamp(), step.label);
                 match &step.action {
-                    Action::Blackhole(region) => {
+                    Action::Cut(region, fault) => {
                         fault_ms.get_or_insert(clock.ms());
-                        deployment.wan.set_region_fault(region, Fault::Blackhole);
+                        deployment.wan.set_region_fault(region, *fault);
                     }
                     Action::Kill(region) => {
                         fault_ms.get_or_insert(clock.ms());

@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
+use crate::wan::Fault;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Cut every WAN path to and from the region: packets vanish.
-    Blackhole(String),
+    /// Break every WAN path to and from the region with this fault.
+    Cut(String, Fault),
     /// Kill the region's processes outright.
     Kill(String),
     /// Restart the region's processes and heal its WAN paths.
@@ -36,35 +38,38 @@ pub const NAMES: &[&str] = &["region-outage"];
 impl Scenario {
     /// Builds a scenario by name. The seed moves the fault by up to a second
     /// so that runs over several seeds hit different moments of the probe cycle.
-    pub fn by_name(name: &str, seed: u64) -> Result<Scenario> {
+    pub fn by_name(name: &str, seed: u64, fault: Fault) -> Result<Scenario> {
+        let how = match fault {
+            Fault::Blackhole => "every WAN path blackholed",
+            Fault::Reset => "every WAN connection reset",
+            Fault::None => bail!("the outage needs a fault: blackhole or reset"),
+        };
         let jitter = Duration::from_millis(fastrand::Rng::with_seed(seed).u64(0..1_000));
         match name {
             "region-outage" => {
                 let region = "us-east".to_string();
-                let fault = Duration::from_secs(6) + jitter;
+                let at = Duration::from_secs(6) + jitter;
                 Ok(Scenario {
                     name: "region-outage",
                     failed_region: Some(region.clone()),
                     steps: vec![
                         Step {
-                            at: fault,
-                            action: Action::Blackhole(region.clone()),
-                            label: format!(
-                                "outage: {region} goes dark (every WAN path blackholed)"
-                            ),
+                            at,
+                            action: Action::Cut(region.clone(), fault),
+                            label: format!("outage: {region} goes dark ({how})"),
                         },
                         Step {
-                            at: fault + Duration::from_secs(4),
+                            at: at + Duration::from_secs(4),
                             action: Action::Kill(region.clone()),
                             label: format!("outage: {region}'s processes are killed"),
                         },
                         Step {
-                            at: fault + Duration::from_secs(10),
+                            at: at + Duration::from_secs(10),
                             action: Action::Restore(region.clone()),
                             label: format!("recovery: {region} restarts and its WAN paths heal"),
                         },
                     ],
-                    duration: fault + Duration::from_secs(20),
+                    duration: at + Duration::from_secs(20),
                 })
             }
             other => bail!(
@@ -82,7 +87,7 @@ mod tests {
     #[test]
     fn region_outage_orders_its_steps_and_fits_two_minutes() {
         for seed in 0..20 {
-            let s = Scenario::by_name("region-outage", seed).unwrap();
+            let s = Scenario::by_name("region-outage", seed, Fault::Blackhole).unwrap();
             let times: Vec<_> = s.steps.iter().map(|s| s.at).collect();
             assert!(times.windows(2).all(|w| w[0] < w[1]));
             assert!(s.duration > *times.last().unwrap() + Duration::from_secs(10));
@@ -92,7 +97,9 @@ mod tests {
 
     #[test]
     fn unknown_scenario_lists_the_known_ones() {
-        let e = Scenario::by_name("meteor", 1).unwrap_err().to_string();
+        let e = Scenario::by_name("meteor", 1, Fault::Blackhole)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("region-outage"), "{e}");
     }
 }

@@ -77,11 +77,14 @@ fn check_config_rejects_a_bad_file_naming_file_line_and_key() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(lines.len() >= 3, "{stderr}");
     assert!(
-        lines[0].starts_with("bad.toml:8:10: `service.api.backend[0].region`: unknown region \"west\""),
+        lines[0]
+            .starts_with("bad.toml:8:10: `service.api.backend[0].region`: unknown region \"west\""),
         "{stderr}"
     );
     assert!(
-        lines[1].starts_with("bad.toml:10:10: `service.api.backend[0].weight`: expected an integer from 0 to 1000"),
+        lines[1].starts_with(
+            "bad.toml:10:10: `service.api.backend[0].weight`: expected an integer from 0 to 1000"
+        ),
         "{stderr}"
     );
     assert!(
@@ -162,7 +165,11 @@ fn help_exits_0_and_lists_the_subcommands() {
 fn version_exits_0() {
     let out = tern(&["--version"]);
     assert_code(&out, 0, "tern --version");
-    assert!(text(&out.stdout).starts_with("tern "), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("tern "),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]

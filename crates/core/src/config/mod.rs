@@ -413,7 +413,10 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors>
 
     let mut services = Vec::new();
     let mut claimed_routes: Vec<(String, String, String)> = Vec::new();
-    for (name, svc) in &raw.service {
+    // File order, so that a clash is reported on the later service.
+    let mut in_file_order: Vec<_> = raw.service.iter().collect();
+    in_file_order.sort_by_key(|(name, _)| name.span().start);
+    for (name, svc) in in_file_order {
         let key = format!("service.{}", name.get_ref());
         if !valid_name(name.get_ref()) {
             c.err(
@@ -423,7 +426,16 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors>
             );
         }
         if let Some(s) = validate_service(&mut c, name.get_ref(), svc, &region_names) {
+            let mut mine = BTreeSet::new();
             for host in hosts_or_any(&s.hosts) {
+                if !mine.insert(host.clone()) {
+                    c.err(
+                        svc.span(),
+                        format!("{key}.hosts"),
+                        format!("host \"{host}\" is listed twice (host names ignore case)"),
+                    );
+                    continue;
+                }
                 if let Some((_, _, other)) = claimed_routes
                     .iter()
                     .find(|(h, p, _)| *h == host && *p == s.path_prefix)
@@ -789,20 +801,27 @@ fn validate_health(c: &mut Checker<'_>, key: &str, h: Option<&RawHealth>) -> Hea
         Duration::from_millis(500).min(interval),
     );
     if interval < timeout {
-        let span = h
-            .interval
-            .as_ref()
-            .or(h.timeout.as_ref())
-            .map_or(0..0, |v| v.span());
-        c.err(
-            span,
-            format!("{key}.interval"),
-            format!(
-                "expected an interval at least as long as the timeout ({}), found {}",
-                format_duration(timeout),
-                format_duration(interval)
+        match (&h.interval, &h.timeout) {
+            (Some(i), _) => c.err(
+                i.span(),
+                format!("{key}.interval"),
+                format!(
+                    "expected an interval at least as long as the timeout ({}), found {}",
+                    format_duration(timeout),
+                    format_duration(interval)
+                ),
             ),
-        );
+            (None, Some(t)) => c.err(
+                t.span(),
+                format!("{key}.timeout"),
+                format!(
+                    "expected a timeout no longer than the interval ({}, the default), found {}",
+                    format_duration(interval),
+                    format_duration(timeout)
+                ),
+            ),
+            (None, None) => {}
+        }
     }
     let fall = c.count(&h.fall, &format!("{key}.fall"), 1..101, 3);
     let rise = c.count(&h.rise, &format!("{key}.rise"), 1..101, 3);
