@@ -238,6 +238,8 @@ fn full_fixture_resolves_every_key() {
     assert_eq!(edge.max_body, Some(10 * 1024 * 1024));
     assert_eq!(edge.max_header, 32 * 1024);
     assert_eq!(edge.shutdown_grace, Duration::from_secs(3));
+    assert_eq!(edge.workers, Some(3));
+    assert_eq!(edge.client_timeout, Duration::from_secs(45));
 
     let names: Vec<&str> = cfg.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["api", "web"]);

@@ -21,12 +21,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tern_core::config::Config;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -66,7 +66,10 @@ pub enum EdgeError {
 
 pub struct Edge {
     state: Arc<EdgeState>,
-    listener: TcpListener,
+    /// One listening socket per worker, all bound to the same address with
+    /// SO_REUSEPORT so that the kernel spreads connections across workers.
+    listeners: Vec<std::net::TcpListener>,
+    local_addr: SocketAddr,
     admin: Option<TcpListener>,
     phase: watch::Sender<Phase>,
 }
@@ -75,13 +78,20 @@ impl Edge {
     /// Binds the listeners; nothing is served until [`Edge::run`].
     pub async fn bind(config: &Config) -> Result<Edge, EdgeError> {
         let settings = config.edge.clone().ok_or(EdgeError::NoEdgeSettings)?;
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| EdgeError::Bind {
-                    addr: settings.listen,
-                    source,
-                })?;
+        let workers = settings.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(64) as u32)
+        });
+        let bind_err = |source| EdgeError::Bind {
+            addr: settings.listen,
+            source,
+        };
+        // The first socket resolves port 0; the others join it.
+        let first = reuseport_listener(settings.listen).map_err(bind_err)?;
+        let local_addr = first.local_addr().map_err(bind_err)?;
+        let mut listeners = vec![first];
+        for _ in 1..workers {
+            listeners.push(reuseport_listener(local_addr).map_err(bind_err)?);
+        }
         let admin = match settings.admin {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -93,16 +103,15 @@ impl Edge {
         let (phase, _) = watch::channel(Phase::Starting);
         Ok(Edge {
             state: Arc::new(EdgeState::new(config, settings)),
-            listener,
+            listeners,
+            local_addr,
             admin,
             phase,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.local_addr
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -120,10 +129,17 @@ impl Edge {
     }
 
     /// Serves until `shutdown` is cancelled, then drains.
+    ///
+    /// Client traffic is served by one worker thread per listener, each with
+    /// its own single-threaded runtime and its own pool of backend
+    /// connections: a request and its upstream call never cross threads, as
+    /// in HAProxy's or Envoy's threading model. Health probes and the admin
+    /// API run on the caller's runtime.
     pub async fn run(self, shutdown: CancellationToken) {
         let Edge {
             state,
-            listener,
+            listeners,
+            local_addr,
             admin,
             phase,
         } = self;
@@ -138,19 +154,116 @@ impl Edge {
             tasks.spawn(admin::serve(admin, state, phase, stop));
         }
 
+        let mut closed = Vec::new();
+        let mut drained = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (closed_tx, closed_rx) = oneshot::channel();
+            let (drained_tx, drained_rx) = oneshot::channel();
+            let worker = Worker {
+                state: state.clone(),
+                listener,
+                shutdown: shutdown.clone(),
+                closed: closed_tx,
+                drained: drained_tx,
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("tern-edge-{i}"))
+                .spawn(move || worker.run());
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start an edge worker thread");
+                continue;
+            }
+            closed.push(closed_rx);
+            drained.push(drained_rx);
+        }
+        phase.send_replace(Phase::Serving);
+        tracing::info!(listen = %local_addr, workers = closed.len(), region = %state.region, "edge serving");
+
+        shutdown.cancelled().await;
+        // Draining is announced only once no worker accepts any more.
+        for rx in closed {
+            let _ = rx.await;
+        }
+        phase.send_replace(Phase::Draining);
+        tracing::info!(grace = ?settings.shutdown_grace, "edge draining");
+        for rx in drained {
+            let _ = rx.await;
+        }
+        background.cancel();
+        tasks.close();
+        tasks.wait().await;
+        phase.send_replace(Phase::Stopped);
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
+}
+
+/// One thread serving client connections from its own listener.
+struct Worker {
+    state: Arc<EdgeState>,
+    listener: std::net::TcpListener,
+    shutdown: CancellationToken,
+    /// Signalled once the listener is closed.
+    closed: oneshot::Sender<()>,
+    /// Signalled once in-flight requests finished or the grace time ran out.
+    drained: oneshot::Sender<()>,
+}
+
+impl Worker {
+    fn run(self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start an edge worker runtime");
+                return;
+            }
+        };
+        runtime.block_on(self.serve());
+    }
+
+    async fn serve(self) {
+        let Worker {
+            state,
+            listener,
+            shutdown,
+            closed,
+            drained,
+        } = self;
+        let settings = state.settings.clone();
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot register the listener");
+                return;
+            }
+        };
         let client = proxy::upstream_client(settings.try_timeout);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper refuses buffer limits under 8 KiB.
         builder
             .http1()
             .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.client_timeout)
             .max_buf_size((settings.max_header as usize).max(8192));
         builder
             .http2()
             .max_header_list_size(settings.max_header.min(u64::from(u32::MAX)) as u32);
         let graceful = GracefulShutdown::new();
-        phase.send_replace(Phase::Serving);
-        tracing::info!(listen = %listener.local_addr().map_or("?".into(), |a| a.to_string()), region = %state.region, "edge serving");
 
         loop {
             let accepted = tokio::select! {
@@ -172,7 +285,11 @@ impl Edge {
             let svc = service_fn(move |req| {
                 let state = state.clone();
                 let client = client.clone();
-                async move { Ok::<_, Infallible>(proxy::handle(state, client, req, remote).await) }
+                // Boxed so that an idle connection holds a pointer, not the
+                // whole request future, between requests.
+                Box::pin(async move {
+                    Ok::<_, Infallible>(proxy::handle(state, client, req, remote).await)
+                })
             });
             let conn = builder
                 .serve_connection(TokioIo::new(stream), svc)
@@ -184,19 +301,14 @@ impl Edge {
                 }
             });
         }
-
-        phase.send_replace(Phase::Draining);
         drop(listener);
-        tracing::info!(grace = ?settings.shutdown_grace, "edge draining");
+        let _ = closed.send(());
         if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
             .await
             .is_err()
         {
             tracing::warn!("grace time over; closing remaining connections");
         }
-        background.cancel();
-        tasks.close();
-        tasks.wait().await;
-        phase.send_replace(Phase::Stopped);
+        let _ = drained.send(());
     }
 }

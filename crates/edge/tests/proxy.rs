@@ -323,3 +323,30 @@ async fn admin_reports_status_metrics_and_readiness() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn idle_client_connections_are_closed_after_the_client_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a", Mode::Ok).await;
+    let b = Backend::start("b", Mode::Ok).await;
+    let edge = RunningEdge::start(&edge_toml(
+        "client_timeout = \"300ms\"",
+        &failover(&a, &b, ""),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    // One request on a keep-alive connection, then silence.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection still open: {closed:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}

@@ -58,6 +58,11 @@ pub struct EdgeSettings {
     pub max_header: u64,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Threads serving client traffic; `None` means one per CPU.
+    pub workers: Option<u32>,
+    /// A client connection that sends no complete request head for this long
+    /// is closed; this also bounds idle keep-alive connections.
+    pub client_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -554,7 +559,18 @@ fn validate_edge(
         "edge.shutdown_grace",
         Duration::from_secs(5),
     );
+    let workers = e
+        .workers
+        .as_ref()
+        .map(|_| c.count(&e.workers, "edge.workers", 1..257, 1));
+    let client_timeout = c.duration(
+        &e.client_timeout,
+        "edge.client_timeout",
+        Duration::from_secs(30),
+    );
     Some(EdgeSettings {
+        workers,
+        client_timeout,
         region,
         listen: listen?,
         admin,

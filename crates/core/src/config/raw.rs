@@ -46,6 +46,8 @@ pub struct RawEdge {
     pub max_body: Option<S<String>>,
     pub max_header: Option<S<String>>,
     pub shutdown_grace: Option<S<String>>,
+    pub workers: Option<S<i64>>,
+    pub client_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
