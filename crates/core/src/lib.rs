@@ -5,13 +5,18 @@
 //! thresholds, [`outlier`] ejects backends that fail real requests,
 //! [`routing`] picks the backend for a request from a service's policy, and
 //! [`retry`] says when a request may be sent again and rations retries.
+//! [`verdict`] aggregates probe results from several vantage points into
+//! region verdicts with anti-flap rules, and [`lease`] grants the leases and
+//! epochs that fence a database primary; the controller builds on both.
 //! Nothing here opens a socket, spawns a task or reads a clock: time and
 //! randomness are arguments, so every decision is a table-driven test away.
 //! The role crates (edge, lab) own the runtime and call into this crate.
 
 pub mod config;
 pub mod health;
+pub mod lease;
 pub mod outlier;
 pub mod retry;
 pub mod routing;
 pub mod units;
+pub mod verdict;
