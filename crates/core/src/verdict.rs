@@ -172,7 +172,7 @@ impl VerdictEngine {
     /// Observations from unknown vantage points or about unknown targets are
     /// ignored: they carry no vote.
     pub fn observe(&mut self, obs: &Observation) -> Option<Decision> {
-        if !self.vantages.iter().any(|v| *v == obs.vantage) {
+        if !self.vantages.contains(&obs.vantage) {
             return None;
         }
         let settings = self.settings;
