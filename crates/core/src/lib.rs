@@ -13,6 +13,7 @@
 //! The role crates (edge, lab) own the runtime and call into this crate.
 
 pub mod config;
+pub mod control;
 pub mod health;
 pub mod lease;
 pub mod outlier;

@@ -1,0 +1,564 @@
+//! The controller's replicated state, as a deterministic state machine.
+//!
+//! [`ControlState::apply`] takes a [`Command`] (already ordered by the
+//! controllers' log) and the time the leader stamped on it, and changes the
+//! region verdicts, the operators' weights, the derived [`RoutingTable`],
+//! the primary leases and the audit log. Every replica applying the same
+//! commands reaches the same state, which is what lets a Raft log carry it.
+//! Each change that matters leaves an [`AuditEntry`] with its evidence
+//! (DESIGN.md invariant 7).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::lease::{Lease, LeaseError, LeaseSettings, LeaseTable};
+use crate::verdict::{Decision, Verdict};
+
+/// Per service, the weight edges must give each region. Versioned: the
+/// version grows by one with every change, so edges can tell new from old.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutingTable {
+    pub version: u64,
+    pub services: BTreeMap<String, ServiceRoute>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceRoute {
+    /// Effective weight per region: the operators' weight, or 0 while the
+    /// region's verdict is down.
+    pub weights: BTreeMap<String, u32>,
+    /// No region may take traffic; edges apply the service's all-unhealthy policy.
+    pub all_unhealthy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// A verdict change decided by the leader's verdict engine.
+    Verdict(Decision),
+    /// An operator sets a service's weights (`tern route set`).
+    SetWeights {
+        service: String,
+        weights: Vec<(String, u32)>,
+        force: bool,
+        actor: String,
+    },
+    AcquireLease {
+        cluster: String,
+        holder: String,
+    },
+    RenewLease {
+        cluster: String,
+        holder: String,
+        epoch: u64,
+    },
+    ReleaseLease {
+        cluster: String,
+        holder: String,
+        epoch: u64,
+    },
+    /// A new leader took over; leases are extended to be safe whatever its clock.
+    LeaderChanged {
+        leader: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Position in the audit log, from 1.
+    pub index: u64,
+    pub at: Duration,
+    pub kind: &'static str,
+    pub summary: String,
+    /// The observations or inputs behind the decision.
+    pub evidence: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("unknown service \"{0}\"")]
+    UnknownService(String),
+    #[error("region \"{region}\" does not serve service \"{service}\"")]
+    UnknownRegion { service: String, region: String },
+    #[error(
+        "refused: service \"{service}\" would have no healthy region taking traffic ({detail}); use --force to do it anyway"
+    )]
+    WouldStrandService { service: String, detail: String },
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Nothing,
+    /// The routing table changed to this version.
+    Routing(u64),
+    Lease(Lease),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlState {
+    /// The regions each service has backends in.
+    service_regions: BTreeMap<String, Vec<String>>,
+    verdicts: BTreeMap<String, Verdict>,
+    weights: BTreeMap<String, BTreeMap<String, u32>>,
+    routing: RoutingTable,
+    leases: LeaseTable,
+    audit: Vec<AuditEntry>,
+}
+
+impl ControlState {
+    /// Starts with every region up and every weight at 1.
+    pub fn new(
+        service_regions: BTreeMap<String, Vec<String>>,
+        leases: LeaseSettings,
+    ) -> ControlState {
+        let weights = service_regions
+            .iter()
+            .map(|(s, regions)| (s.clone(), regions.iter().map(|r| (r.clone(), 1)).collect()))
+            .collect();
+        let mut state = ControlState {
+            service_regions,
+            verdicts: BTreeMap::new(),
+            weights,
+            routing: RoutingTable::default(),
+            leases: LeaseTable::new(leases),
+            audit: Vec::new(),
+        };
+        state.routing = RoutingTable {
+            version: 1,
+            services: state.derive_routes(&state.weights),
+        };
+        state
+    }
+
+    pub fn routing(&self) -> &RoutingTable {
+        &self.routing
+    }
+
+    pub fn verdict(&self, region: &str) -> Verdict {
+        self.verdicts.get(region).copied().unwrap_or(Verdict::Up)
+    }
+
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
+    }
+
+    /// The audit log, oldest first.
+    pub fn audit(&self) -> &[AuditEntry] {
+        &self.audit
+    }
+
+    fn record(&mut self, at: Duration, kind: &'static str, summary: String, evidence: Vec<String>) {
+        let index = self.audit.len() as u64 + 1;
+        self.audit.push(AuditEntry {
+            index,
+            at,
+            kind,
+            summary,
+            evidence,
+        });
+    }
+
+    fn derive_routes(
+        &self,
+        weights: &BTreeMap<String, BTreeMap<String, u32>>,
+    ) -> BTreeMap<String, ServiceRoute> {
+        weights
+            .iter()
+            .map(|(service, w)| {
+                let weights: BTreeMap<String, u32> = w
+                    .iter()
+                    .map(|(region, weight)| {
+                        let serving = self.verdict(region).serves();
+                        (region.clone(), if serving { *weight } else { 0 })
+                    })
+                    .collect();
+                let all_unhealthy = weights.values().all(|w| *w == 0);
+                (
+                    service.clone(),
+                    ServiceRoute {
+                        weights,
+                        all_unhealthy,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Recomputes the routing table; bumps the version and audits only on change.
+    fn publish(&mut self, at: Duration, cause: &str) -> Option<u64> {
+        let services = self.derive_routes(&self.weights);
+        if services == self.routing.services {
+            return None;
+        }
+        let version = self.routing.version + 1;
+        let evidence = services
+            .iter()
+            .map(|(s, r)| {
+                let w: Vec<String> = r
+                    .weights
+                    .iter()
+                    .map(|(region, w)| format!("{region}={w}"))
+                    .collect();
+                format!(
+                    "{s}: {}{}",
+                    w.join(","),
+                    if r.all_unhealthy {
+                        " (all unhealthy)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        self.routing = RoutingTable { version, services };
+        self.record(
+            at,
+            "routing",
+            format!("routing table v{version} ({cause})"),
+            evidence,
+        );
+        Some(version)
+    }
+
+    /// Applies one command stamped with the leader's time `at`.
+    pub fn apply(&mut self, command: Command, at: Duration) -> Result<Applied, ControlError> {
+        match command {
+            Command::Verdict(d) => {
+                if self.verdict(&d.target) == d.to {
+                    return Ok(Applied::Nothing);
+                }
+                let evidence = d
+                    .evidence
+                    .iter()
+                    .map(|v| {
+                        format!(
+                            "{}: {} failed, {} ok in a row{}{}",
+                            v.vantage,
+                            v.consecutive_failures,
+                            v.consecutive_successes,
+                            v.last_latency
+                                .map_or(String::new(), |l| format!(", last {} ms", l.as_millis())),
+                            if v.fresh { "" } else { " (stale, no vote)" }
+                        )
+                    })
+                    .collect();
+                self.record(
+                    at,
+                    "verdict",
+                    format!(
+                        "region {} {} -> {}",
+                        d.target,
+                        d.from.as_str(),
+                        d.to.as_str()
+                    ),
+                    evidence,
+                );
+                self.verdicts.insert(d.target.clone(), d.to);
+                let cause = format!("verdict on {}", d.target);
+                Ok(self
+                    .publish(at, &cause)
+                    .map_or(Applied::Nothing, Applied::Routing))
+            }
+            Command::SetWeights {
+                service,
+                weights,
+                force,
+                actor,
+            } => {
+                let regions = self
+                    .service_regions
+                    .get(&service)
+                    .ok_or_else(|| ControlError::UnknownService(service.clone()))?;
+                let mut next = self.weights.clone();
+                let entry = next
+                    .get_mut(&service)
+                    .expect("weights exist for every service");
+                for (region, w) in &weights {
+                    if !regions.contains(region) {
+                        return Err(ControlError::UnknownRegion {
+                            service: service.clone(),
+                            region: region.clone(),
+                        });
+                    }
+                    entry.insert(region.clone(), *w);
+                }
+                let routes = self.derive_routes(&next);
+                let route = &routes[&service];
+                let wanted: Vec<String> = weights.iter().map(|(r, w)| format!("{r}={w}")).collect();
+                if route.all_unhealthy {
+                    let detail = next[&service]
+                        .iter()
+                        .map(|(r, w)| format!("{r}: weight {w}, {}", self.verdict(r).as_str()))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    if !force {
+                        return Err(ControlError::WouldStrandService { service, detail });
+                    }
+                    self.record(
+                        at,
+                        "forced",
+                        format!(
+                            "{actor} forced weights {} on {service} leaving no healthy region",
+                            wanted.join(",")
+                        ),
+                        vec![detail],
+                    );
+                }
+                self.record(
+                    at,
+                    "weights",
+                    format!("{actor} set weights {} on {service}", wanted.join(",")),
+                    Vec::new(),
+                );
+                self.weights = next;
+                Ok(self
+                    .publish(at, &format!("weights set by {actor}"))
+                    .map_or(Applied::Nothing, Applied::Routing))
+            }
+            Command::AcquireLease { cluster, holder } => {
+                let before = self.leases.epoch(&cluster);
+                let lease = self.leases.acquire(&cluster, &holder, at)?;
+                if lease.epoch != before {
+                    self.record(
+                        at,
+                        "lease",
+                        format!("{holder} holds {cluster} in epoch {}", lease.epoch),
+                        vec![format!("previous epoch {before}")],
+                    );
+                }
+                Ok(Applied::Lease(lease))
+            }
+            Command::RenewLease {
+                cluster,
+                holder,
+                epoch,
+            } => Ok(Applied::Lease(
+                self.leases.renew(&cluster, &holder, epoch, at)?,
+            )),
+            Command::ReleaseLease {
+                cluster,
+                holder,
+                epoch,
+            } => {
+                self.leases.release(&cluster, &holder, epoch)?;
+                self.record(
+                    at,
+                    "lease",
+                    format!("{holder} released {cluster} epoch {epoch}"),
+                    Vec::new(),
+                );
+                Ok(Applied::Nothing)
+            }
+            Command::LeaderChanged { leader } => {
+                self.leases.on_leader_change(at);
+                self.record(
+                    at,
+                    "leader",
+                    format!("{leader} leads; leases extended by one period"),
+                    Vec::new(),
+                );
+                Ok(Applied::Nothing)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::VantageEvidence;
+
+    fn state() -> ControlState {
+        let mut services = BTreeMap::new();
+        services.insert(
+            "api".to_string(),
+            vec!["east".to_string(), "west".to_string()],
+        );
+        ControlState::new(
+            services,
+            LeaseSettings {
+                duration: Duration::from_secs(5),
+                drift_margin: Duration::from_secs(1),
+            },
+        )
+    }
+
+    fn verdict(region: &str, from: Verdict, to: Verdict) -> Command {
+        Command::Verdict(Decision {
+            target: region.into(),
+            from,
+            to,
+            at: Duration::from_secs(1),
+            evidence: vec![VantageEvidence {
+                vantage: "west".into(),
+                consecutive_failures: 3,
+                consecutive_successes: 0,
+                consecutive_slow: 0,
+                last_latency: None,
+                last_report: Duration::from_secs(1),
+                fresh: true,
+            }],
+        })
+    }
+
+    fn set(weights: &[(&str, u32)], force: bool) -> Command {
+        Command::SetWeights {
+            service: "api".into(),
+            weights: weights.iter().map(|(r, w)| (r.to_string(), *w)).collect(),
+            force,
+            actor: "ops".into(),
+        }
+    }
+
+    fn t(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_down_verdict_zeroes_the_region_and_bumps_the_version() {
+        let mut s = state();
+        assert_eq!(s.routing().version, 1);
+        let applied = s
+            .apply(verdict("east", Verdict::Up, Verdict::Down), t(1))
+            .unwrap();
+        assert_eq!(applied, Applied::Routing(2));
+        let route = &s.routing().services["api"];
+        assert_eq!(route.weights["east"], 0);
+        assert_eq!(route.weights["west"], 1);
+        // The same verdict again changes nothing.
+        assert_eq!(
+            s.apply(verdict("east", Verdict::Up, Verdict::Down), t(2))
+                .unwrap(),
+            Applied::Nothing
+        );
+        assert_eq!(s.routing().version, 2);
+        // The audit log has the verdict with its evidence, then the routing change.
+        let kinds: Vec<_> = s.audit().iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, vec!["verdict", "routing"]);
+        assert!(s.audit()[0].evidence[0].contains("west: 3 failed"));
+    }
+
+    #[test]
+    fn a_degraded_region_keeps_its_weight() {
+        let mut s = state();
+        s.apply(verdict("east", Verdict::Up, Verdict::Degraded), t(1))
+            .unwrap();
+        assert_eq!(s.routing().services["api"].weights["east"], 1);
+    }
+
+    #[test]
+    fn weights_that_strand_a_service_are_refused_unless_forced() {
+        let mut s = state();
+        s.apply(verdict("west", Verdict::Up, Verdict::Down), t(1))
+            .unwrap();
+        let err = s.apply(set(&[("east", 0)], false), t(2)).unwrap_err();
+        assert!(
+            matches!(err, ControlError::WouldStrandService { .. }),
+            "{err}"
+        );
+        assert_eq!(
+            s.routing().services["api"].weights["east"],
+            1,
+            "a refused change changes nothing"
+        );
+        let forced = s.apply(set(&[("east", 0)], true), t(3)).unwrap();
+        assert!(matches!(forced, Applied::Routing(_)));
+        assert!(s.routing().services["api"].all_unhealthy);
+        let forced_entry = s
+            .audit()
+            .iter()
+            .find(|a| a.kind == "forced")
+            .expect("forcing is recorded");
+        assert!(
+            forced_entry.summary.contains("ops forced"),
+            "{}",
+            forced_entry.summary
+        );
+    }
+
+    #[test]
+    fn weights_are_checked_against_the_service() {
+        let mut s = state();
+        assert!(matches!(
+            s.apply(set(&[("mars", 1)], false), t(1)),
+            Err(ControlError::UnknownRegion { .. })
+        ));
+        assert!(matches!(
+            s.apply(
+                Command::SetWeights {
+                    service: "nope".into(),
+                    weights: vec![],
+                    force: false,
+                    actor: "ops".into()
+                },
+                t(1)
+            ),
+            Err(ControlError::UnknownService(_))
+        ));
+        assert_eq!(
+            s.apply(set(&[("east", 3)], false), t(2)).unwrap(),
+            Applied::Routing(2)
+        );
+        // Weight is remembered while the region is down, and returns with it.
+        s.apply(verdict("east", Verdict::Up, Verdict::Down), t(3))
+            .unwrap();
+        assert_eq!(s.routing().services["api"].weights["east"], 0);
+        s.apply(verdict("east", Verdict::Down, Verdict::Up), t(4))
+            .unwrap();
+        assert_eq!(s.routing().services["api"].weights["east"], 3);
+    }
+
+    #[test]
+    fn leases_are_audited_and_epochs_survive_leader_changes() {
+        let mut s = state();
+        let acquire = |h: &str| Command::AcquireLease {
+            cluster: "payments".into(),
+            holder: h.into(),
+        };
+        let Applied::Lease(l) = s.apply(acquire("east"), t(0)).unwrap() else {
+            panic!("expected a lease")
+        };
+        assert_eq!(l.epoch, 1);
+        s.apply(
+            Command::LeaderChanged {
+                leader: "c2".into(),
+            },
+            t(3),
+        )
+        .unwrap();
+        // Expiry moved to 3 + 5 s, plus 1 s margin.
+        assert!(s.apply(acquire("west"), t(8)).is_err());
+        let Applied::Lease(l2) = s.apply(acquire("west"), t(9)).unwrap() else {
+            panic!("expected a lease")
+        };
+        assert_eq!(l2.epoch, 2);
+        let lease_entries = s.audit().iter().filter(|a| a.kind == "lease").count();
+        assert_eq!(lease_entries, 2);
+    }
+
+    #[test]
+    fn replicas_applying_the_same_commands_agree() {
+        let commands = vec![
+            (verdict("east", Verdict::Up, Verdict::Down), t(1)),
+            (set(&[("west", 4)], false), t(2)),
+            (
+                Command::AcquireLease {
+                    cluster: "payments".into(),
+                    holder: "west".into(),
+                },
+                t(3),
+            ),
+            (verdict("east", Verdict::Down, Verdict::Up), t(9)),
+        ];
+        let mut a = state();
+        let mut b = state();
+        for (c, at) in &commands {
+            let ra = a.apply(c.clone(), *at);
+            let rb = b.apply(c.clone(), *at);
+            assert_eq!(ra, rb);
+        }
+        assert_eq!(a, b);
+    }
+}
