@@ -10,6 +10,7 @@
 //! Child processes are started from the `tern` binary itself ([`process`])
 //! and die with the lab, however it ends.
 
+pub mod html;
 pub mod load;
 pub mod process;
 pub mod report;
@@ -48,6 +49,9 @@ pub struct LabArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub report_json: Option<PathBuf>,
+    /// Write the report as an HTML page with a timeline plot to this file.
+    #[arg(long)]
+    pub report_html: Option<PathBuf>,
     /// Seed for the load mix and the fault's timing.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -84,6 +88,7 @@ impl Default for LabArgs {
         LabArgs {
             scenario: "region-outage".into(),
             report_json: None,
+            report_html: None,
             seed: 1,
             fault: Fault::Blackhole,
             delay_ms: 35,
@@ -180,6 +185,11 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
         println!("report written to {}", path.display());
+    }
+    if let Some(path) = &args.report_html {
+        std::fs::write(path, html::render(&report))
+            .with_context(|| format!("write {}", path.display()))?;
+        println!("timeline written to {}", path.display());
     }
     Ok(Outcome {
         report,
@@ -409,6 +419,17 @@ async fn monitor_routing(
                     .lock()
                     .expect("routing lock")
                     .insert(region.clone(), vec!["(down)".into()]);
+                // An edge that does not answer its admin API is recorded as
+                // unreachable once, from the moment the lab noticed.
+                if last.get(region).is_none_or(|(s, _)| !s.is_empty()) {
+                    last.insert(region.clone(), (Vec::new(), 0));
+                    routing.lock().expect("routing lock").push(RoutingSample {
+                        edge_region: region.clone(),
+                        serving_regions: Vec::new(),
+                        since_ms: clock.ms(),
+                        reachable: false,
+                    });
+                }
                 continue;
             };
             let Some(svc) = status["services"].get(0) else {
@@ -436,6 +457,7 @@ async fn monitor_routing(
                     edge_region: region.clone(),
                     serving_regions: serving,
                     since_ms: clock.lab_ms_of_unix(since as f64),
+                    reachable: true,
                 });
             }
         }

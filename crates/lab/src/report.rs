@@ -25,6 +25,9 @@ pub struct RoutingSample {
     pub serving_regions: Vec<String>,
     /// When the edge started routing this way, in ms since the lab's time zero.
     pub since_ms: f64,
+    /// False when the edge's admin API did not answer (killed or cut off);
+    /// `serving_regions` is then empty and `since_ms` is when the lab noticed.
+    pub reachable: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +82,49 @@ pub struct Report {
     pub targets: Targets,
     pub events: Vec<Event>,
     pub routing_changes: Vec<RoutingSample>,
+    /// Requests per time bucket, for plots.
+    pub timeline: Vec<Bucket>,
+    pub fault_ms: Option<f64>,
+    pub restore_ms: Option<f64>,
+    pub end_ms: f64,
+}
+
+/// Length of a [`Bucket`] in milliseconds.
+pub const BUCKET_MS: f64 = 250.0;
+
+/// Requests that started in one [`BUCKET_MS`] interval.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Bucket {
+    pub t_ms: f64,
+    pub ok: usize,
+    pub failed: usize,
+    /// p99 latency of the successful requests, 0 without any.
+    pub p99_ms: f64,
+}
+
+/// Groups records by start time into [`BUCKET_MS`] buckets from 0 to `end_ms`.
+pub fn timeline(records: &[RequestRecord], end_ms: f64) -> Vec<Bucket> {
+    let n = (end_ms / BUCKET_MS).ceil().max(1.0) as usize;
+    let mut ok = vec![0usize; n];
+    let mut failed = vec![0usize; n];
+    let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); n];
+    for r in records {
+        let i = ((r.start_ms / BUCKET_MS) as usize).min(n - 1);
+        if r.ok {
+            ok[i] += 1;
+            latencies[i].push(r.latency_ms);
+        } else {
+            failed[i] += 1;
+        }
+    }
+    (0..n)
+        .map(|i| Bucket {
+            t_ms: i as f64 * BUCKET_MS,
+            ok: ok[i],
+            failed: failed[i],
+            p99_ms: percentiles(&mut latencies[i]).p99,
+        })
+        .collect()
 }
 
 /// Times of the scenario's key moments, ms since time zero.
@@ -202,6 +248,10 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         targets,
         events,
         routing_changes: routing.to_vec(),
+        timeline: timeline(records, moments.end_ms),
+        fault_ms: moments.fault_ms,
+        restore_ms: moments.restore_ms,
+        end_ms: moments.end_ms,
     }
 }
 
@@ -210,7 +260,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
 fn detection(routing: &[RoutingSample], failed_region: &str, fault_ms: f64) -> Option<f64> {
     routing
         .iter()
-        .filter(|s| s.edge_region != failed_region)
+        .filter(|s| s.reachable && s.edge_region != failed_region)
         .filter(|s| s.since_ms >= fault_ms)
         .filter(|s| !s.serving_regions.iter().any(|r| r == failed_region))
         .map(|s| s.since_ms - fault_ms)
@@ -383,6 +433,7 @@ mod tests {
             edge_region: edge.into(),
             serving_regions: vec![serving.into()],
             since_ms,
+            reachable: true,
         }
     }
 
@@ -444,6 +495,15 @@ mod tests {
     }
 
     #[test]
+    fn an_unreachable_edge_is_not_a_detection() {
+        let mut dark = sample("us-west", "us-east", 10_200.0);
+        dark.serving_regions.clear();
+        dark.reachable = false;
+        let routing = vec![sample("us-west", "us-east", 0.0), dark];
+        assert_eq!(build(inputs(&[], &routing)).detection_ms, None);
+    }
+
+    #[test]
     fn no_detection_misses_the_target() {
         let routing = vec![sample("us-west", "us-east", 0.0)];
         let r = build(inputs(&[], &routing));
@@ -472,6 +532,22 @@ mod tests {
             .map(|i| rec(i as f64 * 100.0, 5.0, "x", false))
             .collect();
         assert_eq!(rto(&broken, 0.0, 10_000.0), None);
+    }
+
+    #[test]
+    fn timeline_buckets_count_every_request() {
+        let records = vec![
+            rec(10.0, 5.0, "a", true),
+            rec(260.0, 9.0, "a", false),
+            rec(270.0, 7.0, "a", true),
+            rec(999.0, 1.0, "a", true),
+        ];
+        let t = timeline(&records, 1_000.0);
+        assert_eq!(t.len(), 4);
+        assert_eq!((t[0].ok, t[0].failed), (1, 0));
+        assert_eq!((t[1].ok, t[1].failed, t[1].p99_ms), (1, 1, 7.0));
+        assert_eq!(t[3].t_ms, 750.0);
+        assert_eq!(t.iter().map(|b| b.ok + b.failed).sum::<usize>(), 4);
     }
 
     #[test]
