@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use super::control::{RawAgent, RawController, RawDatabase, RawVerdict};
+
 pub type S<T> = Spanned<T>;
 
 #[derive(Debug, Deserialize)]
@@ -18,6 +20,11 @@ pub struct RawConfig {
     pub edge: Option<S<RawEdge>>,
     #[serde(default)]
     pub service: BTreeMap<S<String>, S<RawService>>,
+    pub controller: Option<S<RawController>>,
+    pub verdict: Option<S<RawVerdict>>,
+    pub agent: Option<S<RawAgent>>,
+    #[serde(default)]
+    pub database: BTreeMap<S<String>, S<RawDatabase>>,
 }
 
 #[derive(Debug, Deserialize)]
