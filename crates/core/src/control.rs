@@ -143,6 +143,11 @@ impl ControlState {
         self.verdicts.get(region).copied().unwrap_or(Verdict::Up)
     }
 
+    /// Every region that ever had a verdict other than the initial `Up`.
+    pub fn verdicts(&self) -> &BTreeMap<String, Verdict> {
+        &self.verdicts
+    }
+
     pub fn leases(&self) -> &LeaseTable {
         &self.leases
     }

@@ -94,6 +94,11 @@ impl LeaseTable {
         self.settings.expect("LeaseTable::new sets the settings")
     }
 
+    /// The clusters that ever had a lease, by name.
+    pub fn clusters(&self) -> impl Iterator<Item = &str> {
+        self.clusters.keys().map(String::as_str)
+    }
+
     /// The current epoch of a cluster (0 before any grant).
     pub fn epoch(&self, cluster: &str) -> u64 {
         self.clusters.get(cluster).map_or(0, |c| c.epoch)

@@ -332,7 +332,10 @@ fn full_fixture_resolves_every_key() {
     assert_eq!(v.timeout, Duration::from_secs(1));
     assert_eq!((v.settings.fall, v.settings.rise), (4, 5));
     assert_eq!(v.settings.hold_down, Duration::from_secs(10));
-    assert_eq!(v.settings.degraded_latency, Some(Duration::from_millis(300)));
+    assert_eq!(
+        v.settings.degraded_latency,
+        Some(Duration::from_millis(300))
+    );
     assert_eq!(cfg.agent.as_deref(), Some("us-west"));
     let db = &cfg.databases[0];
     assert_eq!(db.name, "payments");

@@ -4,14 +4,16 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod ops;
+
 use clap::{Parser, Subcommand};
 use tern_core::config::Config;
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for a bad configuration file (EX_CONFIG).
-const EX_CONFIG: u8 = 78;
+pub(crate) const EX_CONFIG: u8 = 78;
 /// Exit code for bad command-line usage (EX_USAGE).
-const EX_USAGE: u8 = 64;
+pub(crate) const EX_USAGE: u8 = 64;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +34,28 @@ enum Command {
     Edge {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Run a controller node (Raft member that decides verdicts, routing and leases).
+    Controller(ops::ControllerArgs),
+    /// Add or remove a controller node.
+    Members {
+        #[command(subcommand)]
+        command: ops::MembersCommand,
+    },
+    /// Show the controllers' view: members, leader, quorum, verdicts, routing, leases.
+    Status(ops::Target),
+    /// Show the audit log, newest first, with evidence.
+    Events {
+        #[command(flatten)]
+        target: ops::Target,
+        /// How many events.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Manual traffic control.
+    Route {
+        #[command(subcommand)]
+        command: ops::RouteCommand,
     },
     /// Bring up a multi-region deployment on this machine and run a failure scenario.
     Lab(tern_lab::LabArgs),
@@ -59,10 +83,11 @@ fn main() -> ExitCode {
         .command
         .unwrap_or(Command::Lab(tern_lab::LabArgs::default()));
     // The lab prints its own progress; its log lines would only interleave.
-    init_tracing(if matches!(command, Command::Lab(_)) {
-        "warn"
-    } else {
-        "info"
+    // Operator commands print their answers; openraft's own log is chatty.
+    init_tracing(match command {
+        Command::Edge { .. } | Command::SampleService { .. } => "info",
+        Command::Controller(_) => "info,openraft=error",
+        _ => "warn",
     });
     match command {
         Command::CheckConfig { file } => match load(&file) {
@@ -79,6 +104,11 @@ fn main() -> ExitCode {
             };
             runtime().block_on(run_edge(cfg))
         }
+        Command::Controller(args) => runtime().block_on(ops::run_controller(args)),
+        Command::Members { command } => runtime().block_on(ops::members(command)),
+        Command::Status(target) => runtime().block_on(ops::status(target)),
+        Command::Events { target, limit } => runtime().block_on(ops::events(target, limit)),
+        Command::Route { command } => runtime().block_on(ops::route(command)),
         Command::Lab(args) => runtime().block_on(async move {
             match tern_lab::run(args).await {
                 Ok(outcome) => ExitCode::from(outcome.exit_code()),
@@ -109,7 +139,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &Path) -> Result<Config, ExitCode> {
+pub(crate) fn load(path: &Path) -> Result<Config, ExitCode> {
     let name = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -153,7 +183,7 @@ async fn run_edge(cfg: Config) -> ExitCode {
 }
 
 /// A token cancelled on SIGINT or SIGTERM.
-fn shutdown_on_signal() -> CancellationToken {
+pub(crate) fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
