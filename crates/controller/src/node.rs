@@ -105,15 +105,14 @@ impl Controller {
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("create {}", options.data_dir.display()))?;
 
-        let mut service_regions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // A region's starting weight is the largest of its backends'.
+        let mut weights: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
         for s in &config.services {
-            let mut regions: Vec<String> = Vec::new();
+            let w = weights.entry(s.name.clone()).or_default();
             for b in &s.backends {
-                if !regions.contains(&b.region) {
-                    regions.push(b.region.clone());
-                }
+                let e = w.entry(b.region.clone()).or_insert(0);
+                *e = (*e).max(b.weight);
             }
-            service_regions.insert(s.name.clone(), regions);
         }
         let leases = config
             .databases
@@ -127,7 +126,7 @@ impl Controller {
                 duration: Duration::from_secs(5),
                 drift_margin: Duration::from_millis(500),
             });
-        let initial = ControlState::new(service_regions, leases);
+        let initial = ControlState::with_weights(weights, leases);
         let (log, machine) = store::open(&options.data_dir.join("controller.redb"), initial)?;
 
         let raft_config = openraft::Config {

@@ -117,8 +117,21 @@ impl ControlState {
         leases: LeaseSettings,
     ) -> ControlState {
         let weights = service_regions
+            .into_iter()
+            .map(|(s, regions)| (s, regions.into_iter().map(|r| (r, 1)).collect()))
+            .collect();
+        ControlState::with_weights(weights, leases)
+    }
+
+    /// Starts with every region up and the given weights per service and
+    /// region (the configured backends' weights).
+    pub fn with_weights(
+        weights: BTreeMap<String, BTreeMap<String, u32>>,
+        leases: LeaseSettings,
+    ) -> ControlState {
+        let service_regions = weights
             .iter()
-            .map(|(s, regions)| (s.clone(), regions.iter().map(|r| (r.clone(), 1)).collect()))
+            .map(|(s, w)| (s.clone(), w.keys().cloned().collect()))
             .collect();
         let mut state = ControlState {
             service_regions,

@@ -11,6 +11,7 @@
 //! then everything is joined.
 
 pub mod admin;
+pub mod follow;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
@@ -19,6 +20,7 @@ pub mod state;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -66,6 +68,8 @@ pub enum EdgeError {
 
 pub struct Edge {
     state: Arc<EdgeState>,
+    /// The controllers to follow, when the configuration names them.
+    controllers: Option<tern_controller::ControllerClient>,
     /// One listening socket per worker, all bound to the same address with
     /// SO_REUSEPORT so that the kernel spreads connections across workers.
     listeners: Vec<std::net::TcpListener>,
@@ -101,8 +105,21 @@ impl Edge {
             None => None,
         };
         let (phase, _) = watch::channel(Phase::Starting);
+        let state = Arc::new(EdgeState::new(config, settings));
+        // The last committed table first, so that a restart without
+        // controllers serves as before (static stability).
+        if let Some(path) = &state.settings.routing_state {
+            follow::load(&state, path);
+        }
+        let controllers = config.controller.as_ref().map(|c| {
+            tern_controller::ControllerClient::new(
+                c.nodes.iter().map(|n| n.addr).collect(),
+                c.rpc_timeout.max(Duration::from_millis(500)),
+            )
+        });
         Ok(Edge {
-            state: Arc::new(EdgeState::new(config, settings)),
+            state,
+            controllers,
             listeners,
             local_addr,
             admin,
@@ -138,6 +155,7 @@ impl Edge {
     pub async fn run(self, shutdown: CancellationToken) {
         let Edge {
             state,
+            controllers,
             listeners,
             local_addr,
             admin,
@@ -147,6 +165,15 @@ impl Edge {
         let tasks = TaskTracker::new();
         let background = CancellationToken::new();
         probe::spawn_probes(state.clone(), &tasks, background.clone());
+        if let Some(client) = controllers {
+            let path = state.settings.routing_state.clone();
+            tasks.spawn(follow::follow(
+                state.clone(),
+                client,
+                path,
+                background.clone(),
+            ));
+        }
         if let Some(admin) = admin {
             let state = state.clone();
             let phase = phase.subscribe();

@@ -98,10 +98,19 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Edge { config } => {
-            let cfg = match load(&config) {
+            let mut cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            // An edge that follows controllers keeps their last table next
+            // to its configuration unless told otherwise.
+            if let (Some(edge), Some(_)) = (cfg.edge.as_mut(), cfg.controller.as_ref()) {
+                if edge.routing_state.is_none() {
+                    let dir = config.parent().unwrap_or(Path::new("."));
+                    edge.routing_state =
+                        Some(dir.join(format!("tern-routing-{}.json", edge.region)));
+                }
+            }
             runtime().block_on(run_edge(cfg))
         }
         Command::Controller(args) => runtime().block_on(ops::run_controller(args)),

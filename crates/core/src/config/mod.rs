@@ -72,6 +72,10 @@ pub struct EdgeSettings {
     /// A client connection that sends no complete request head for this long
     /// is closed; this also bounds idle keep-alive connections.
     pub client_timeout: Duration,
+    /// Where the edge keeps the last committed routing table, so that it
+    /// serves with it after a restart without controllers. `None`: next to
+    /// the configuration file (the binary decides).
+    pub routing_state: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -636,7 +640,12 @@ fn validate_edge(
         "edge.client_timeout",
         Duration::from_secs(30),
     );
+    let routing_state = e
+        .routing_state
+        .as_ref()
+        .map(|p| std::path::PathBuf::from(p.get_ref()));
     Some(EdgeSettings {
+        routing_state,
         workers,
         client_timeout,
         region,

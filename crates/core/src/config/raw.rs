@@ -55,6 +55,7 @@ pub struct RawEdge {
     pub shutdown_grace: Option<S<String>>,
     pub workers: Option<S<i64>>,
     pub client_timeout: Option<S<String>>,
+    pub routing_state: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
