@@ -37,6 +37,11 @@ enum Command {
     },
     /// Run a controller node (Raft member that decides verdicts, routing and leases).
     Controller(ops::ControllerArgs),
+    /// Run a region agent: probes every region from this one and reports to the controllers.
+    Agent {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Add or remove a controller node.
     Members {
         #[command(subcommand)]
@@ -85,7 +90,7 @@ fn main() -> ExitCode {
     // The lab prints its own progress; its log lines would only interleave.
     // Operator commands print their answers; openraft's own log is chatty.
     init_tracing(match command {
-        Command::Edge { .. } | Command::SampleService { .. } => "info",
+        Command::Edge { .. } | Command::Agent { .. } | Command::SampleService { .. } => "info",
         Command::Controller(_) => "info,openraft=error",
         _ => "warn",
     });
@@ -114,6 +119,29 @@ fn main() -> ExitCode {
             runtime().block_on(run_edge(cfg))
         }
         Command::Controller(args) => runtime().block_on(ops::run_controller(args)),
+        Command::Agent { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            runtime().block_on(async move {
+                let agent = match tern_agent::Agent::new(&cfg) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("tern agent: {e:#}");
+                        return ExitCode::from(EX_CONFIG);
+                    }
+                };
+                let regions: Vec<String> = agent.regions().map(String::from).collect();
+                println!(
+                    "agent in {} watching {}",
+                    agent.region(),
+                    regions.join(", ")
+                );
+                agent.run(shutdown_on_signal()).await;
+                ExitCode::SUCCESS
+            })
+        }
         Command::Members { command } => runtime().block_on(ops::members(command)),
         Command::Status(target) => runtime().block_on(ops::status(target)),
         Command::Events { target, limit } => runtime().block_on(ops::events(target, limit)),
