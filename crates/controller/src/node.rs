@@ -73,8 +73,10 @@ pub struct Controller {
     peers: Arc<BTreeMap<NodeId, SocketAddr>>,
     settings: ControllerSettings,
     verdict: VerdictConfig,
-    /// Serving regions: both the vantage points and the verdict targets.
+    /// Serving regions: the verdict targets.
     regions: Vec<String>,
+    /// Regions whose agents vote: every region of the configuration.
+    vantages: Vec<String>,
     /// The verdict engine of the current leadership term.
     engine: Mutex<Option<(u64, VerdictEngine)>>,
     /// When a legitimate leader last reached this node.
@@ -171,6 +173,9 @@ impl Controller {
             .filter(|r| r.serves_traffic)
             .map(|r| r.name.clone())
             .collect();
+        // Every region is a vantage point (the witness too): a verdict needs
+        // a majority of all of them, reporting or not.
+        let vantages: Vec<String> = config.regions.iter().map(|r| r.name.clone()).collect();
         let (shutdown, _) = watch::channel(false);
         let node = Arc::new(Controller {
             id: options.id,
@@ -183,6 +188,7 @@ impl Controller {
             settings: settings.clone(),
             verdict: config.verdict.clone(),
             regions,
+            vantages,
             engine: Mutex::new(None),
             leader_contact: Mutex::new(None),
             shutdown,
@@ -542,7 +548,7 @@ async fn leader_loop(node: Arc<Controller>) {
             let at = now();
             let mut engine = VerdictEngine::new(
                 node.verdict.settings,
-                node.regions.clone(),
+                node.vantages.clone(),
                 &node.regions,
                 at,
             );

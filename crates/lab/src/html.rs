@@ -36,7 +36,7 @@ pub fn render(report: &Report) -> String {
 
     // Regions in order of first appearance in the routing history.
     let mut regions: Vec<String> = Vec::new();
-    for s in &report.routing_changes {
+    for s in &report.edge_routing {
         for r in &s.serving_regions {
             if !regions.contains(r) {
                 regions.push(r.clone());
@@ -129,7 +129,7 @@ pub fn render(report: &Report) -> String {
     let lane_top = lat_top + lat_h + 40.0;
     let lane_h = 22.0;
     let mut by_edge: BTreeMap<&str, Vec<&crate::report::RoutingSample>> = BTreeMap::new();
-    for s in &report.routing_changes {
+    for s in &report.edge_routing {
         by_edge.entry(&s.edge_region).or_default().push(s);
     }
     let _ = writeln!(

@@ -134,7 +134,7 @@ fn main() -> ExitCode {
                 };
                 let regions: Vec<String> = agent.regions().map(String::from).collect();
                 println!(
-                    "agent in {} watching {}",
+                    "ready: agent in {} watching {}",
                     agent.region(),
                     regions.join(", ")
                 );
