@@ -82,6 +82,7 @@ pub struct Controller {
     /// When a legitimate leader last reached this node.
     leader_contact: Mutex<Option<Instant>>,
     shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Controller {
@@ -192,10 +193,14 @@ impl Controller {
             engine: Mutex::new(None),
             leader_contact: Mutex::new(None),
             shutdown,
+            tasks: Mutex::new(Vec::new()),
         });
 
-        tokio::spawn(serve(node.clone(), listener));
-        tokio::spawn(leader_loop(node.clone()));
+        let tasks = vec![
+            tokio::spawn(serve(node.clone(), listener)),
+            tokio::spawn(leader_loop(node.clone())),
+        ];
+        *node.tasks.lock().expect("tasks lock") = tasks;
 
         let initialized = node
             .raft
@@ -216,9 +221,13 @@ impl Controller {
         Ok(node)
     }
 
-    /// Stops Raft and the server.
+    /// Stops the server, the leader loop and Raft, and waits for them.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        for t in tasks {
+            let _ = t.await;
+        }
         let _ = self.raft.shutdown().await;
     }
 

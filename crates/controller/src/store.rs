@@ -58,8 +58,24 @@ struct StoredSnapshot {
 /// Opens (or creates) the node's database. `initial` is the state a fresh
 /// node starts from; a restarted node reads its own.
 pub fn open(path: &Path, initial: ControlState) -> anyhow::Result<(LogStore, StateMachine)> {
-    let db = Database::create(path)
-        .map_err(|e| anyhow::anyhow!("open the controller database {}: {e}", path.display()))?;
+    // A node restarted within one process may still be letting go of the
+    // file lock for a moment; another process holding it is an error.
+    let mut attempts = 0;
+    let db = loop {
+        match Database::create(path) {
+            Ok(db) => break db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "open the controller database {}: {e}",
+                    path.display()
+                ))
+            }
+        }
+    };
     let db = Arc::new(db);
     {
         let tx = db.begin_write()?;

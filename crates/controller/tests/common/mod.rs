@@ -347,3 +347,27 @@ pub fn seeds() -> Vec<u64> {
         .unwrap_or(20);
     (1..=n).collect()
 }
+
+/// Runs `f` for every seed, a few at a time: each seed has a group of its
+/// own on its own loopback addresses. A failing seed fails the test.
+pub async fn over_seeds<F, Fut>(f: F)
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let seeds = seeds();
+    for chunk in seeds.chunks(4) {
+        let mut set = tokio::task::JoinSet::new();
+        for &seed in chunk {
+            set.spawn(f(seed));
+        }
+        while let Some(r) = set.join_next().await {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+                panic!("a seed's task failed: {e}");
+            }
+        }
+    }
+}
