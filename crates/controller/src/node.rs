@@ -14,7 +14,7 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::AppendEntriesResponse;
@@ -50,6 +50,8 @@ pub fn now() -> Duration {
 /// not forward them again.
 const FORWARDED: &str = "x-tern-forwarded";
 const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Longest wait for a request head on an open connection (idle keep-alive included).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a node starts.
 #[derive(Debug, Clone)]
@@ -599,7 +601,12 @@ async fn serve(node: Arc<Controller>, listener: TcpListener) {
                 let node = node.clone();
                 async move { Ok::<_, Infallible>(route(node, req).await) }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // A client that sends no request head for this long is dropped.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}

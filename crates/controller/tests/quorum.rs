@@ -346,3 +346,78 @@ async fn no_flap_under_alternating_health_seed(seed: u64) {
     let mut g = g;
     g.stop_all().await;
 }
+
+/// A fourth node joins (as a learner that catches up, then a voter) and is
+/// removed again; a group is never shrunk below three voters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_and_removed_by_command() {
+    let mut g = Group::start(99, Timings::default()).await;
+    let leader = g.leader().await;
+    g.client(leader)
+        .write(&set_weights(2, 1))
+        .await
+        .expect("a write before the join");
+
+    // Node 4 listens on a fresh address and knows the others directly.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr4 = l.local_addr().unwrap();
+    drop(l);
+    let mut seen = g.addrs.clone();
+    seen.push(addr4);
+    let config = tern_core::config::Config::from_toml(
+        "join.toml",
+        &common::config_text(&seen, &Timings::default()),
+    )
+    .unwrap();
+    let options = tern_controller::node::NodeOptions {
+        id: 4,
+        data_dir: g.dir.path().join("node4"),
+        listen: Some(addr4),
+        join: true,
+    };
+    let node4 = tern_controller::Controller::start(&config, options)
+        .await
+        .expect("start node 4");
+    let status = g
+        .client(leader)
+        .change_membership(&tern_controller::api::MembershipChange::Add {
+            id: 4,
+            addr: addr4.to_string(),
+        })
+        .await
+        .expect("add node 4");
+    assert_eq!(
+        status.members.iter().filter(|m| m.voter).count(),
+        4,
+        "{status:#?}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while node4.state().routing() != g.node(leader).state().routing() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 4 never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let status = g
+        .client(leader)
+        .change_membership(&tern_controller::api::MembershipChange::Remove { id: 4 })
+        .await
+        .expect("remove node 4");
+    assert_eq!(
+        status.members.iter().filter(|m| m.voter).count(),
+        3,
+        "{status:#?}"
+    );
+    let refused = g
+        .client(leader)
+        .change_membership(&tern_controller::api::MembershipChange::Remove { id: 3 })
+        .await;
+    assert!(
+        matches!(&refused, Err(CallError::Status { message, .. }) if message.contains("at least three")),
+        "{refused:?}"
+    );
+    node4.shutdown().await;
+    g.stop_all().await;
+}

@@ -144,7 +144,7 @@ fn ip(seed: u64, node: usize) -> IpAddr {
     ))
 }
 
-fn config_text(addrs: &[SocketAddr], t: &Timings) -> String {
+pub fn config_text(addrs: &[SocketAddr], t: &Timings) -> String {
     let mut s = String::new();
     for (i, r) in REGIONS.iter().enumerate() {
         s.push_str(&format!(
@@ -164,7 +164,7 @@ fn config_text(addrs: &[SocketAddr], t: &Timings) -> String {
         s.push_str(&format!(
             "[[controller.node]]\nid = {}\nregion = \"{}\"\naddr = \"{a}\"\n",
             i + 1,
-            REGIONS[i]
+            REGIONS[i % 3]
         ));
     }
     s.push_str(
