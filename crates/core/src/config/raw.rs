@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub edge: Option<S<RawEdge>>,
     #[serde(default)]
     pub service: BTreeMap<S<String>, S<RawService>>,
+    pub dns: Option<S<super::dns::RawDns>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,7 +82,7 @@ pub struct RawBackend {
     pub health: Option<S<RawHealth>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
     pub kind: Option<S<String>>,
