@@ -16,6 +16,7 @@ use tern_core::routing::{self, BackendView, RoutePlan};
 
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::dns::authority::{Authority, DnsRecordStatus};
 use crate::metrics::{Metrics, RequestCounters};
 
 /// The clock every decision of this edge is made on: time since the edge
@@ -83,6 +84,8 @@ pub struct EdgeState {
     pub services: Vec<ServiceState>,
     pub clock: Clock,
     pub metrics: Metrics,
+    /// The zones, when the configuration has a `[dns]` table.
+    pub dns: Option<Authority>,
 }
 
 impl EdgeState {
@@ -90,7 +93,7 @@ impl EdgeState {
         let clock = Clock::new();
         let now = clock.now();
         let metrics = Metrics::new();
-        let services = config
+        let services: Vec<ServiceState> = config
             .services
             .iter()
             .map(|s| {
@@ -126,12 +129,17 @@ impl EdgeState {
                 }
             })
             .collect();
+        let dns = config
+            .dns
+            .as_ref()
+            .map(|d| Authority::new(d, &services, &metrics, now));
         let state = EdgeState {
             region: settings.region.clone(),
             settings,
             services,
             clock,
             metrics,
+            dns,
         };
         for s in &state.services {
             state.refresh_serving(s);
@@ -309,6 +317,7 @@ impl EdgeState {
             phase: phase.to_string(),
             uptime_ms: now.as_millis() as u64,
             services,
+            dns: self.dns.as_ref().map(|d| d.status(&self.services)),
         }
     }
 }
@@ -346,6 +355,9 @@ pub struct StatusSnapshot {
     pub phase: String,
     pub uptime_ms: u64,
     pub services: Vec<ServiceStatus>,
+    /// Policy records and what they answer now; absent without a `[dns]` table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<DnsRecordStatus>>,
 }
 
 #[derive(Debug, Serialize)]
