@@ -42,6 +42,27 @@ pub enum Transport {
     Tcp,
 }
 
+/// What an answer depended on, noted by [`Authority::respond_noting`].
+#[derive(Debug, Clone, Default)]
+pub struct Dependencies {
+    /// The same query from the same network would get the same bytes while
+    /// the policies below keep their targets' health (false for weighted
+    /// draws, ECS echoes and malformed queries).
+    pub reusable: bool,
+    /// Policy records consulted, with the outcome counted for each.
+    pub policies: Vec<(usize, Outcome)>,
+    pub rcode: ResponseCode,
+    pub truncated: bool,
+}
+
+/// How a policy record answered one query, as the metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Healthy,
+    Degraded,
+    FailClosed,
+}
+
 /// The health of one target of a policy record.
 pub enum TargetHealth {
     /// No health check: always healthy.
@@ -113,6 +134,28 @@ impl PolicyState {
         } else {
             "A"
         }
+    }
+
+    pub fn count(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Healthy => self.counters.healthy.inc(),
+            Outcome::Degraded => self.counters.degraded.inc(),
+            Outcome::FailClosed => self.counters.fail_closed.inc(),
+        };
+    }
+
+    /// One bit per target, set when healthy; `None` past 64 targets.
+    pub fn health_mask(&self, services: &[ServiceState]) -> Option<u64> {
+        if self.targets.len() > 64 {
+            return None;
+        }
+        Some(
+            self.targets
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.healthy(services))
+                .fold(0, |m, (i, _)| m | 1 << i),
+        )
     }
 
     /// The selection for a client in `client_region`, reading health now.
@@ -246,16 +289,41 @@ impl Authority {
         src: SocketAddr,
         transport: Transport,
     ) -> Option<Vec<u8>> {
+        self.respond_noting(
+            services,
+            query,
+            src,
+            transport,
+            &mut Dependencies::default(),
+        )
+    }
+
+    /// [`Authority::respond`], noting in `deps` what the answer depended on
+    /// so that a cache can tell when it would still be the same.
+    pub fn respond_noting(
+        &self,
+        services: &[ServiceState],
+        query: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        deps: &mut Dependencies,
+    ) -> Option<Vec<u8>> {
+        deps.reusable = true;
         if query.len() < 12 || query[2] & 0x80 != 0 {
             self.responses.dropped.inc();
+            deps.reusable = false;
             return None;
         }
         let request = match Message::from_vec(query) {
             Ok(m) => m,
-            Err(_) => return Some(self.header_only(query, ResponseCode::FormErr)),
+            Err(_) => {
+                deps.reusable = false;
+                return Some(self.header_only(query, ResponseCode::FormErr));
+            }
         };
         if request.metadata.message_type != MessageType::Query {
             self.responses.dropped.inc();
+            deps.reusable = false;
             return None;
         }
         let mut response = Message::response(request.metadata.id, request.metadata.op_code);
@@ -275,22 +343,26 @@ impl Authority {
             }
             if req_edns.version() > 0 {
                 response.set_edns(edns);
-                return Some(self.finish(response, ResponseCode::BADVERS, max_size));
+                return Some(self.finish(response, ResponseCode::BADVERS, max_size, deps));
             }
             response.set_edns(edns);
         }
         if request.metadata.op_code != OpCode::Query {
-            return Some(self.finish(response, ResponseCode::NotImp, max_size));
+            return Some(self.finish(response, ResponseCode::NotImp, max_size, deps));
         }
         if request.queries.len() != 1 {
-            return Some(self.finish(response, ResponseCode::FormErr, max_size));
+            return Some(self.finish(response, ResponseCode::FormErr, max_size, deps));
         }
         let ecs = match request_subnet(&request) {
             Ok(ecs) => ecs,
-            Err(()) => return Some(self.finish(response, ResponseCode::FormErr, max_size)),
+            Err(()) => return Some(self.finish(response, ResponseCode::FormErr, max_size, deps)),
         };
-        let rcode = self.answer(services, &request.queries[0], ecs, src, &mut response);
-        Some(self.finish(response, rcode, max_size))
+        if ecs.is_some() {
+            // The echoed option carries the client's subnet.
+            deps.reusable = false;
+        }
+        let rcode = self.answer(services, &request.queries[0], ecs, src, &mut response, deps);
+        Some(self.finish(response, rcode, max_size, deps))
     }
 
     /// Fills the answer and authority sections; returns the response code.
@@ -301,6 +373,7 @@ impl Authority {
         ecs: Option<ClientSubnet>,
         src: SocketAddr,
         response: &mut Message,
+        deps: &mut Dependencies,
     ) -> ResponseCode {
         if query.query_class() != DNSClass::IN && query.query_class() != DNSClass::ANY {
             return ResponseCode::Refused;
@@ -366,17 +439,22 @@ impl Authority {
                     continue;
                 }
                 location_dependent |= p.policy.location_dependent();
+                // A weighted answer is a fresh draw each time.
+                deps.reusable &= p.policy != DnsPolicy::Weighted;
                 match p.select(services, client_region, fastrand::u64(..)) {
                     Selection::FailClosed => {
-                        p.counters.fail_closed.inc();
+                        p.count(Outcome::FailClosed);
+                        deps.policies.push((*pi, Outcome::FailClosed));
                         rcode = ResponseCode::ServFail;
                     }
                     Selection::Answer { targets, degraded } => {
-                        if degraded {
-                            p.counters.degraded.inc();
+                        let outcome = if degraded {
+                            Outcome::Degraded
                         } else {
-                            p.counters.healthy.inc();
-                        }
+                            Outcome::Healthy
+                        };
+                        p.count(outcome);
+                        deps.policies.push((*pi, outcome));
                         for t in targets {
                             let mut r = p.targets[t].record.clone();
                             r.ttl = p.ttl;
@@ -408,6 +486,16 @@ impl Authority {
         rcode
     }
 
+    /// Index of the configured network a client address belongs to, if any.
+    pub fn network_index(&self, addr: IpAddr) -> Option<usize> {
+        let n = client_network(&self.networks, addr)?;
+        self.networks.iter().position(|x| std::ptr::eq(x, n))
+    }
+
+    pub fn responses(&self) -> &DnsResponseCounters {
+        &self.responses
+    }
+
     /// The zone a name belongs to: the longest origin that is a suffix of it.
     fn zone_of(&self, qname: &LowerName) -> Option<usize> {
         self.zones
@@ -420,9 +508,16 @@ impl Authority {
 
     /// Sets the code, encodes, and truncates to `max_size` (TC set, only the
     /// question and OPT kept) so that the client retries over TCP.
-    fn finish(&self, mut response: Message, rcode: ResponseCode, max_size: usize) -> Vec<u8> {
+    fn finish(
+        &self,
+        mut response: Message,
+        rcode: ResponseCode,
+        max_size: usize,
+        deps: &mut Dependencies,
+    ) -> Vec<u8> {
         response.metadata.response_code = rcode;
         self.responses.count(rcode);
+        deps.rcode = rcode;
         let mut out = Vec::with_capacity(512);
         let mut encoder = BinEncoder::new(&mut out);
         encoder.set_max_size(max_size as u16);
@@ -431,6 +526,7 @@ impl Authority {
             return out;
         }
         self.responses.truncated.inc();
+        deps.truncated = true;
         let mut out = Vec::with_capacity(512);
         let mut encoder = BinEncoder::new(&mut out);
         encoder.set_max_size(max_size as u16);

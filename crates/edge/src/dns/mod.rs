@@ -5,7 +5,8 @@
 //! - UDP, the hot path: one thread per worker, each blocking on its own
 //!   SO_REUSEPORT socket bound to the same address, answering in place
 //!   without a task or a channel per packet (as the HTTP edge's workers do for
-//!   connections);
+//!   connections), from a per-worker [`cache::AnswerCache`] of encoded answers
+//!   that is used only while the health they were computed from holds;
 //! - TCP, for truncated answers and zone tooling: hickory-server's `Server`
 //!   (framing, pipelining, idle timeouts) with a handler that calls the same
 //!   `respond`.
@@ -14,7 +15,9 @@
 //! service backend read the HTTP path's health trackers directly.
 
 pub mod authority;
+pub mod cache;
 pub mod probe;
+mod udp;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,16 +127,18 @@ fn reuseport_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// One thread answering queries from its own socket until `stop`.
+/// One thread answering queries from its own socket until `stop`, a batch
+/// of waiting queries at a time.
 fn udp_worker(socket: std::net::UdpSocket, state: Arc<EdgeState>, stop: Arc<AtomicBool>) {
     let Some(authority) = state.dns.as_ref() else {
         return;
     };
-    // Large enough for any datagram; a query is rarely above 512 bytes.
-    let mut buf = vec![0u8; 65_536];
+    let mut batch = udp::Batch::new();
+    let mut answers: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(udp::BATCH);
+    let mut cache = cache::AnswerCache::default();
     while !stop.load(Ordering::Relaxed) {
-        let (n, src) = match socket.recv_from(&mut buf) {
-            Ok(r) => r,
+        let n = match batch.receive(&socket) {
+            Ok(n) => n,
             Err(e)
                 if matches!(
                     e.kind(),
@@ -150,11 +155,16 @@ fn udp_worker(socket: std::net::UdpSocket, state: Arc<EdgeState>, stop: Arc<Atom
                 continue;
             }
         };
-        if let Some(response) = authority.respond(&state.services, &buf[..n], src, Transport::Udp) {
-            if let Err(e) = socket.send_to(&response, src) {
-                tracing::debug!(error = %e, %src, "dns udp send failed");
+        answers.clear();
+        for i in 0..n {
+            let Some((query, src)) = batch.get(i) else {
+                continue;
+            };
+            if let Some(response) = cache.respond(authority, &state.services, query, src) {
+                answers.push((response, src));
             }
         }
+        udp::send_all(&socket, &answers);
     }
 }
 
