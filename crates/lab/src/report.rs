@@ -87,6 +87,9 @@ pub struct Report {
     pub fault_ms: Option<f64>,
     pub restore_ms: Option<f64>,
     pub end_ms: f64,
+    /// The same fault seen by clients that find edges through DNS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_path: Option<crate::dns_report::DnsPathReport>,
 }
 
 /// Length of a [`Bucket`] in milliseconds.
@@ -252,6 +255,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         fault_ms: moments.fault_ms,
         restore_ms: moments.restore_ms,
         end_ms: moments.end_ms,
+        dns_path: None,
     }
 }
 
@@ -405,6 +409,9 @@ impl Report {
             "target: detection under 1000 ms: {}",
             mark(self.targets.detection_under_1s)
         );
+        if let Some(dns) = &self.dns_path {
+            out.push_str(&dns.table());
+        }
         out
     }
 }
