@@ -218,9 +218,13 @@ async fn all_unhealthy_fails_open_or_closed_as_configured() {
         (status.as_str(), addrs),
         ("NOERROR", vec!["127.0.0.1".to_string()])
     );
-    let (status, addrs) = answer(&edge, "closed.example.com").await;
-    assert_eq!(status, "SERVFAIL");
-    assert!(addrs.is_empty());
+    let closed = edge.dig1(&["closed.example.com"]).await;
+    assert_eq!(closed.status, "SERVFAIL", "{}", closed.raw);
+    assert!(closed.answers.is_empty());
+    assert!(
+        !closed.has_flag("aa"),
+        "a failure is not an authoritative answer"
+    );
     let s = edge.status().await;
     assert_eq!(s["dns"][1]["fail_closed"], true);
     assert_eq!(s["dns"][1]["when_all_unhealthy"], "fail-closed");

@@ -466,7 +466,9 @@ impl Authority {
             break;
         }
         if rcode == ResponseCode::ServFail {
+            // Failing closed: no answer, and nothing authoritative about it.
             response.answers.clear();
+            response.metadata.authoritative = false;
         } else if response.answers.is_empty() || rcode == ResponseCode::NXDomain {
             // NODATA or NXDOMAIN: the SOA tells resolvers how long to cache that.
             let z = &self.zones[zone];
