@@ -49,11 +49,15 @@ const DNS_RCODES: [&str; 7] = [
 
 impl DnsResponseCounters {
     pub fn count(&self, rcode: hickory_proto::op::ResponseCode) {
+        self.count_n(rcode, 1);
+    }
+
+    pub fn count_n(&self, rcode: hickory_proto::op::ResponseCode, n: u64) {
         let i = match u16::from(rcode) {
             c @ 0..=5 => usize::from(c),
             _ => 6,
         };
-        self.by_rcode[i].inc();
+        self.by_rcode[i].inc_by(n);
     }
 }
 

@@ -137,10 +137,14 @@ impl PolicyState {
     }
 
     pub fn count(&self, outcome: Outcome) {
+        self.count_n(outcome, 1);
+    }
+
+    pub fn count_n(&self, outcome: Outcome, n: u64) {
         match outcome {
-            Outcome::Healthy => self.counters.healthy.inc(),
-            Outcome::Degraded => self.counters.degraded.inc(),
-            Outcome::FailClosed => self.counters.fail_closed.inc(),
+            Outcome::Healthy => self.counters.healthy.inc_by(n),
+            Outcome::Degraded => self.counters.degraded.inc_by(n),
+            Outcome::FailClosed => self.counters.fail_closed.inc_by(n),
         };
     }
 

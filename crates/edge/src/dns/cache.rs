@@ -35,6 +35,12 @@ struct Entry {
 pub struct AnswerCache {
     entries: HashMap<Box<[u8]>, Entry>,
     key: Vec<u8>,
+    /// Counts of answers given from the cache, added to the shared metrics
+    /// by [`AnswerCache::flush_counts`] once per batch rather than once per
+    /// query, so that workers do not contend on the counters' cache lines.
+    pending_rcodes: Vec<(hickory_proto::op::ResponseCode, u64)>,
+    pending_truncated: u64,
+    pending_outcomes: Vec<((usize, Outcome), u64)>,
 }
 
 impl AnswerCache {
@@ -46,9 +52,30 @@ impl AnswerCache {
         query: &[u8],
         src: SocketAddr,
     ) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.respond_into(auth, services, query, src, &mut out)
+            .then_some(out)
+    }
+
+    /// [`AnswerCache::respond`] into a buffer the caller reuses; false when
+    /// nothing is to be sent.
+    pub fn respond_into(
+        &mut self,
+        auth: &Authority,
+        services: &[ServiceState],
+        query: &[u8],
+        src: SocketAddr,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let network = auth.network_index(src.ip());
         let Some(question_end) = plain_query(query, network, &mut self.key) else {
-            return auth.respond(services, query, src, Transport::Udp);
+            return match auth.respond(services, query, src, Transport::Udp) {
+                Some(v) => {
+                    *out = v;
+                    true
+                }
+                None => false,
+            };
         };
         if let Some(e) = self.entries.get(self.key.as_slice()) {
             let fresh = e
@@ -56,25 +83,36 @@ impl AnswerCache {
                 .iter()
                 .all(|(pi, _, mask)| auth.policies[*pi].health_mask(services) == Some(*mask));
             if fresh {
-                let mut out = e.bytes.clone();
+                out.clear();
+                out.extend_from_slice(&e.bytes);
                 // The query's ID, RD and CD bits, and its question as spelled.
                 out[0] = query[0];
                 out[1] = query[1];
                 out[2] = (out[2] & !0x01) | (query[2] & 0x01);
                 out[3] = (out[3] & !0x10) | (query[3] & 0x10);
                 out[12..question_end].copy_from_slice(&query[12..question_end]);
-                auth.responses().count(e.rcode);
-                if e.truncated {
-                    auth.responses().truncated.inc();
+                // A batch holds few kinds of answer: linear searches, no allocation.
+                match self.pending_rcodes.iter_mut().find(|(r, _)| *r == e.rcode) {
+                    Some((_, n)) => *n += 1,
+                    None => self.pending_rcodes.push((e.rcode, 1)),
                 }
+                self.pending_truncated += u64::from(e.truncated);
                 for (pi, outcome, _) in &e.policies {
-                    auth.policies[*pi].count(*outcome);
+                    let key = (*pi, *outcome);
+                    match self.pending_outcomes.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, n)) => *n += 1,
+                        None => self.pending_outcomes.push((key, 1)),
+                    }
                 }
-                return Some(out);
+                return true;
             }
         }
         let mut deps = Dependencies::default();
-        let out = auth.respond_noting(services, query, src, Transport::Udp, &mut deps)?;
+        let Some(fresh) = auth.respond_noting(services, query, src, Transport::Udp, &mut deps)
+        else {
+            return false;
+        };
+        *out = fresh;
         let same_question =
             out.len() >= question_end && out[12..question_end] == query[12..question_end];
         if deps.reusable && same_question {
@@ -102,7 +140,23 @@ impl AnswerCache {
                 );
             }
         }
-        Some(out)
+        true
+    }
+}
+
+impl AnswerCache {
+    /// Adds the counts of cached answers to the shared metrics.
+    pub fn flush_counts(&mut self, auth: &Authority) {
+        for (rcode, n) in self.pending_rcodes.drain(..) {
+            auth.responses().count_n(rcode, n);
+        }
+        if self.pending_truncated > 0 {
+            auth.responses().truncated.inc_by(self.pending_truncated);
+            self.pending_truncated = 0;
+        }
+        for ((pi, outcome), n) in self.pending_outcomes.drain(..) {
+            auth.policies[pi].count_n(outcome, n);
+        }
     }
 }
 

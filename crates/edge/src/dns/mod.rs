@@ -134,7 +134,9 @@ fn udp_worker(socket: std::net::UdpSocket, state: Arc<EdgeState>, stop: Arc<Atom
         return;
     };
     let mut batch = udp::Batch::new();
+    // Answer buffers are reused from batch to batch; `used` of them are live.
     let mut answers: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(udp::BATCH);
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
     let mut cache = cache::AnswerCache::default();
     while !stop.load(Ordering::Relaxed) {
         let n = match batch.receive(&socket) {
@@ -155,16 +157,22 @@ fn udp_worker(socket: std::net::UdpSocket, state: Arc<EdgeState>, stop: Arc<Atom
                 continue;
             }
         };
-        answers.clear();
+        let mut used = 0;
         for i in 0..n {
             let Some((query, src)) = batch.get(i) else {
                 continue;
             };
-            if let Some(response) = cache.respond(authority, &state.services, query, src) {
-                answers.push((response, src));
+            if answers.len() == used {
+                answers.push((Vec::with_capacity(512), unspecified));
+            }
+            let (buf, to) = &mut answers[used];
+            if cache.respond_into(authority, &state.services, query, src, buf) {
+                *to = src;
+                used += 1;
             }
         }
-        udp::send_all(&socket, &answers);
+        udp::send_all(&socket, &answers[..used]);
+        cache.flush_counts(authority);
     }
 }
 
