@@ -11,18 +11,20 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::lease::{Lease, LeaseError, LeaseSettings, LeaseTable};
 use crate::verdict::{Decision, Verdict};
 
 /// Per service, the weight edges must give each region. Versioned: the
 /// version grows by one with every change, so edges can tell new from old.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoutingTable {
     pub version: u64,
     pub services: BTreeMap<String, ServiceRoute>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceRoute {
     /// Effective weight per region: the operators' weight, or 0 while the
     /// region's verdict is down.
@@ -31,7 +33,7 @@ pub struct ServiceRoute {
     pub all_unhealthy: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// A verdict change decided by the leader's verdict engine.
     Verdict(Decision),
@@ -62,18 +64,19 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// Position in the audit log, from 1.
     pub index: u64,
+    #[serde(with = "crate::units::serde_ms")]
     pub at: Duration,
-    pub kind: &'static str,
+    pub kind: String,
     pub summary: String,
     /// The observations or inputs behind the decision.
     pub evidence: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ControlError {
     #[error("unknown service \"{0}\"")]
     UnknownService(String),
@@ -88,7 +91,7 @@ pub enum ControlError {
 }
 
 /// What applying a command produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     Nothing,
     /// The routing table changed to this version.
@@ -96,7 +99,7 @@ pub enum Applied {
     Lease(Lease),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlState {
     /// The regions each service has backends in.
     service_regions: BTreeMap<String, Vec<String>>,
@@ -114,8 +117,21 @@ impl ControlState {
         leases: LeaseSettings,
     ) -> ControlState {
         let weights = service_regions
+            .into_iter()
+            .map(|(s, regions)| (s, regions.into_iter().map(|r| (r, 1)).collect()))
+            .collect();
+        ControlState::with_weights(weights, leases)
+    }
+
+    /// Starts with every region up and the given weights per service and
+    /// region (the configured backends' weights).
+    pub fn with_weights(
+        weights: BTreeMap<String, BTreeMap<String, u32>>,
+        leases: LeaseSettings,
+    ) -> ControlState {
+        let service_regions = weights
             .iter()
-            .map(|(s, regions)| (s.clone(), regions.iter().map(|r| (r.clone(), 1)).collect()))
+            .map(|(s, w)| (s.clone(), w.keys().cloned().collect()))
             .collect();
         let mut state = ControlState {
             service_regions,
@@ -140,6 +156,11 @@ impl ControlState {
         self.verdicts.get(region).copied().unwrap_or(Verdict::Up)
     }
 
+    /// Every region that ever had a verdict other than the initial `Up`.
+    pub fn verdicts(&self) -> &BTreeMap<String, Verdict> {
+        &self.verdicts
+    }
+
     pub fn leases(&self) -> &LeaseTable {
         &self.leases
     }
@@ -149,12 +170,12 @@ impl ControlState {
         &self.audit
     }
 
-    fn record(&mut self, at: Duration, kind: &'static str, summary: String, evidence: Vec<String>) {
+    fn record(&mut self, at: Duration, kind: &str, summary: String, evidence: Vec<String>) {
         let index = self.audit.len() as u64 + 1;
         self.audit.push(AuditEntry {
             index,
             at,
-            kind,
+            kind: kind.to_string(),
             summary,
             evidence,
         });
@@ -435,7 +456,7 @@ mod tests {
         );
         assert_eq!(s.routing().version, 2);
         // The audit log has the verdict with its evidence, then the routing change.
-        let kinds: Vec<_> = s.audit().iter().map(|a| a.kind).collect();
+        let kinds: Vec<_> = s.audit().iter().map(|a| a.kind.as_str()).collect();
         assert_eq!(kinds, vec!["verdict", "routing"]);
         assert!(s.audit()[0].evidence[0].contains("west: 3 failed"));
     }

@@ -17,23 +17,28 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseSettings {
+    #[serde(with = "crate::units::serde_ms")]
     pub duration: Duration,
+    #[serde(with = "crate::units::serde_ms")]
     pub drift_margin: Duration,
 }
 
 /// A granted lease: `holder` may accept writes for `cluster` in `epoch`
 /// until `expires_at`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub cluster: String,
     pub holder: String,
     pub epoch: u64,
+    #[serde(with = "crate::units::serde_ms")]
     pub expires_at: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum LeaseError {
     #[error("cluster {cluster} is leased to {holder} (epoch {epoch}); a new lease is possible at {safe_at:?}")]
     HeldByOther {
@@ -41,6 +46,7 @@ pub enum LeaseError {
         holder: String,
         epoch: u64,
         /// Expiry plus the drift margin.
+        #[serde(with = "crate::units::serde_ms")]
         safe_at: Duration,
     },
     #[error("{holder} does not hold epoch {epoch} of cluster {cluster}")]
@@ -53,21 +59,24 @@ pub enum LeaseError {
     Expired {
         cluster: String,
         holder: String,
+        #[serde(with = "crate::units::serde_ms")]
         expired_at: Duration,
     },
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct ClusterLease {
     /// The highest epoch ever granted.
     epoch: u64,
     holder: Option<String>,
+    #[serde(with = "crate::units::serde_ms")]
     expires_at: Duration,
     /// No new epoch before this: expiry plus margin, or later after a leader change.
+    #[serde(with = "crate::units::serde_ms")]
     safe_at: Duration,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseTable {
     settings: Option<LeaseSettings>,
     clusters: BTreeMap<String, ClusterLease>,
@@ -83,6 +92,11 @@ impl LeaseTable {
 
     fn settings(&self) -> LeaseSettings {
         self.settings.expect("LeaseTable::new sets the settings")
+    }
+
+    /// The clusters that ever had a lease, by name.
+    pub fn clusters(&self) -> impl Iterator<Item = &str> {
+        self.clusters.keys().map(String::as_str)
     }
 
     /// The current epoch of a cluster (0 before any grant).

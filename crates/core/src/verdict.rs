@@ -17,9 +17,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::health::HealthState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Verdict {
     Up,
     Degraded,
@@ -50,48 +52,56 @@ impl From<HealthState> for Verdict {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerdictSettings {
     pub fall: u32,
     pub rise: u32,
     /// How long a majority must keep seeing a down target up before it returns.
+    #[serde(with = "crate::units::serde_ms")]
     pub hold_down: Duration,
     /// Answers slower than this count as slow; `None` disables degraded verdicts.
+    #[serde(with = "crate::units::serde_ms::option")]
     pub degraded_latency: Option<Duration>,
     /// Reports older than this carry no vote.
+    #[serde(with = "crate::units::serde_ms")]
     pub stale_after: Duration,
 }
 
 /// One probe result from one vantage point.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observation {
     pub vantage: String,
     pub target: String,
     pub ok: bool,
     /// Round trip of a successful probe.
+    #[serde(with = "crate::units::serde_ms::option")]
     pub latency: Option<Duration>,
+    #[serde(with = "crate::units::serde_ms")]
     pub at: Duration,
 }
 
 /// What one vantage point had seen when a decision was taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VantageEvidence {
     pub vantage: String,
     pub consecutive_failures: u32,
     pub consecutive_successes: u32,
     pub consecutive_slow: u32,
+    #[serde(with = "crate::units::serde_ms::option")]
     pub last_latency: Option<Duration>,
+    #[serde(with = "crate::units::serde_ms")]
     pub last_report: Duration,
     /// False when the report was too old to vote.
     pub fresh: bool,
 }
 
 /// A verdict change, with the observations that caused it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub target: String,
     pub from: Verdict,
     pub to: Verdict,
+    #[serde(with = "crate::units::serde_ms")]
     pub at: Duration,
     pub evidence: Vec<VantageEvidence>,
 }
@@ -153,6 +163,18 @@ impl VerdictEngine {
             },
             vantages,
             targets,
+        }
+    }
+
+    /// Sets a target's verdict without a decision: a new controller leader
+    /// starts its engine from the committed verdicts.
+    pub fn seed(&mut self, target: &str, verdict: Verdict, now: Duration) {
+        if let Some(t) = self.targets.get_mut(target) {
+            if t.verdict != verdict {
+                t.verdict = verdict;
+                t.since = now;
+                t.recovering_since = None;
+            }
         }
     }
 

@@ -309,6 +309,40 @@ fn full_fixture_resolves_every_key() {
     );
     assert_eq!(b.health.interval, Duration::from_secs(1));
     assert_eq!(b.health.timeout, Duration::from_millis(500));
+
+    let ctl = cfg.controller.as_ref().expect("controller");
+    assert_eq!(ctl.heartbeat, Duration::from_millis(100));
+    assert_eq!(ctl.election_timeout, Duration::from_millis(800));
+    assert_eq!(ctl.rpc_timeout, Duration::from_millis(300));
+    let nodes: Vec<(u64, &str, String)> = ctl
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.region.as_str(), n.addr.to_string()))
+        .collect();
+    assert_eq!(
+        nodes,
+        vec![
+            (1, "us-east", "127.0.1.7:7400".to_string()),
+            (2, "us-west", "127.0.2.7:7400".to_string()),
+            (3, "witness", "127.0.3.7:7400".to_string()),
+        ]
+    );
+    let v = &cfg.verdict;
+    assert_eq!(v.interval, Duration::from_secs(2));
+    assert_eq!(v.timeout, Duration::from_secs(1));
+    assert_eq!((v.settings.fall, v.settings.rise), (4, 5));
+    assert_eq!(v.settings.hold_down, Duration::from_secs(10));
+    assert_eq!(
+        v.settings.degraded_latency,
+        Some(Duration::from_millis(300))
+    );
+    assert_eq!(cfg.agent.as_deref(), Some("us-west"));
+    let db = &cfg.databases[0];
+    assert_eq!(db.name, "payments");
+    assert_eq!(db.replication, tern_core::config::Replication::Sync);
+    assert_eq!(db.rpo_budget, 2 * 1024 * 1024);
+    assert_eq!(db.lease.duration, Duration::from_secs(4));
+    assert_eq!(db.lease.drift_margin, Duration::from_secs(1));
 }
 
 #[test]

@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod dns;
+pub mod follow;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
@@ -22,6 +23,7 @@ pub mod state;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -69,6 +71,8 @@ pub enum EdgeError {
 
 pub struct Edge {
     state: Arc<EdgeState>,
+    /// The controllers to follow, when the configuration names them.
+    controllers: Option<tern_controller::ControllerClient>,
     /// One listening socket per worker, all bound to the same address with
     /// SO_REUSEPORT so that the kernel spreads connections across workers.
     listeners: Vec<std::net::TcpListener>,
@@ -119,8 +123,21 @@ impl Edge {
             None => None,
         };
         let (phase, _) = watch::channel(Phase::Starting);
+        let state = Arc::new(EdgeState::new(config, settings));
+        // The last committed table first, so that a restart without
+        // controllers serves as before (static stability).
+        if let Some(path) = &state.settings.routing_state {
+            follow::load(&state, path);
+        }
+        let controllers = config.controller.as_ref().map(|c| {
+            tern_controller::ControllerClient::new(
+                c.nodes.iter().map(|n| n.addr).collect(),
+                c.rpc_timeout.max(Duration::from_millis(500)),
+            )
+        });
         Ok(Edge {
-            state: Arc::new(EdgeState::new(config, settings)),
+            state,
+            controllers,
             listeners,
             local_addr,
             admin,
@@ -162,6 +179,7 @@ impl Edge {
     pub async fn run(self, shutdown: CancellationToken) {
         let Edge {
             state,
+            controllers,
             listeners,
             local_addr,
             admin,
@@ -176,6 +194,15 @@ impl Edge {
         if let Some(dns) = dns {
             // DNS stops with client traffic, before the drain of HTTP requests.
             tasks.spawn(dns.run(state.clone(), shutdown.clone()));
+        }
+        if let Some(client) = controllers {
+            let path = state.settings.routing_state.clone();
+            tasks.spawn(follow::follow(
+                state.clone(),
+                client,
+                path,
+                background.clone(),
+            ));
         }
         if let Some(admin) = admin {
             let state = state.clone();

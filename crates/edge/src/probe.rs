@@ -105,7 +105,7 @@ async fn probe_loop(state: Arc<EdgeState>, si: usize, bi: usize, client: ProbeCl
     }
 }
 
-pub(crate) async fn probe_once(
+pub async fn probe_once(
     client: &ProbeClient,
     url: &BackendUrl,
     probe: &ProbeKind,

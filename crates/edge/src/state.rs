@@ -4,7 +4,8 @@
 //! [`EdgeState`]. Locks are plain mutexes held for a few field updates and
 //! never across an `.await`.
 
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -78,8 +79,23 @@ pub struct ServiceState {
     pub requests: RequestCounters,
 }
 
+/// The routing table the controllers committed, as this edge last got it.
+#[derive(Debug, Clone, Default)]
+pub struct CommittedRouting {
+    /// 0: no table yet; the edge routes on its own checks alone.
+    pub version: u64,
+    /// "none", "controllers" or "disk".
+    pub source: &'static str,
+    /// When it was applied, on the edge's clock.
+    pub applied_at: Option<Duration>,
+    /// Per service, the weight of each region; a region at 0 takes traffic
+    /// only when no other region can (the all-unhealthy policy decides).
+    pub services: BTreeMap<String, BTreeMap<String, u32>>,
+}
+
 pub struct EdgeState {
     pub region: String,
+    pub routing: RwLock<CommittedRouting>,
     pub settings: EdgeSettings,
     pub services: Vec<ServiceState>,
     pub clock: Clock,
@@ -134,6 +150,10 @@ impl EdgeState {
             .as_ref()
             .map(|d| Authority::new(d, &services, &metrics, now));
         let state = EdgeState {
+            routing: RwLock::new(CommittedRouting {
+                source: "none",
+                ..CommittedRouting::default()
+            }),
             region: settings.region.clone(),
             settings,
             services,
@@ -171,16 +191,28 @@ impl EdgeState {
     pub fn plan(&self, service: &ServiceState, random: u64) -> RoutePlan {
         let now = self.clock.now();
         let views = service.views(now);
+        let routing = self.routing.read().expect("routing lock");
+        let committed = routing.services.get(&service.config.name);
         let views: Vec<BackendView<'_>> = views
             .iter()
-            .map(|(b, healthy, ejected, rtt)| BackendView {
-                region: &b.config.region,
-                weight: b.config.weight,
-                healthy: *healthy,
-                ejected: *ejected,
-                rtt: *rtt,
+            .map(|(b, healthy, ejected, rtt)| {
+                let weight = committed
+                    .and_then(|c| c.get(&b.config.region))
+                    .copied()
+                    .unwrap_or(b.config.weight);
+                // A region the controllers took out (weight 0) is left to
+                // the all-unhealthy policy, like a failing one.
+                let allowed = committed.is_none_or(|_| weight > 0);
+                BackendView {
+                    region: &b.config.region,
+                    weight,
+                    healthy: *healthy && allowed,
+                    ejected: *ejected,
+                    rtt: *rtt,
+                }
             })
             .collect();
+        drop(routing);
         routing::plan(
             service.config.policy,
             service.config.when_all_unhealthy,
@@ -188,6 +220,33 @@ impl EdgeState {
             &views,
             random,
         )
+    }
+
+    /// Applies a committed routing table if it is newer than the one held.
+    /// Returns whether it was applied.
+    pub fn apply_routing(
+        &self,
+        version: u64,
+        services: BTreeMap<String, BTreeMap<String, u32>>,
+        source: &'static str,
+    ) -> bool {
+        {
+            let mut r = self.routing.write().expect("routing lock");
+            if version <= r.version {
+                return false;
+            }
+            tracing::info!(version, source, "routing table applied");
+            *r = CommittedRouting {
+                version,
+                source,
+                applied_at: Some(self.clock.now()),
+                services,
+            };
+        }
+        for s in &self.services {
+            self.refresh_serving(s);
+        }
+        true
     }
 
     /// Recomputes which regions the service sends first-choice traffic to,
@@ -312,8 +371,18 @@ impl EdgeState {
                 }
             })
             .collect();
+        let routing = {
+            let r = self.routing.read().expect("routing lock");
+            RoutingStatus {
+                version: r.version,
+                source: r.source,
+                applied_unix_ms: r.applied_at.map(|at| self.clock.unix_ms(at)),
+                weights: r.services.clone(),
+            }
+        };
         StatusSnapshot {
             region: self.region.clone(),
+            routing,
             phase: phase.to_string(),
             uptime_ms: now.as_millis() as u64,
             services,
@@ -352,12 +421,22 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 #[derive(Debug, Serialize)]
 pub struct StatusSnapshot {
     pub region: String,
+    pub routing: RoutingStatus,
     pub phase: String,
     pub uptime_ms: u64,
     pub services: Vec<ServiceStatus>,
     /// Policy records and what they answer now; absent without a `[dns]` table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<Vec<DnsRecordStatus>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RoutingStatus {
+    /// Version of the committed routing table in use; 0 when none.
+    pub version: u64,
+    pub source: &'static str,
+    pub applied_unix_ms: Option<u64>,
+    pub weights: BTreeMap<String, BTreeMap<String, u32>>,
 }
 
 #[derive(Debug, Serialize)]

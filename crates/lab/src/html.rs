@@ -36,7 +36,7 @@ pub fn render(report: &Report) -> String {
 
     // Regions in order of first appearance in the routing history.
     let mut regions: Vec<String> = Vec::new();
-    for s in &report.routing_changes {
+    for s in &report.edge_routing {
         for r in &s.serving_regions {
             if !regions.contains(r) {
                 regions.push(r.clone());
@@ -129,7 +129,7 @@ pub fn render(report: &Report) -> String {
     let lane_top = lat_top + lat_h + 40.0;
     let lane_h = 22.0;
     let mut by_edge: BTreeMap<&str, Vec<&crate::report::RoutingSample>> = BTreeMap::new();
-    for s in &report.routing_changes {
+    for s in &report.edge_routing {
         by_edge.entry(&s.edge_region).or_default().push(s);
     }
     let _ = writeln!(
@@ -246,6 +246,13 @@ pub fn render(report: &Report) -> String {
     row("error window", format!("{:.0} ms", report.error_window_ms));
     row("RTO", opt(report.rto_ms));
     row("failback", opt(report.failback_ms));
+    row("committed verdict", opt(report.verdict_ms));
+    if let Some(n) = report.routing_changes {
+        row("committed routing changes", n.to_string());
+    }
+    if let Some(n) = report.minority_decisions {
+        row("decisions of the cut-off controller", n.to_string());
+    }
     for (phase, p) in &report.latency_ms {
         row(
             &format!("latency {phase}"),
@@ -259,6 +266,11 @@ pub fn render(report: &Report) -> String {
         .events
         .iter()
         .map(|e| format!("<li>{:.1} s: {}</li>", e.t_ms / 1_000.0, esc(&e.what)))
+        .collect();
+    let audit: String = report
+        .audit
+        .iter()
+        .map(|line| format!("<li><code>{}</code></li>", esc(line)))
         .collect();
     format!(
         r#"<!doctype html>
@@ -278,6 +290,7 @@ td {{ padding: 2px 0; }}
 <svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0}" viewBox="0 0 {WIDTH} {height:.0}">
 {svg}</svg>
 <h2>Events</h2><ul>{events}</ul>
+<h2>Controllers' audit log</h2><ul>{audit}</ul>
 </body></html>
 "#,
         title = esc(&report.scenario),

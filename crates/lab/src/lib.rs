@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::load::{ClientSpec, RequestRecord};
-use crate::report::{Event, Moments, Report, RoutingSample};
+use crate::report::{ControlFacts, Event, Moments, Report, RoutingSample};
 use crate::scenario::{Action, Scenario};
 use crate::topology::{default_regions, Deployment, EdgeTuning};
 use crate::wan::Fault;
@@ -174,7 +174,7 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
         "tern lab: scenario {} (seed {}), regions us-east 127.0.1.0/24, us-west 127.0.2.0/24, witness 127.0.3.0/24, {} ms one way between regions",
         scenario.name, args.seed, args.delay_ms
     );
-    println!("starting: sample service and edge in each serving region, WAN emulator");
+    println!("starting: sample service, edge, agent and controller in each serving region, a controller at the witness, WAN emulator");
 
     let tuning = EdgeTuning {
         retries: !args.no_edge_retries,
@@ -199,6 +199,8 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
             for name in [
                 format!("edge-{}", rt.spec.name),
                 format!("service-{}", rt.spec.name),
+                format!("agent-{}", rt.spec.name),
+                format!("controller-{}", rt.spec.name),
             ] {
                 let path = deployment.log_dir().join(format!("{name}.log"));
                 eprintln!("--- last lines of {name} ---\n{}", process::tail(&path, 8));
@@ -254,6 +256,7 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
         .map(|rt| (rt.spec.name.clone(), rt.admin_addr))
         .collect();
     wait_until_probed(&admins).await?;
+    wait_for_control(deployment, &admins).await?;
 
     let client_paths = deployment.client_paths(Duration::from_micros(500)).await?;
     let t0 = Instant::now();
@@ -308,6 +311,9 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
     );
     let mut fault_ms = None;
     let mut restore_ms = None;
+    // Audit-log length of the cut-off controller when the partition began.
+    let mut minority_at_cut: Option<(SocketAddr, usize)> = None;
+    let mut minority_decisions = None;
     let mut steps = scenario.steps.iter().peekable();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
@@ -350,6 +356,55 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
                         deployment.wan.set_region_fault(region, Fault::None);
                         restore_ms = Some(clock.ms());
                     }
+                    Action::Partition(region) => {
+                        fault_ms.get_or_insert(clock.ms());
+                        let addr = deployment
+                            .controller_addrs()
+                            .into_iter()
+                            .find(|(r, _)| r == region)
+                            .map(|(_, a)| a);
+                        if let Some(addr) = addr {
+                            if let Some(n) = audit_len(addr).await {
+                                minority_at_cut = Some((addr, n));
+                            }
+                        }
+                        partition(deployment, region, Fault::Blackhole);
+                    }
+                    Action::Heal(region) => {
+                        if let Some((addr, before)) = minority_at_cut {
+                            minority_decisions =
+                                audit_len(addr).await.map(|n| n.saturating_sub(before));
+                        }
+                        partition(deployment, region, Fault::None);
+                        restore_ms = Some(clock.ms());
+                    }
+                    Action::Flap { region, period, duration } => {
+                        fault_ms.get_or_insert(clock.ms());
+                        restore_ms = Some(clock.ms() + duration.as_secs_f64() * 1_000.0);
+                        let store = deployment.store_file(region);
+                        let (period, until) = (*period, Instant::now() + *duration);
+                        tokio::spawn(async move {
+                            let mut healthy = true;
+                            while Instant::now() < until {
+                                tokio::time::sleep(period).await;
+                                healthy = !healthy;
+                                let _ = if healthy {
+                                    std::fs::write(&store, b"ok")
+                                } else {
+                                    std::fs::remove_file(&store)
+                                };
+                            }
+                            let _ = std::fs::write(&store, b"ok");
+                        });
+                    }
+                    Action::KillControllers => {
+                        fault_ms.get_or_insert(clock.ms());
+                        deployment.kill_controllers().await;
+                    }
+                    Action::StartControllers => {
+                        deployment.start_controllers().await?;
+                        restore_ms = Some(clock.ms());
+                    }
                 }
                 events.push(Event { t_ms: clock.ms(), what: step.label.clone() });
             }
@@ -371,6 +426,8 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
     });
     records.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
     let routing = routing.lock().expect("routing lock").clone();
+    let mut facts = control_facts(deployment, &clock).await;
+    facts.minority_decisions = minority_decisions;
     let mut report = report::build(report::Inputs {
         scenario: scenario.name,
         seed: args.seed,
@@ -407,6 +464,7 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
             http_detection_ms: report.detection_ms,
         }));
     }
+    report.add_control(facts);
     Ok(report)
 }
 
@@ -495,6 +553,105 @@ fn spawn_dns_clients(
         }
     }
     started
+}
+
+/// Cuts (or heals) a region from the others: every path between it and
+/// another region, and other regions' clients from its edge. Its own
+/// clients still reach it.
+fn partition(deployment: &Deployment, region: &str, fault: Fault) {
+    for other in &deployment.regions {
+        if other.name == region {
+            continue;
+        }
+        deployment.wan.set_pair_fault(region, &other.name, fault);
+        deployment
+            .wan
+            .set_pair_fault(&other.client_label(), region, fault);
+        if let Some(r) = deployment.regions.iter().find(|r| r.name == region) {
+            deployment
+                .wan
+                .set_pair_fault(&r.client_label(), &other.name, fault);
+        }
+    }
+}
+
+/// How many entries a controller's audit log holds (read directly).
+async fn audit_len(addr: SocketAddr) -> Option<usize> {
+    let client = tern_controller::ControllerClient::new(vec![addr], Duration::from_secs(1));
+    client.events(100_000).await.ok().map(|v| v.events.len())
+}
+
+/// The audit log from any reachable controller, in lab time.
+async fn control_facts(deployment: &Deployment, clock: &Clock) -> ControlFacts {
+    let addrs: Vec<SocketAddr> = deployment
+        .controller_addrs()
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    if addrs.is_empty() {
+        return ControlFacts::default();
+    }
+    // Prefer a node in quorum: it has the committed history.
+    for addr in &addrs {
+        let client = tern_controller::ControllerClient::new(vec![*addr], Duration::from_secs(2));
+        let Ok(view) = client.events(100_000).await else {
+            continue;
+        };
+        if !view.in_quorum {
+            continue;
+        }
+        let mut audit: Vec<(f64, String, String, Vec<String>)> = view
+            .events
+            .into_iter()
+            .map(|e| {
+                (
+                    clock.lab_ms_of_unix(e.at.as_millis() as f64),
+                    e.kind,
+                    e.summary,
+                    e.evidence,
+                )
+            })
+            .collect();
+        audit.reverse();
+        return ControlFacts {
+            audit,
+            fetched: true,
+            minority_decisions: None,
+        };
+    }
+    ControlFacts::default()
+}
+
+/// Waits until the controllers have a leader with a quorum and every edge
+/// holds a committed routing table.
+async fn wait_for_control(deployment: &Deployment, admins: &[(String, SocketAddr)]) -> Result<()> {
+    let addrs: Vec<SocketAddr> = deployment
+        .controller_addrs()
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    let controllers = tern_controller::ControllerClient::new(addrs, Duration::from_secs(1));
+    let client = admin_client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let quorum = controllers
+            .status()
+            .await
+            .is_ok_and(|s| s.in_quorum && s.leader.is_some());
+        let mut tables = true;
+        for (_, admin) in admins {
+            tables &= get_status(&client, *admin)
+                .await
+                .is_some_and(|s| s["routing"]["version"].as_u64().unwrap_or(0) >= 1);
+        }
+        if quorum && tables {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the controllers elected no leader, or edges got no routing table, within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 type AdminClient = Client<HttpConnector, Empty<Bytes>>;

@@ -59,7 +59,12 @@ impl Proc {
         let mut lines = BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(ready_timeout, async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.strip_prefix("listening on ") {
+                // "... listening on ADDR ..." or "ready: ..." for roles that do not listen.
+                let rest = line
+                    .split_once("listening on ")
+                    .map(|(_, r)| r)
+                    .or_else(|| line.strip_prefix("ready: "));
+                if let Some(rest) = rest {
                     return Ok::<_, std::io::Error>(Some(
                         rest.split_whitespace()
                             .map(str::to_string)

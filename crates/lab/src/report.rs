@@ -50,12 +50,74 @@ pub struct Targets {
     pub no_failures_outside_failed_region: bool,
     /// `detection_ms` under 1000.
     pub detection_under_1s: bool,
+    /// The controllers committed a verdict on the failed region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict_committed: Option<bool>,
+    /// The cut-off controller committed nothing while cut off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minority_decided_nothing: Option<bool>,
+    /// Committed routing moved exactly as the scenario requires (down and
+    /// back once for a partition, never for flapping health).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_extra_flap: Option<bool>,
+    /// No failed request at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_failures: Option<bool>,
 }
 
 impl Targets {
     pub fn all_met(&self) -> bool {
-        self.no_failures_outside_failed_region && self.detection_under_1s
+        self.no_failures_outside_failed_region
+            && self.detection_under_1s
+            && [
+                self.verdict_committed,
+                self.minority_decided_nothing,
+                self.no_extra_flap,
+                self.no_failures,
+            ]
+            .iter()
+            .all(|t| t.unwrap_or(true))
     }
+
+    /// Name and state of every target that applies, for the table.
+    pub fn list(&self) -> Vec<(&'static str, bool)> {
+        let mut out = vec![
+            (
+                "no failed requests outside the failed region",
+                self.no_failures_outside_failed_region,
+            ),
+            ("detection under 1000 ms", self.detection_under_1s),
+        ];
+        let optional = [
+            (
+                "a verdict committed on the failed region",
+                self.verdict_committed,
+            ),
+            (
+                "the cut-off controller decided nothing",
+                self.minority_decided_nothing,
+            ),
+            ("no extra routing change (no flap)", self.no_extra_flap),
+            ("no failed request at all", self.no_failures),
+        ];
+        out.extend(
+            optional
+                .into_iter()
+                .filter_map(|(name, t)| t.map(|t| (name, t))),
+        );
+        out
+    }
+}
+
+/// What the controllers recorded during a run: their audit log (read from
+/// any reachable controller at the end) and, for a partition, how many
+/// entries the cut-off controller added while it was cut off.
+#[derive(Debug, Clone, Default)]
+pub struct ControlFacts {
+    /// (lab ms, kind, summary, evidence), oldest first.
+    pub audit: Vec<(f64, String, String, Vec<String>)>,
+    pub fetched: bool,
+    pub minority_decisions: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,7 +143,18 @@ pub struct Report {
     pub served_by: BTreeMap<String, BTreeMap<String, usize>>,
     pub targets: Targets,
     pub events: Vec<Event>,
-    pub routing_changes: Vec<RoutingSample>,
+    /// Each edge's first-choice regions over time, from its own `/status`.
+    pub edge_routing: Vec<RoutingSample>,
+    /// Changes of an edge's first-choice regions after its first sample.
+    pub edge_route_changes: usize,
+    /// From the fault until the controllers committed a verdict on the failed region.
+    pub verdict_ms: Option<f64>,
+    /// Committed routing-table changes during the run (from the audit log).
+    pub routing_changes: Option<usize>,
+    /// Entries the cut-off controller added while cut off (partition only).
+    pub minority_decisions: Option<usize>,
+    /// The controllers' audit log of the run, oldest first.
+    pub audit: Vec<String>,
     /// Requests per time bucket, for plots.
     pub timeline: Vec<Bucket>,
     pub fault_ms: Option<f64>,
@@ -232,6 +305,10 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             Some(_) => detection_ms.is_some_and(|d| d < 1_000.0),
             None => true,
         },
+        verdict_committed: None,
+        minority_decided_nothing: None,
+        no_extra_flap: None,
+        no_failures: None,
     };
     Report {
         scenario: scenario.to_string(),
@@ -250,12 +327,91 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         served_by,
         targets,
         events,
-        routing_changes: routing.to_vec(),
+        edge_route_changes: edge_route_changes(routing),
+        edge_routing: routing.to_vec(),
+        verdict_ms: None,
+        routing_changes: None,
+        minority_decisions: None,
+        audit: Vec::new(),
         timeline: timeline(records, moments.end_ms),
         fault_ms: moments.fault_ms,
         restore_ms: moments.restore_ms,
         end_ms: moments.end_ms,
         dns_path: None,
+    }
+}
+
+/// Changes of first-choice regions seen on reachable edges, not counting
+/// each edge's first sample.
+fn edge_route_changes(routing: &[RoutingSample]) -> usize {
+    let mut last: BTreeMap<&str, &[String]> = BTreeMap::new();
+    let mut changes = 0;
+    for s in routing.iter().filter(|s| s.reachable) {
+        match last.insert(&s.edge_region, &s.serving_regions) {
+            Some(prev) if prev != s.serving_regions.as_slice() => changes += 1,
+            _ => {}
+        }
+    }
+    changes
+}
+
+impl Report {
+    /// Adds what the controllers recorded, and the targets that depend on it.
+    pub fn add_control(&mut self, facts: ControlFacts) {
+        self.audit = facts
+            .audit
+            .iter()
+            .map(|(t, kind, summary, evidence)| {
+                let mut line = format!("[{:>6.1}s] {kind}: {summary}", t / 1_000.0);
+                if !evidence.is_empty() {
+                    line.push_str(" | ");
+                    line.push_str(&evidence.join("; "));
+                }
+                line
+            })
+            .collect();
+        if !facts.fetched {
+            return;
+        }
+        self.routing_changes = Some(
+            facts
+                .audit
+                .iter()
+                .filter(|(t, kind, _, _)| kind == "routing" && *t >= 0.0)
+                .count(),
+        );
+        self.minority_decisions = facts.minority_decisions;
+        if let (Some(region), Some(fault)) = (&self.failed_region, self.fault_ms) {
+            let prefix = format!("region {region} ");
+            self.verdict_ms = facts
+                .audit
+                .iter()
+                .find(|(t, kind, summary, _)| {
+                    kind == "verdict"
+                        && *t >= fault
+                        && summary.starts_with(&prefix)
+                        && summary.ends_with("-> down")
+                })
+                .map(|(t, _, _, _)| t - fault);
+            self.targets.verdict_committed = Some(self.verdict_ms.is_some());
+        }
+        match self.scenario.as_str() {
+            "partition" => {
+                self.targets.minority_decided_nothing = Some(self.minority_decisions == Some(0));
+                // Down once, back up once.
+                self.targets.no_extra_flap = Some(self.routing_changes == Some(2));
+            }
+            "flapping" => {
+                self.targets.no_extra_flap =
+                    Some(self.routing_changes == Some(0) && self.edge_route_changes == 0);
+                self.targets.no_failures = Some(self.requests_failed == 0);
+            }
+            "controller-loss" => {
+                self.targets.no_failures = Some(self.requests_failed == 0);
+                self.targets.no_extra_flap = Some(self.edge_route_changes == 0);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -398,17 +554,27 @@ impl Report {
             let list: Vec<String> = regions.iter().map(|(r, n)| format!("{r}={n}")).collect();
             let _ = writeln!(out, "  {phase:<17} {}", list.join(" "));
         }
+        if self.routing_changes.is_some() || !self.audit.is_empty() {
+            let _ = writeln!(out, "verdict             {}", opt_ms(self.verdict_ms));
+            let _ = writeln!(
+                out,
+                "routing changes     {} committed, {} seen on edges",
+                self.routing_changes
+                    .map_or("n/a".to_string(), |n| n.to_string()),
+                self.edge_route_changes
+            );
+            if let Some(n) = self.minority_decisions {
+                let _ = writeln!(out, "minority decisions  {n}");
+            }
+            let _ = writeln!(out, "audit log of the run:");
+            for line in &self.audit {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
         let mark = |ok: bool| if ok { "met" } else { "MISSED" };
-        let _ = writeln!(
-            out,
-            "target: no failed requests outside the failed region: {}",
-            mark(self.targets.no_failures_outside_failed_region)
-        );
-        let _ = writeln!(
-            out,
-            "target: detection under 1000 ms: {}",
-            mark(self.targets.detection_under_1s)
-        );
+        for (name, met) in self.targets.list() {
+            let _ = writeln!(out, "target: {name}: {}", mark(met));
+        }
         if let Some(dns) = &self.dns_path {
             out.push_str(&dns.table());
         }

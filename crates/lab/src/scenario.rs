@@ -15,6 +15,22 @@ pub enum Action {
     Kill(String),
     /// Restart the region's processes and heal its WAN paths.
     Restore(String),
+    /// Cut the region from every other region (blackhole), and other
+    /// regions' clients from it; its own clients still reach it.
+    Partition(String),
+    /// Heal a partition.
+    Heal(String),
+    /// Make the region's health check alternate between failing and passing
+    /// every `period`, for `duration`.
+    Flap {
+        region: String,
+        period: Duration,
+        duration: Duration,
+    },
+    /// Kill every controller.
+    KillControllers,
+    /// Start every controller again from its own data.
+    StartControllers,
 }
 
 #[derive(Debug, Clone)]
@@ -33,7 +49,7 @@ pub struct Scenario {
     pub duration: Duration,
 }
 
-pub const NAMES: &[&str] = &["region-outage"];
+pub const NAMES: &[&str] = &["region-outage", "partition", "flapping", "controller-loss"];
 
 impl Scenario {
     /// Builds a scenario by name. The seed moves the fault by up to a second
@@ -72,6 +88,71 @@ impl Scenario {
                     duration: at + Duration::from_secs(20),
                 })
             }
+            "partition" => {
+                let region = "us-east".to_string();
+                let at = Duration::from_secs(6) + jitter;
+                Ok(Scenario {
+                    name: "partition",
+                    failed_region: Some(region.clone()),
+                    steps: vec![
+                        Step {
+                            at,
+                            action: Action::Partition(region.clone()),
+                            label: format!(
+                                "partition: {region} is cut from the other regions; its processes keep running"
+                            ),
+                        },
+                        Step {
+                            at: at + Duration::from_secs(12),
+                            action: Action::Heal(region.clone()),
+                            label: format!("heal: {region} reachable again"),
+                        },
+                    ],
+                    duration: at + Duration::from_secs(24),
+                })
+            }
+            "flapping" => {
+                let region = "us-east".to_string();
+                let at = Duration::from_secs(5) + jitter;
+                let duration = Duration::from_secs(15);
+                Ok(Scenario {
+                    name: "flapping",
+                    failed_region: None,
+                    steps: vec![Step {
+                        at,
+                        action: Action::Flap {
+                            region: region.clone(),
+                            period: Duration::from_millis(300),
+                            duration,
+                        },
+                        label: format!(
+                            "flapping: {region}'s health alternates every 300 ms for {} s",
+                            duration.as_secs()
+                        ),
+                    }],
+                    duration: at + duration + Duration::from_secs(5),
+                })
+            }
+            "controller-loss" => {
+                let at = Duration::from_secs(5) + jitter;
+                Ok(Scenario {
+                    name: "controller-loss",
+                    failed_region: None,
+                    steps: vec![
+                        Step {
+                            at,
+                            action: Action::KillControllers,
+                            label: "controller loss: every controller is killed".into(),
+                        },
+                        Step {
+                            at: at + Duration::from_secs(30),
+                            action: Action::StartControllers,
+                            label: "controllers start again from their data".into(),
+                        },
+                    ],
+                    duration: at + Duration::from_secs(38),
+                })
+            }
             other => bail!(
                 "unknown scenario \"{other}\"; known scenarios: {}",
                 NAMES.join(", ")
@@ -92,6 +173,19 @@ mod tests {
             assert!(times.windows(2).all(|w| w[0] < w[1]));
             assert!(s.duration >= *times.last().unwrap() + Duration::from_secs(10));
             assert!(s.duration < Duration::from_secs(60));
+        }
+    }
+
+    #[test]
+    fn every_scenario_orders_its_steps_and_fits_a_minute() {
+        for name in NAMES {
+            for seed in 0..5 {
+                let s = Scenario::by_name(name, seed, Fault::Blackhole).unwrap();
+                let times: Vec<_> = s.steps.iter().map(|s| s.at).collect();
+                assert!(times.windows(2).all(|w| w[0] < w[1]), "{name}");
+                assert!(s.duration > *times.last().unwrap(), "{name}");
+                assert!(s.duration <= Duration::from_secs(60), "{name}");
+            }
         }
     }
 

@@ -3,11 +3,16 @@
 //! crosses regions (and for clients reaching edges, so that a dark region is
 //! dark to its own users too).
 //!
+//! Every region (the witness too) runs a controller, and each serving region
+//! an agent; all of their cross-region traffic crosses the WAN as well.
+//!
 //! Address plan: region N uses 127.0.N.0/24; its edge binds 127.0.N.1, its
-//! sample service 127.0.N.10, WAN links from it toward other regions'
-//! services 127.0.N.100 and WAN links for its clients 127.0.N.200. Ports are
-//! chosen by the kernel, so several labs can run side by side.
+//! controller 127.0.N.7, its sample service 127.0.N.10, WAN links from it
+//! toward other regions 127.0.N.100 and WAN links for its clients
+//! 127.0.N.200. Ports are chosen by the kernel, so several labs can run side
+//! by side.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -85,6 +90,30 @@ pub fn default_regions() -> Vec<RegionSpec> {
     ]
 }
 
+/// Verdict settings of the lab's controllers: the defaults (probe every
+/// second, down after 3 failures), with a shorter hold-down so that a run
+/// shows the return too.
+pub const VERDICT_TOML: &str =
+    "[verdict]\ninterval = \"1s\"\ntimeout = \"500ms\"\nfall = 3\nrise = 3\nhold_down = \"2s\"\n";
+
+/// How a region reaches each serving region's service: (region, address).
+type Paths = Vec<(String, SocketAddr)>;
+
+/// One controller node: one per region, the witness included.
+pub struct ControllerRuntime {
+    pub id: u64,
+    pub spec: RegionSpec,
+    /// Where it listens (reached directly by processes of its own region and by the lab).
+    pub addr: SocketAddr,
+    proc: Option<Proc>,
+}
+
+impl ControllerRuntime {
+    pub fn is_running(&self) -> bool {
+        self.proc.is_some()
+    }
+}
+
 /// A serving region's processes and addresses.
 pub struct RegionRuntime {
     pub spec: RegionSpec,
@@ -95,6 +124,7 @@ pub struct RegionRuntime {
     pub dns_addr: SocketAddr,
     service: Option<Proc>,
     edge: Option<Proc>,
+    agent: Option<Proc>,
     /// How this region's edge reaches each serving region's service, in failover order.
     backend_paths: Vec<(String, SocketAddr)>,
 }
@@ -108,6 +138,12 @@ impl RegionRuntime {
 pub struct Deployment {
     pub regions: Vec<RegionSpec>,
     pub serving: Vec<RegionRuntime>,
+    pub controllers: Vec<ControllerRuntime>,
+    /// Agents of regions that serve no traffic (the witness): a third
+    /// vantage point, so that a majority can see a region die.
+    witness_agents: Vec<(RegionSpec, Paths, Option<Proc>)>,
+    /// How a process in region `.0` reaches controller `.1`.
+    controller_paths: BTreeMap<(String, u64), SocketAddr>,
     pub wan: Wan,
     pub one_way_delay: Duration,
     binary: PathBuf,
@@ -170,29 +206,98 @@ impl Deployment {
                 dns_addr: SocketAddr::new(r.ip(1), 0),
                 service: None,
                 edge: None,
+                agent: None,
                 backend_paths,
             });
         }
         for (rt, (proc, _)) in serving.iter_mut().zip(services) {
             rt.service = Some(proc);
         }
+
+        // Controllers: addresses fixed first, since every node's file names
+        // the others (through the WAN).
+        let mut controllers = Vec::new();
+        for (k, r) in regions.iter().enumerate() {
+            let probe = std::net::TcpListener::bind(SocketAddr::new(r.ip(7), 0))
+                .with_context(|| format!("reserve a controller address in {}", r.name))?;
+            controllers.push(ControllerRuntime {
+                id: k as u64 + 1,
+                spec: r.clone(),
+                addr: probe.local_addr()?,
+                proc: None,
+            });
+        }
+        let mut controller_paths = BTreeMap::new();
+        for from in &regions {
+            for c in &controllers {
+                let addr = if c.spec.name == from.name {
+                    c.addr
+                } else {
+                    wan.add_link(
+                        &from.name,
+                        &c.spec.name,
+                        SocketAddr::new(from.ip(100), 0),
+                        c.addr,
+                        one_way_delay,
+                    )
+                    .await
+                    .with_context(|| {
+                        format!("WAN link {} -> controller in {}", from.name, c.spec.name)
+                    })?
+                };
+                controller_paths.insert((from.name.clone(), c.id), addr);
+            }
+        }
+
+        let mut witness_agents = Vec::new();
+        for w in regions.iter().filter(|r| !r.serves_traffic) {
+            let mut paths = Vec::new();
+            for rt in &serving {
+                let addr = wan
+                    .add_link(
+                        &w.name,
+                        &rt.spec.name,
+                        SocketAddr::new(w.ip(100), 0),
+                        rt.service_addr,
+                        one_way_delay,
+                    )
+                    .await
+                    .with_context(|| format!("WAN link {} -> {}", w.name, rt.spec.name))?;
+                paths.push((rt.spec.name.clone(), addr));
+            }
+            witness_agents.push((w.clone(), paths, None));
+        }
+
         let mut deployment = Deployment {
             regions,
             serving,
+            controllers,
+            witness_agents,
+            controller_paths,
             wan,
             one_way_delay,
             binary: binary.to_path_buf(),
             dir: dir.to_path_buf(),
             tuning,
         };
+        for k in 0..deployment.controllers.len() {
+            deployment.start_controller(k).await?;
+        }
         for i in 0..deployment.serving.len() {
             deployment.start_edge(i).await?;
+            deployment.start_agent(i).await?;
+        }
+        for w in 0..deployment.witness_agents.len() {
+            let (spec, paths, _) = &deployment.witness_agents[w];
+            let proc = deployment
+                .spawn_agent(&spec.name.clone(), &paths.clone())
+                .await?;
+            deployment.witness_agents[w].2 = Some(proc);
         }
         Ok(deployment)
     }
 
-    fn edge_config(&self, rt: &RegionRuntime) -> String {
-        let t = &self.tuning;
+    fn regions_toml(&self) -> String {
         let mut out = String::new();
         for r in &self.regions {
             out.push_str(&format!(
@@ -200,24 +305,154 @@ impl Deployment {
                 r.name, r.serves_traffic
             ));
         }
-        out.push_str(&format!(
-            "[edge]\nregion = \"{}\"\nlisten = \"{}\"\nadmin = \"{}\"\nrequest_timeout = \"5s\"\ntry_timeout = \"{}ms\"\nshutdown_grace = \"1s\"\n\n",
-            rt.spec.name, rt.edge_addr, rt.admin_addr, t.try_timeout_ms
-        ));
-        if !t.retries {
-            out.push_str("retry_budget = 0.0\nretry_min_per_second = 0\n\n");
-        }
-        out.push_str(
+        out
+    }
+
+    fn service_toml(&self, backend_paths: &[(String, SocketAddr)]) -> String {
+        let t = &self.tuning;
+        let mut out = String::from(
             "[service.payments]\npolicy = \"failover\"\nwhen_all_unhealthy = \"fail-open\"\n\
              outlier = { consecutive_failures = 3, base_ejection = \"2s\", max_ejection = \"30s\" }\n\n",
         );
-        for (region, addr) in &rt.backend_paths {
+        for (region, addr) in backend_paths {
             out.push_str(&format!(
                 "[[service.payments.backend]]\nregion = \"{region}\"\nurl = \"http://{addr}\"\n\
                  health = {{ path = \"/health\", interval = \"{}ms\", timeout = \"{}ms\", fall = {}, rise = {} }}\n\n",
                 t.interval_ms, t.timeout_ms, t.fall, t.rise
             ));
         }
+        out
+    }
+
+    /// The `[controller]` and `[verdict]` tables as seen from `region`.
+    fn control_toml(&self, region: &str) -> String {
+        let mut out = String::from(
+            "[controller]\nheartbeat = \"150ms\"\nelection_timeout = \"1s\"\nrpc_timeout = \"500ms\"\n",
+        );
+        for c in &self.controllers {
+            let addr = self.controller_paths[&(region.to_string(), c.id)];
+            out.push_str(&format!(
+                "[[controller.node]]\nid = {}\nregion = \"{}\"\naddr = \"{addr}\"\n",
+                c.id, c.spec.name
+            ));
+        }
+        out.push('\n');
+        out.push_str(VERDICT_TOML);
+        out
+    }
+
+    async fn start_controller(&mut self, k: usize) -> Result<()> {
+        let c = &self.controllers[k];
+        let region = c.spec.name.clone();
+        // The controller needs the services (to know their regions), not how to reach them.
+        let paths: Vec<(String, SocketAddr)> = self
+            .serving
+            .iter()
+            .map(|rt| (rt.spec.name.clone(), rt.service_addr))
+            .collect();
+        let config = format!(
+            "{}{}{}",
+            self.regions_toml(),
+            self.service_toml(&paths),
+            self.control_toml(&region)
+        );
+        let path = self.dir.join(format!("controller-{region}.toml"));
+        std::fs::write(&path, config).with_context(|| format!("write {}", path.display()))?;
+        let args = vec![
+            "controller".to_string(),
+            "--config".to_string(),
+            path.display().to_string(),
+            "--id".to_string(),
+            c.id.to_string(),
+            "--data".to_string(),
+            self.dir
+                .join(format!("controller-{region}.data"))
+                .display()
+                .to_string(),
+        ];
+        let name = format!("controller-{region}");
+        let (proc, _) = Proc::start(&name, &self.binary, &args, &self.dir, READY_TIMEOUT).await?;
+        self.controllers[k].proc = Some(proc);
+        Ok(())
+    }
+
+    async fn start_agent(&mut self, i: usize) -> Result<()> {
+        let rt = &self.serving[i];
+        let (region, paths) = (rt.spec.name.clone(), rt.backend_paths.clone());
+        let proc = self.spawn_agent(&region, &paths).await?;
+        self.serving[i].agent = Some(proc);
+        Ok(())
+    }
+
+    async fn spawn_agent(&self, region: &str, paths: &[(String, SocketAddr)]) -> Result<Proc> {
+        let config = format!(
+            "{}[agent]\nregion = \"{region}\"\n\n{}{}",
+            self.regions_toml(),
+            self.service_toml(paths),
+            self.control_toml(region)
+        );
+        let path = self.dir.join(format!("agent-{region}.toml"));
+        std::fs::write(&path, config).with_context(|| format!("write {}", path.display()))?;
+        let args = vec![
+            "agent".to_string(),
+            "--config".to_string(),
+            path.display().to_string(),
+        ];
+        let name = format!("agent-{region}");
+        let (proc, _) = Proc::start(&name, &self.binary, &args, &self.dir, READY_TIMEOUT).await?;
+        Ok(proc)
+    }
+
+    /// How the lab itself reaches each controller (directly, not through the WAN).
+    pub fn controller_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.controllers
+            .iter()
+            .filter(|c| c.is_running())
+            .map(|c| (c.spec.name.clone(), c.addr))
+            .collect()
+    }
+
+    /// Kills every controller.
+    pub async fn kill_controllers(&mut self) {
+        for c in &mut self.controllers {
+            if let Some(mut p) = c.proc.take() {
+                p.kill().await;
+            }
+        }
+    }
+
+    /// Starts every controller that is not running, from its own data.
+    pub async fn start_controllers(&mut self) -> Result<()> {
+        for k in 0..self.controllers.len() {
+            if self.controllers[k].proc.is_none() {
+                self.start_controller(k).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The path of a region's sample store file: its critical dependency.
+    pub fn store_file(&self, region: &str) -> PathBuf {
+        self.dir.join(format!("{region}.store"))
+    }
+
+    fn edge_config(&self, rt: &RegionRuntime) -> String {
+        let t = &self.tuning;
+        let mut out = self.regions_toml();
+        out.push_str(&format!(
+            "[edge]\nregion = \"{}\"\nlisten = \"{}\"\nadmin = \"{}\"\nrequest_timeout = \"5s\"\ntry_timeout = \"{}ms\"\nshutdown_grace = \"1s\"\nrouting_state = \"{}\"\n",
+            rt.spec.name,
+            rt.edge_addr,
+            rt.admin_addr,
+            t.try_timeout_ms,
+            self.dir.join(format!("edge-{}.routing.json", rt.spec.name)).display()
+        ));
+        if !t.retries {
+            out.push_str("retry_budget = 0.0\nretry_min_per_second = 0\n");
+        }
+        out.push('\n');
+        out.push_str(&self.service_toml(&rt.backend_paths));
+        out.push_str(&self.control_toml(&rt.spec.name));
         let serving: Vec<RegionSpec> = self
             .regions
             .iter()
@@ -320,11 +555,21 @@ impl Deployment {
     pub async fn kill_region(&mut self, region: &str) -> Result<()> {
         let i = self.runtime_mut(region)?;
         let rt = &mut self.serving[i];
-        if let Some(mut p) = rt.edge.take() {
+        for p in [rt.edge.take(), rt.service.take(), rt.agent.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut p = p;
             p.kill().await;
         }
-        if let Some(mut p) = rt.service.take() {
-            p.kill().await;
+        for c in self
+            .controllers
+            .iter_mut()
+            .filter(|c| c.spec.name == region)
+        {
+            if let Some(mut p) = c.proc.take() {
+                p.kill().await;
+            }
         }
         Ok(())
     }
@@ -338,14 +583,32 @@ impl Deployment {
             let (proc, _) = start_service(&self.binary, &self.dir, &spec, addr).await?;
             self.serving[i].service = Some(proc);
         }
+        if let Some(k) = self.controllers.iter().position(|c| c.spec.name == region) {
+            if self.controllers[k].proc.is_none() {
+                self.start_controller(k).await?;
+            }
+        }
         if self.serving[i].edge.is_none() {
             self.start_edge(i).await?;
+        }
+        if self.serving[i].agent.is_none() {
+            self.start_agent(i).await?;
         }
         Ok(())
     }
 
-    /// Stops everything: edges first (they drain), then services, then the WAN.
+    /// Stops everything: agents, edges (they drain), services, controllers, then the WAN.
     pub async fn shutdown(&mut self) {
+        for (_, _, p) in &mut self.witness_agents {
+            if let Some(mut p) = p.take() {
+                p.stop(Duration::from_secs(2)).await;
+            }
+        }
+        for rt in &mut self.serving {
+            if let Some(mut p) = rt.agent.take() {
+                p.stop(Duration::from_secs(2)).await;
+            }
+        }
         for rt in &mut self.serving {
             if let Some(mut p) = rt.edge.take() {
                 p.stop(Duration::from_secs(3)).await;
@@ -354,6 +617,11 @@ impl Deployment {
         for rt in &mut self.serving {
             if let Some(mut p) = rt.service.take() {
                 p.stop(Duration::from_secs(3)).await;
+            }
+        }
+        for c in &mut self.controllers {
+            if let Some(mut p) = c.proc.take() {
+                p.stop(Duration::from_secs(2)).await;
             }
         }
         self.wan.shutdown();

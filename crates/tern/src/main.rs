@@ -4,14 +4,16 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod ops;
+
 use clap::{Parser, Subcommand};
 use tern_core::config::Config;
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for a bad configuration file (EX_CONFIG).
-const EX_CONFIG: u8 = 78;
+pub(crate) const EX_CONFIG: u8 = 78;
 /// Exit code for bad command-line usage (EX_USAGE).
-const EX_USAGE: u8 = 64;
+pub(crate) const EX_USAGE: u8 = 64;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +34,33 @@ enum Command {
     Edge {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Run a controller node (Raft member that decides verdicts, routing and leases).
+    Controller(ops::ControllerArgs),
+    /// Run a region agent: probes every region from this one and reports to the controllers.
+    Agent {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Add or remove a controller node.
+    Members {
+        #[command(subcommand)]
+        command: ops::MembersCommand,
+    },
+    /// Show the controllers' view: members, leader, quorum, verdicts, routing, leases.
+    Status(ops::Target),
+    /// Show the audit log, newest first, with evidence.
+    Events {
+        #[command(flatten)]
+        target: ops::Target,
+        /// How many events.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Manual traffic control.
+    Route {
+        #[command(subcommand)]
+        command: ops::RouteCommand,
     },
     /// Bring up a multi-region deployment on this machine and run a failure scenario.
     Lab(tern_lab::LabArgs),
@@ -59,10 +88,11 @@ fn main() -> ExitCode {
         .command
         .unwrap_or(Command::Lab(tern_lab::LabArgs::default()));
     // The lab prints its own progress; its log lines would only interleave.
-    init_tracing(if matches!(command, Command::Lab(_)) {
-        "warn"
-    } else {
-        "info"
+    // Operator commands print their answers; openraft's own log is chatty.
+    init_tracing(match command {
+        Command::Edge { .. } | Command::Agent { .. } | Command::SampleService { .. } => "info",
+        Command::Controller(_) => "info,openraft=error",
+        _ => "warn",
     });
     match command {
         Command::CheckConfig { file } => match load(&file) {
@@ -73,12 +103,49 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Edge { config } => {
+            let mut cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            // An edge that follows controllers keeps their last table next
+            // to its configuration unless told otherwise.
+            if let (Some(edge), Some(_)) = (cfg.edge.as_mut(), cfg.controller.as_ref()) {
+                if edge.routing_state.is_none() {
+                    let dir = config.parent().unwrap_or(Path::new("."));
+                    edge.routing_state =
+                        Some(dir.join(format!("tern-routing-{}.json", edge.region)));
+                }
+            }
+            runtime().block_on(run_edge(cfg))
+        }
+        Command::Controller(args) => runtime().block_on(ops::run_controller(args)),
+        Command::Agent { config } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            runtime().block_on(run_edge(cfg))
+            runtime().block_on(async move {
+                let agent = match tern_agent::Agent::new(&cfg) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("tern agent: {e:#}");
+                        return ExitCode::from(EX_CONFIG);
+                    }
+                };
+                let regions: Vec<String> = agent.regions().map(String::from).collect();
+                println!(
+                    "ready: agent in {} watching {}",
+                    agent.region(),
+                    regions.join(", ")
+                );
+                agent.run(shutdown_on_signal()).await;
+                ExitCode::SUCCESS
+            })
         }
+        Command::Members { command } => runtime().block_on(ops::members(command)),
+        Command::Status(target) => runtime().block_on(ops::status(target)),
+        Command::Events { target, limit } => runtime().block_on(ops::events(target, limit)),
+        Command::Route { command } => runtime().block_on(ops::route(command)),
         Command::Lab(args) => runtime().block_on(async move {
             match tern_lab::run(args).await {
                 Ok(outcome) => ExitCode::from(outcome.exit_code()),
@@ -109,7 +176,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &Path) -> Result<Config, ExitCode> {
+pub(crate) fn load(path: &Path) -> Result<Config, ExitCode> {
     let name = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -157,7 +224,7 @@ async fn run_edge(cfg: Config) -> ExitCode {
 }
 
 /// A token cancelled on SIGINT or SIGTERM.
-fn shutdown_on_signal() -> CancellationToken {
+pub(crate) fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {

@@ -6,11 +6,20 @@ use std::path::Path;
 use std::process::Command;
 
 fn run_lab(seed: u64, extra: &[&str], report: &Path) -> (bool, String, serde_json::Value) {
+    run_scenario("region-outage", seed, extra, report)
+}
+
+fn run_scenario(
+    scenario: &str,
+    seed: u64,
+    extra: &[&str],
+    report: &Path,
+) -> (bool, String, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args([
             "lab",
             "--scenario",
-            "region-outage",
+            scenario,
             "--seed",
             &seed.to_string(),
             "--report-json",
@@ -68,6 +77,20 @@ fn lab_region_outage_meets_its_targets_over_seeds() {
                 "{phase}: {p}"
             );
         }
+        // The controllers saw it too, from a majority of vantage points.
+        let verdict = r["verdict_ms"].as_f64().expect("verdict_ms");
+        assert!(
+            verdict > 0.0 && verdict < 10_000.0,
+            "seed {seed}: verdict {verdict} ms"
+        );
+        assert!(
+            r["audit"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l.as_str().unwrap().contains("region us-east up -> down")),
+            "seed {seed}: {r:#}"
+        );
         assert!(
             output.contains("goes dark"),
             "progress lines missing:\n{output}"
@@ -106,6 +129,46 @@ fn lab_cleans_up_its_processes() {
     assert!(leaked.is_empty(), "processes left behind: {leaked:?}");
 }
 
+/// us-east is cut off while its processes run: the majority side decides,
+/// the cut-off controller decides nothing, and after healing routing moves
+/// back exactly once.
+#[test]
+fn lab_partition_majority_decides_minority_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("partition.json");
+    let (ok, output, r) = run_scenario("partition", 6, &["--check"], &path);
+    assert!(ok, "partition missed a target:\n{output}");
+    assert_eq!(r["minority_decisions"], 0, "{output}");
+    assert_eq!(r["routing_changes"], 2, "{output}");
+    assert!(r["verdict_ms"].as_f64().is_some(), "{output}");
+    assert_eq!(failed_for(&r, "us-west"), 0, "{output}");
+}
+
+/// us-east's health alternates faster than the thresholds: nothing moves.
+#[test]
+fn lab_flapping_moves_no_routing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flapping.json");
+    let (ok, output, r) = run_scenario("flapping", 7, &["--check"], &path);
+    assert!(ok, "flapping missed a target:\n{output}");
+    assert_eq!(r["routing_changes"], 0, "{output}");
+    assert_eq!(r["edge_route_changes"], 0, "{output}");
+    assert_eq!(r["requests_failed"], 0, "{output}");
+}
+
+/// Every controller dies for 30 s: the edges keep serving with the last
+/// committed table, with no added errors.
+#[test]
+fn lab_controller_loss_adds_no_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("controller-loss.json");
+    let (ok, output, r) = run_scenario("controller-loss", 8, &["--check"], &path);
+    assert!(ok, "controller-loss missed a target:\n{output}");
+    assert_eq!(r["requests_failed"], 0, "{output}");
+    assert!(r["requests_total"].as_u64().unwrap() > 3000, "{output}");
+    assert!(output.contains("every controller is killed"), "{output}");
+}
+
 /// Pids of running `tern edge` and `tern sample-service` processes started
 /// by a lab (their arguments name the lab's directory).
 fn lab_children() -> Vec<u32> {
@@ -122,8 +185,10 @@ fn lab_children() -> Vec<u32> {
             .map(|s| String::from_utf8_lossy(s).into_owned())
             .collect();
         let role = args.get(1).map(String::as_str);
-        if matches!(role, Some("edge") | Some("sample-service"))
-            && args.iter().any(|a| a.contains("tern-lab-"))
+        if matches!(
+            role,
+            Some("edge") | Some("sample-service") | Some("controller") | Some("agent")
+        ) && args.iter().any(|a| a.contains("tern-lab-"))
         {
             pids.push(pid);
         }

@@ -6,6 +6,7 @@
 //! [`Config`] model that the roles use. Both stages report problems as
 //! [`ConfigError`]s naming the file, line, key and what was expected.
 
+mod control;
 pub mod dns;
 mod error;
 mod raw;
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
+pub use control::{ControllerNode, ControllerSettings, Database, Replication, VerdictConfig};
 use error::Source;
 pub use error::{ConfigError, ConfigErrors};
 use raw::{RawBackend, RawConfig, RawEdge, RawHealth, RawOutlier, RawService, S};
@@ -31,6 +33,13 @@ pub struct Config {
     pub services: Vec<Service>,
     /// The edge's authoritative DNS server; absent when the file has no `[dns]` table.
     pub dns: Option<dns::DnsConfig>,
+    /// The controller group; absent in files for an edge without controllers.
+    pub controller: Option<ControllerSettings>,
+    /// Agent probing and verdict thresholds (defaults when absent).
+    pub verdict: VerdictConfig,
+    /// The region of the agent role, when this file configures one.
+    pub agent: Option<String>,
+    pub databases: Vec<Database>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +75,10 @@ pub struct EdgeSettings {
     /// A client connection that sends no complete request head for this long
     /// is closed; this also bounds idle keep-alive connections.
     pub client_timeout: Duration,
+    /// Where the edge keeps the last committed routing table, so that it
+    /// serves with it after a restart without controllers. `None`: next to
+    /// the configuration file (the binary decides).
+    pub routing_state: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +257,50 @@ impl Config {
                 format_duration(edge.request_timeout),
                 format_duration(edge.try_timeout),
                 edge.retry_budget * 100.0
+            );
+        }
+        if let Some(ctl) = &self.controller {
+            let nodes: Vec<String> = ctl
+                .nodes
+                .iter()
+                .map(|n| format!("{} {} {}", n.id, n.region, n.addr))
+                .collect();
+            let _ = writeln!(
+                out,
+                "controllers ({}): {}; heartbeat {}, election timeout {}",
+                ctl.nodes.len(),
+                nodes.join(", "),
+                format_duration(ctl.heartbeat),
+                format_duration(ctl.election_timeout)
+            );
+        }
+        let v = &self.verdict;
+        if self.controller.is_some() || self.agent.is_some() {
+            let _ = writeln!(
+            out,
+            "verdicts: probe every {} (timeout {}), down after {} failures from a majority, up after {} successes and {} hold-down",
+            format_duration(v.interval),
+            format_duration(v.timeout),
+            v.settings.fall,
+            v.settings.rise,
+            format_duration(v.settings.hold_down)
+        );
+        }
+        if let Some(region) = &self.agent {
+            let _ = writeln!(out, "agent: region {region}");
+        }
+        for d in &self.databases {
+            let _ = writeln!(
+                out,
+                "database {}: {} replication, rpo budget {} bytes, lease {} (drift margin {})",
+                d.name,
+                match d.replication {
+                    Replication::Async => "async",
+                    Replication::Sync => "sync",
+                },
+                d.rpo_budget,
+                format_duration(d.lease.duration),
+                format_duration(d.lease.drift_margin)
             );
         }
         let _ = writeln!(out, "services ({}):", self.services.len());
@@ -484,12 +541,27 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors>
         );
     }
 
+    let controller = raw
+        .controller
+        .as_ref()
+        .and_then(|r| control::validate_controller(&mut c, r, &region_names));
+    let verdict = control::validate_verdict(&mut c, raw.verdict.as_ref());
+    let agent = raw
+        .agent
+        .as_ref()
+        .and_then(|a| control::validate_agent(&mut c, a, &region_names));
+    let databases = control::validate_databases(&mut c, &raw.database);
+
     if c.errors.is_empty() {
         Ok(Config {
             regions,
             edge,
             services,
             dns,
+            controller,
+            verdict,
+            agent,
+            databases,
         })
     } else {
         c.errors.sort_by_key(|e| (e.line, e.column));
@@ -586,7 +658,12 @@ fn validate_edge(
         "edge.client_timeout",
         Duration::from_secs(30),
     );
+    let routing_state = e
+        .routing_state
+        .as_ref()
+        .map(|p| std::path::PathBuf::from(p.get_ref()));
     Some(EdgeSettings {
+        routing_state,
         workers,
         client_timeout,
         region,

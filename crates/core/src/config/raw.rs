@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use super::control::{RawAgent, RawController, RawDatabase, RawVerdict};
+
 pub type S<T> = Spanned<T>;
 
 #[derive(Debug, Deserialize)]
@@ -19,6 +21,11 @@ pub struct RawConfig {
     #[serde(default)]
     pub service: BTreeMap<S<String>, S<RawService>>,
     pub dns: Option<S<super::dns::RawDns>>,
+    pub controller: Option<S<RawController>>,
+    pub verdict: Option<S<RawVerdict>>,
+    pub agent: Option<S<RawAgent>>,
+    #[serde(default)]
+    pub database: BTreeMap<S<String>, S<RawDatabase>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +56,7 @@ pub struct RawEdge {
     pub shutdown_grace: Option<S<String>>,
     pub workers: Option<S<i64>>,
     pub client_timeout: Option<S<String>>,
+    pub routing_state: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

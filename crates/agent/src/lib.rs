@@ -1,0 +1,162 @@
+//! The region agent: every `verdict.interval` it runs the configured health
+//! checks of every region's backends from its own region, and sends one
+//! batch of observations (one result per region) to the controllers. Each
+//! region is thus watched from every region; the controllers' leader
+//! aggregates the batches and commits only verdict changes.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use tern_controller::api::{ObservationBatch, RegionResult};
+use tern_controller::ControllerClient;
+use tern_core::config::{Backend, Config};
+use tern_edge::probe::{probe_client, probe_once, ProbeClient};
+use tokio_util::sync::CancellationToken;
+
+pub struct Agent {
+    region: String,
+    interval: Duration,
+    timeout: Duration,
+    /// Backends to probe, by region.
+    targets: BTreeMap<String, Vec<Backend>>,
+    controllers: ControllerClient,
+    probes: ProbeClient,
+}
+
+impl Agent {
+    pub fn new(config: &Config) -> Result<Agent> {
+        let region = config
+            .agent
+            .clone()
+            .ok_or_else(|| anyhow!("the configuration has no [agent] table"))?;
+        let ctl = config
+            .controller
+            .as_ref()
+            .ok_or_else(|| anyhow!("the configuration has no [controller] table"))?;
+        let mut targets: BTreeMap<String, Vec<Backend>> = BTreeMap::new();
+        for s in &config.services {
+            for b in &s.backends {
+                targets.entry(b.region.clone()).or_default().push(b.clone());
+            }
+        }
+        if targets.is_empty() {
+            return Err(anyhow!(
+                "the configuration has no service backends to watch"
+            ));
+        }
+        Ok(Agent {
+            region,
+            interval: config.verdict.interval,
+            timeout: config.verdict.timeout,
+            targets,
+            controllers: ControllerClient::new(
+                ctl.nodes.iter().map(|n| n.addr).collect(),
+                ctl.rpc_timeout.max(Duration::from_millis(500)),
+            ),
+            probes: probe_client(),
+        })
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    pub fn regions(&self) -> impl Iterator<Item = &str> {
+        self.targets.keys().map(String::as_str)
+    }
+
+    /// One probe round: every backend of every region, concurrently.
+    pub async fn round(&self) -> ObservationBatch {
+        let mut checks = Vec::new();
+        for (region, backends) in &self.targets {
+            for b in backends {
+                let client = self.probes.clone();
+                let timeout = self.timeout;
+                let region = region.clone();
+                let backend = b.clone();
+                checks.push(tokio::spawn(async move {
+                    let started = Instant::now();
+                    let result = tokio::time::timeout(
+                        timeout,
+                        probe_once(&client, &backend.url, &backend.health.probe),
+                    )
+                    .await;
+                    let latency = started.elapsed();
+                    let outcome = match result {
+                        Ok(Ok(())) => Ok(latency),
+                        Ok(Err(e)) => Err(format!("{}: {e}", backend.url)),
+                        Err(_) => Err(format!(
+                            "{}: no answer within {} ms",
+                            backend.url,
+                            timeout.as_millis()
+                        )),
+                    };
+                    (region, outcome)
+                }));
+            }
+        }
+        let mut by_region: BTreeMap<String, RegionResult> = BTreeMap::new();
+        for c in checks {
+            let Ok((region, outcome)) = c.await else {
+                continue;
+            };
+            let r = by_region
+                .entry(region.clone())
+                .or_insert_with(|| RegionResult {
+                    region,
+                    ok: true,
+                    latency_ms: None,
+                    detail: String::new(),
+                });
+            match outcome {
+                Ok(latency) => {
+                    let ms = latency.as_millis() as u64;
+                    r.latency_ms = Some(r.latency_ms.map_or(ms, |l| l.max(ms)));
+                }
+                Err(detail) => {
+                    r.ok = false;
+                    if !r.detail.is_empty() {
+                        r.detail.push_str("; ");
+                    }
+                    r.detail.push_str(&detail);
+                }
+            }
+        }
+        ObservationBatch {
+            vantage: self.region.clone(),
+            results: by_region.into_values().collect(),
+        }
+    }
+
+    /// Probes and reports every interval until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unreachable = false;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let batch = self.round().await;
+            for r in batch.results.iter().filter(|r| !r.ok) {
+                tracing::debug!(region = %r.region, detail = %r.detail, "probe failed");
+            }
+            match self.controllers.observe(&batch).await {
+                Ok(()) => {
+                    if unreachable {
+                        tracing::info!("controllers reachable again");
+                        unreachable = false;
+                    }
+                }
+                Err(e) => {
+                    if !unreachable {
+                        tracing::warn!(error = %e, "observations not delivered; no controller with a quorum answers");
+                        unreachable = true;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! JSON over HTTP/1.1 with a deadline on every call: the transport between
+//! controllers, and between controllers and agents, edges and operators.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No answer: refused, reset, or past the deadline. The peer may be down
+    /// or cut off.
+    #[error("{addr} unreachable: {reason}")]
+    Unreachable { addr: SocketAddr, reason: String },
+    /// The peer answered with an error status and this message.
+    #[error("{addr} answered {status}: {message}")]
+    Status {
+        addr: SocketAddr,
+        status: u16,
+        message: String,
+    },
+    #[error("{addr} sent a body that does not decode: {reason}")]
+    Decode { addr: SocketAddr, reason: String },
+}
+
+impl CallError {
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, CallError::Unreachable { .. })
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        HttpClient::new()
+    }
+}
+
+impl HttpClient {
+    pub fn new() -> HttpClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        HttpClient { inner }
+    }
+
+    pub async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        body: &B,
+        deadline: Duration,
+    ) -> Result<R, CallError> {
+        self.post_headers(addr, path, body, deadline, &[]).await
+    }
+
+    pub async fn post_headers<B: Serialize, R: DeserializeOwned>(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        body: &B,
+        deadline: Duration,
+        headers: &[(&'static str, &'static str)],
+    ) -> Result<R, CallError> {
+        let bytes = serde_json::to_vec(body).expect("request bodies serialize");
+        self.call(
+            Method::POST,
+            addr,
+            path,
+            Bytes::from(bytes),
+            deadline,
+            headers,
+        )
+        .await
+    }
+
+    pub async fn get<R: DeserializeOwned>(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        deadline: Duration,
+    ) -> Result<R, CallError> {
+        self.call(Method::GET, addr, path, Bytes::new(), deadline, &[])
+            .await
+    }
+
+    async fn call<R: DeserializeOwned>(
+        &self,
+        method: Method,
+        addr: SocketAddr,
+        path: &str,
+        body: Bytes,
+        deadline: Duration,
+        headers: &[(&'static str, &'static str)],
+    ) -> Result<R, CallError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header(header::CONTENT_TYPE, "application/json");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request.body(Full::new(body)).expect("a valid request");
+        let unreachable = |reason: String| CallError::Unreachable { addr, reason };
+        let work = async {
+            let response = self
+                .inner
+                .request(request)
+                .await
+                .map_err(|e| unreachable(error_chain(&e)))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(format!("reading the body: {e}")))?
+                .to_bytes();
+            Ok::<_, CallError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(deadline, work)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {} ms", deadline.as_millis())))??;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return Err(CallError::Status {
+                addr,
+                status: status.as_u16(),
+                message,
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| CallError::Decode {
+            addr,
+            reason: e.to_string(),
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// A JSON response with a status.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> http::Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).expect("responses serialize");
+    http::Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
+}
+
+/// An error response: `{"error": message}`.
+pub fn error(status: StatusCode, message: impl Into<String>) -> http::Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": message.into() }))
+}

@@ -1,0 +1,64 @@
+//! tern's controller: three or more nodes (one per serving region plus a
+//! witness) form a Raft group on openraft with durable storage in redb.
+//!
+//! The replicated state is tern-core's [`ControlState`]: verdicts, the
+//! routing table, leases and epochs, and the audit log. The leader runs a
+//! [`VerdictEngine`] over the agents' observations and commits only
+//! decisions; every node answers reads, forwards writes to the leader, and
+//! says when it is out of quorum (then it commits nothing).
+//!
+//! [`ControlState`]: tern_core::control::ControlState
+//! [`VerdictEngine`]: tern_core::verdict::VerdictEngine
+
+pub mod api;
+pub mod client;
+pub mod http;
+pub mod network;
+pub mod node;
+pub mod store;
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+use tern_core::control::{Applied, Command};
+
+pub use client::ControllerClient;
+pub use node::Controller;
+
+pub type NodeId = u64;
+
+/// One entry of the replicated log: a command and the leader's wall-clock
+/// time when it proposed it (milliseconds since the Unix epoch). Replicas
+/// apply it with that time, so they all reach the same state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub at_ms: u64,
+    pub command: Command,
+}
+
+/// What applying an entry produced, or why the state machine refused it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub outcome: Result<Applied, String>,
+}
+
+impl Response {
+    pub fn nothing() -> Response {
+        Response {
+            outcome: Ok(Applied::Nothing),
+        }
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The controller's Raft types.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+);
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} at {}", self.command, self.at_ms)
+    }
+}

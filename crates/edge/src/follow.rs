@@ -1,0 +1,114 @@
+//! Following the controllers' committed routing table: a long poll against
+//! any controller, applied as soon as it answers with a newer version, and
+//! kept on disk so that a restart without controllers serves with it
+//! (static stability). When no controller answers, the edge keeps the last
+//! table and its own health checks and outlier detection keep protecting
+//! requests.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tern_controller::ControllerClient;
+use tern_core::control::RoutingTable;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::EdgeState;
+
+/// How long one long poll waits for a change.
+const POLL_WAIT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    version: u64,
+    services: BTreeMap<String, BTreeMap<String, u32>>,
+}
+
+fn weights(table: &RoutingTable) -> BTreeMap<String, BTreeMap<String, u32>> {
+    table
+        .services
+        .iter()
+        .map(|(s, r)| (s.clone(), r.weights.clone()))
+        .collect()
+}
+
+/// Applies the table saved at `path`, if there is a readable one.
+pub fn load(state: &EdgeState, path: &Path) {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the saved routing table");
+            return;
+        }
+    };
+    match serde_json::from_slice::<Saved>(&text) {
+        Ok(saved) => {
+            state.apply_routing(saved.version, saved.services, "disk");
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring a saved routing table that does not parse")
+        }
+    }
+}
+
+/// Writes the table atomically (temporary file, then rename).
+fn save(path: &Path, version: u64, services: &BTreeMap<String, BTreeMap<String, u32>>) {
+    let saved = Saved {
+        version,
+        services: services.clone(),
+    };
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec_pretty(&saved).expect("routing table serializes");
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "cannot save the routing table");
+    }
+}
+
+/// Follows the committed routing table until `stop`.
+pub async fn follow(
+    state: Arc<EdgeState>,
+    client: ControllerClient,
+    path: Option<PathBuf>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    let mut warned = false;
+    loop {
+        let after = state.routing.read().expect("routing lock").version;
+        let answer = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = client.routing(after, POLL_WAIT) => a,
+        };
+        match answer {
+            Ok(view) => {
+                backoff = Duration::from_millis(200);
+                if warned {
+                    tracing::info!("controllers reachable again");
+                    warned = false;
+                }
+                let version = view.table.version;
+                let services = weights(&view.table);
+                if state.apply_routing(version, services.clone(), "controllers") {
+                    if let Some(p) = &path {
+                        save(p, version, &services);
+                    }
+                }
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %e, "no controller answers; serving with the last routing table");
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! DESIGN.md invariant 3, the edge's half: edges follow the committed
+//! routing table, and with every controller gone (also across an edge
+//! restart) they keep serving with the last table while their own health
+//! checks still protect requests. Over many seeds of fault timing.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use tern_controller::node::NodeOptions;
+use tern_controller::{Controller, ControllerClient};
+use tern_core::config::Config;
+use tern_core::control::Command;
+
+fn seeds() -> u64 {
+    std::env::var("TERN_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+fn controller_toml(addrs: &[SocketAddr]) -> String {
+    let mut s = String::from(
+        "[controller]\nheartbeat = \"50ms\"\nelection_timeout = \"300ms\"\nrpc_timeout = \"200ms\"\n",
+    );
+    for (i, a) in addrs.iter().enumerate() {
+        let region = if i == 1 { "b" } else { "a" };
+        s.push_str(&format!(
+            "[[controller.node]]\nid = {}\nregion = \"{region}\"\naddr = \"{a}\"\n",
+            i + 1
+        ));
+    }
+    s
+}
+
+async fn start_controllers(config: &Config, dir: &std::path::Path) -> Vec<Arc<Controller>> {
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let options = NodeOptions {
+            id,
+            data_dir: dir.join(format!("ctl{id}")),
+            listen: None,
+            join: false,
+        };
+        nodes.push(
+            Controller::start(config, options)
+                .await
+                .expect("controller"),
+        );
+    }
+    nodes
+}
+
+/// Sends `n` GETs and returns the bodies (the backend names).
+async fn served_by(edge: &RunningEdge, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let (status, body) = get(&edge.url("/x")).await;
+        assert_eq!(status, StatusCode::OK, "a request failed: {body}");
+        out.push(body);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_stability_with_all_controllers_down() {
+    for seed in 1..=seeds() {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let a = Backend::start("a", Mode::Ok).await;
+        let b = Backend::start("b", Mode::Ok).await;
+        let mut addrs = Vec::new();
+        for _ in 0..3 {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            addrs.push(l.local_addr().unwrap());
+        }
+        let state_file = dir.path().join("routing.json");
+        let service = format!(
+            "[service.api]\npolicy = \"failover\"\nwhen_all_unhealthy = \"fail-open\"\n{}{}\n{}",
+            backend_toml("api", "a", a.addr, ""),
+            backend_toml("api", "b", b.addr, ""),
+            controller_toml(&addrs)
+        );
+        let toml = edge_toml(
+            &format!("routing_state = \"{}\"", state_file.display()),
+            &service,
+        );
+        let config = Config::from_toml("test.toml", &toml).unwrap();
+        let controllers = start_controllers(&config, dir.path()).await;
+        let edge = RunningEdge::start(&toml).await;
+        edge.wait_status("the first committed table", |s| {
+            s["routing"]["version"].as_u64() >= Some(1)
+        })
+        .await;
+        assert_eq!(served_by(&edge, 3).await, ["a", "a", "a"], "seed {seed}");
+
+        // Operators drain region a: the edge follows the committed table.
+        let client = ControllerClient::new(addrs.clone(), Duration::from_secs(1));
+        let mut committed = None;
+        for _ in 0..100 {
+            let cmd = Command::SetWeights {
+                service: "api".into(),
+                weights: vec![("a".into(), 0)],
+                force: false,
+                actor: "test".into(),
+            };
+            if let Ok(answer) = client.write(&cmd).await {
+                committed = Some(answer);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            committed.is_some(),
+            "seed {seed}: the drain never committed"
+        );
+        let s = edge
+            .wait_status("the drain applied", |s| {
+                s["routing"]["weights"]["api"]["a"] == 0 && s["routing"]["source"] == "controllers"
+            })
+            .await;
+        let version = s["routing"]["version"].as_u64().unwrap();
+        assert_eq!(served_by(&edge, 3).await, ["b", "b", "b"], "seed {seed}");
+
+        // Every controller dies at a random moment; traffic keeps to the table.
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..200))).await;
+        for c in &controllers {
+            c.shutdown().await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..400))).await;
+        assert!(
+            served_by(&edge, 5).await.iter().all(|x| x == "b"),
+            "seed {seed}"
+        );
+
+        // The edge restarts with no controller: it serves from the saved table.
+        edge.stop.cancel();
+        let _ = edge.task.await;
+        let edge = RunningEdge::start(&toml).await;
+        let s = edge.status().await;
+        assert_eq!(s["routing"]["source"], "disk", "seed {seed}: {s:#}");
+        assert_eq!(
+            s["routing"]["version"].as_u64(),
+            Some(version),
+            "seed {seed}"
+        );
+        assert!(
+            served_by(&edge, 5).await.iter().all(|x| x == "b"),
+            "seed {seed}"
+        );
+
+        // Its own checks still protect requests: b dies, the edge sees it
+        // and, all regions now unhealthy or drained, fails open to a.
+        b.kill();
+        edge.wait_status("b down by the edge's own checks", |s| {
+            s["services"][0]["backends"][1]["health"] == "down"
+        })
+        .await;
+        assert_eq!(served_by(&edge, 3).await, ["a", "a", "a"], "seed {seed}");
+        edge.stop.cancel();
+        let _ = edge.task.await;
+        a.kill();
+    }
+}

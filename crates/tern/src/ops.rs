@@ -1,0 +1,366 @@
+//! The control-plane commands: `tern controller`, `tern members`,
+//! `tern status`, `tern events` and `tern route set`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use tern_controller::api::{MembershipChange, StatusView};
+use tern_controller::http::CallError;
+use tern_controller::node::NodeOptions;
+use tern_controller::{Controller, ControllerClient};
+use tern_core::control::{Applied, Command};
+
+use crate::{load, shutdown_on_signal, EX_CONFIG, EX_USAGE};
+
+/// Exit code when no controller could do it (EX_UNAVAILABLE).
+const EX_UNAVAILABLE: u8 = 69;
+
+#[derive(Args)]
+pub struct ControllerArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// This node's id in `[[controller.node]]`.
+    #[arg(long)]
+    pub id: u64,
+    /// Where the node keeps its Raft log and state (created if missing).
+    #[arg(long, default_value = "tern-controller-data")]
+    pub data: PathBuf,
+    /// Listen here instead of the node's configured address.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Join a running group (wait for `tern members add`) instead of forming
+    /// one from the configuration.
+    #[arg(long)]
+    pub join: bool,
+}
+
+/// Where to find the controllers: `--controller` addresses, or the nodes of
+/// a configuration file's `[controller]` table.
+#[derive(Args, Clone)]
+pub struct Target {
+    /// A controller's address; repeat for several (any node answers).
+    #[arg(long = "controller", value_name = "ADDR")]
+    pub controllers: Vec<SocketAddr>,
+    /// Read the controllers' addresses from this configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Target {
+    fn client(&self) -> Result<ControllerClient, ExitCode> {
+        let mut addrs = self.controllers.clone();
+        if let Some(path) = &self.config {
+            let cfg = load(path)?;
+            match cfg.controller {
+                Some(c) => addrs.extend(c.nodes.iter().map(|n| n.addr)),
+                None => {
+                    eprintln!("{}: no [controller] table", path.display());
+                    return Err(ExitCode::from(EX_CONFIG));
+                }
+            }
+        }
+        if addrs.is_empty() {
+            eprintln!("say where the controllers are: --controller ADDR or --config FILE");
+            return Err(ExitCode::from(EX_USAGE));
+        }
+        Ok(ControllerClient::new(addrs, Duration::from_secs(2)))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum MembersCommand {
+    /// Add a controller node: it catches up as a learner, then votes.
+    Add {
+        #[arg(long)]
+        id: u64,
+        /// The new node's address as the other controllers reach it.
+        #[arg(long)]
+        addr: SocketAddr,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a controller node from the group (at least three remain).
+    Remove {
+        #[arg(long)]
+        id: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RouteCommand {
+    /// Set a service's weights per region, e.g. `--weights us-east=0,us-west=1`.
+    Set {
+        service: String,
+        #[arg(long, value_name = "REGION=N,...")]
+        weights: String,
+        /// Do it even if no healthy region would take traffic (recorded).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+pub async fn run_controller(args: ControllerArgs) -> ExitCode {
+    let cfg = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let options = NodeOptions {
+        id: args.id,
+        data_dir: args.data,
+        listen: args.listen,
+        join: args.join,
+    };
+    let node = match Controller::start(&cfg, options).await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("tern controller: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("controller {} listening on {}", node.id, node.addr);
+    shutdown_on_signal().cancelled().await;
+    node.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+fn unavailable(e: CallError) -> ExitCode {
+    eprintln!("tern: {e}");
+    ExitCode::from(EX_UNAVAILABLE)
+}
+
+pub async fn members(cmd: MembersCommand) -> ExitCode {
+    let (change, target) = match cmd {
+        MembersCommand::Add { id, addr, target } => (
+            MembershipChange::Add {
+                id,
+                addr: addr.to_string(),
+            },
+            target,
+        ),
+        MembersCommand::Remove { id, target } => (MembershipChange::Remove { id }, target),
+    };
+    let client = match target.client() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match client.change_membership(&change).await {
+        Ok(status) => {
+            print!("{}", render_status(&status));
+            ExitCode::SUCCESS
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+pub async fn status(target: Target) -> ExitCode {
+    let client = match target.client() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match client.status().await {
+        Ok(s) => {
+            if target.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).expect("status serializes")
+                );
+            } else {
+                print!("{}", render_status(&s));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+pub fn render_status(s: &StatusView) -> String {
+    let mut out = String::new();
+    if !s.in_quorum {
+        out.push_str(
+            "WARNING: this controller is OUT OF QUORUM; what follows is its last known state and it commits nothing\n",
+        );
+    }
+    out.push_str(&format!(
+        "controller {} ({}), {}, term {}, leader {}, {}\n",
+        s.node,
+        s.region,
+        s.role,
+        s.term,
+        s.leader.map_or("none".to_string(), |l| l.to_string()),
+        if s.in_quorum {
+            "in quorum"
+        } else {
+            "no quorum"
+        }
+    ));
+    out.push_str("members:\n");
+    for m in &s.members {
+        out.push_str(&format!(
+            "  {} {}{}{}\n",
+            m.id,
+            m.addr,
+            if m.voter { "" } else { " (learner)" },
+            if Some(m.id) == s.leader {
+                " leader"
+            } else {
+                ""
+            }
+        ));
+    }
+    out.push_str("verdicts:\n");
+    for (region, v) in &s.verdicts {
+        out.push_str(&format!("  {region}: {v}\n"));
+    }
+    out.push_str(&format!("routing table v{}:\n", s.routing.version));
+    for (service, route) in &s.routing.services {
+        let w: Vec<String> = route
+            .weights
+            .iter()
+            .map(|(r, w)| format!("{r}={w}"))
+            .collect();
+        out.push_str(&format!(
+            "  {service}: {}{}\n",
+            w.join(" "),
+            if route.all_unhealthy {
+                " (no healthy region: the service's all-unhealthy policy applies)"
+            } else {
+                ""
+            }
+        ));
+    }
+    out.push_str("leases:\n");
+    if s.leases.is_empty() {
+        out.push_str("  none\n");
+    }
+    for l in &s.leases {
+        let holder = match (&l.holder, l.expires_at_ms) {
+            (Some(h), Some(exp)) => {
+                let left = exp as i64 - s.now_ms as i64;
+                if left >= 0 {
+                    format!("held by {h}, {left} ms left")
+                } else {
+                    format!("held by {h}, expired {} ms ago", -left)
+                }
+            }
+            _ => "released".to_string(),
+        };
+        out.push_str(&format!("  {}: epoch {}, {holder}\n", l.cluster, l.epoch));
+    }
+    out
+}
+
+pub async fn events(target: Target, limit: usize) -> ExitCode {
+    let client = match target.client() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match client.events(limit).await {
+        Ok(v) => {
+            if target.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).expect("events serialize")
+                );
+                return ExitCode::SUCCESS;
+            }
+            if !v.in_quorum {
+                println!("WARNING: this controller is OUT OF QUORUM; newer events may exist");
+            }
+            for e in &v.events {
+                println!(
+                    "#{} {} {}: {}",
+                    e.index,
+                    format_time(e.at),
+                    e.kind,
+                    e.summary
+                );
+                for line in &e.evidence {
+                    println!("    {line}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+/// UTC time of day with milliseconds, from a duration since the Unix epoch.
+pub fn format_time(at: Duration) -> String {
+    let ms = at.as_millis() as u64;
+    let day = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        day / 3_600_000,
+        day / 60_000 % 60,
+        day / 1000 % 60,
+        day % 1000
+    )
+}
+
+pub async fn route(cmd: RouteCommand) -> ExitCode {
+    let RouteCommand::Set {
+        service,
+        weights,
+        force,
+        target,
+    } = cmd;
+    let mut parsed = Vec::new();
+    for part in weights.split(',').filter(|p| !p.trim().is_empty()) {
+        let Some((region, w)) = part.split_once('=') else {
+            eprintln!("tern route set: expected REGION=N, found \"{part}\"");
+            return ExitCode::from(EX_USAGE);
+        };
+        let Ok(w) = w.trim().parse::<u32>() else {
+            eprintln!("tern route set: weight of {region} must be a whole number, found \"{w}\"");
+            return ExitCode::from(EX_USAGE);
+        };
+        if w > 1000 {
+            eprintln!("tern route set: weight of {region} must be from 0 to 1000, found {w}");
+            return ExitCode::from(EX_USAGE);
+        }
+        parsed.push((region.trim().to_string(), w));
+    }
+    if parsed.is_empty() {
+        eprintln!("tern route set: --weights needs at least one REGION=N");
+        return ExitCode::from(EX_USAGE);
+    }
+    let client = match target.client() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let actor = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    let command = Command::SetWeights {
+        service,
+        weights: parsed,
+        force,
+        actor: format!("{actor} (tern route set)"),
+    };
+    match client.write(&command).await {
+        Ok(answer) => {
+            match answer.applied {
+                Applied::Routing(v) => println!("committed: routing table v{v}"),
+                _ => println!("committed: no change to the routing table"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(CallError::Status {
+            status: 409,
+            message,
+            ..
+        }) => {
+            eprintln!("tern route set: {message}");
+            ExitCode::FAILURE
+        }
+        Err(e) => unavailable(e),
+    }
+}

@@ -1,0 +1,165 @@
+//! The operator commands against real controller processes: `tern status`,
+//! `tern route set` (refused, then forced and audited), `tern events`, and
+//! what they say once the answering node has lost its quorum.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tern(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .output()
+        .expect("run tern")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn config(dir: &Path, addrs: &[SocketAddr]) -> std::path::PathBuf {
+    let mut s = String::from(
+        "[[region]]\nname = \"east\"\n[[region]]\nname = \"west\"\n[[region]]\nname = \"witness\"\nserves_traffic = false\n\
+         [service.api]\npolicy = \"failover\"\n\
+         [[service.api.backend]]\nregion = \"east\"\nurl = \"http://127.0.0.1:9\"\n\
+         [[service.api.backend]]\nregion = \"west\"\nurl = \"http://127.0.0.1:9\"\n\
+         [controller]\nheartbeat = \"50ms\"\nelection_timeout = \"300ms\"\nrpc_timeout = \"300ms\"\n",
+    );
+    for (i, (a, r)) in addrs.iter().zip(["east", "west", "witness"]).enumerate() {
+        s.push_str(&format!(
+            "[[controller.node]]\nid = {}\nregion = \"{r}\"\naddr = \"{a}\"\n",
+            i + 1
+        ));
+    }
+    let path = dir.join("tern.toml");
+    std::fs::write(&path, s).unwrap();
+    path
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn operator_commands_work_against_any_node_and_say_when_out_of_quorum() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs: Vec<SocketAddr> = (0..3)
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        })
+        .collect();
+    let cfg = config(dir.path(), &addrs);
+    let cfg_s = cfg.to_str().unwrap();
+    let mut nodes: Vec<Option<Node>> = (1..=3)
+        .map(|id| {
+            let data = dir.path().join(format!("data{id}"));
+            Some(Node(
+                Command::new(env!("CARGO_BIN_EXE_tern"))
+                    .args([
+                        "controller",
+                        "--config",
+                        cfg_s,
+                        "--id",
+                        &id.to_string(),
+                        "--data",
+                    ])
+                    .arg(&data)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start controller"),
+            ))
+        })
+        .collect();
+    let second = addrs[1].to_string();
+    wait_until("a leader", || {
+        let o = tern(&["status", "--controller", &second]);
+        o.status.success() && text(&o).contains(", in quorum")
+    });
+    let o = tern(&["status", "--config", cfg_s]);
+    let out = text(&o);
+    assert!(out.contains("routing table v1"), "{out}");
+    assert!(out.contains("api: east=1 west=1"), "{out}");
+
+    // Draining every region is refused unless forced; forcing is audited.
+    let o = tern(&[
+        "route",
+        "set",
+        "api",
+        "--weights",
+        "east=0,west=0",
+        "--controller",
+        &second,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no healthy region"), "{}", text(&o));
+    let o = tern(&[
+        "route",
+        "set",
+        "api",
+        "--weights",
+        "east=0,west=0",
+        "--force",
+        "--controller",
+        &second,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("routing table v2"), "{}", text(&o));
+    let o = tern(&["events", "--config", cfg_s, "--limit", "10"]);
+    let out = text(&o);
+    assert!(out.contains("forced weights east=0,west=0"), "{out}");
+    let o = tern(&[
+        "route",
+        "set",
+        "api",
+        "--weights",
+        "east=two",
+        "--config",
+        cfg_s,
+    ]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+
+    // Two nodes die: the third answers with what it has and says so, and
+    // commits nothing.
+    nodes[1].take();
+    nodes[2].take();
+    let first = addrs[0].to_string();
+    wait_until("node 1 out of quorum", || {
+        text(&tern(&["status", "--controller", &first])).contains("OUT OF QUORUM")
+    });
+    let out = text(&tern(&["status", "--controller", &first]));
+    assert!(out.contains("routing table v2"), "{out}");
+    let o = tern(&[
+        "route",
+        "set",
+        "api",
+        "--weights",
+        "east=1",
+        "--controller",
+        &first,
+    ]);
+    assert_eq!(o.status.code(), Some(69), "{}", text(&o));
+    let o = tern(&["events", "--controller", &first]);
+    assert!(text(&o).contains("OUT OF QUORUM"), "{}", text(&o));
+}
