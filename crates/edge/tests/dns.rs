@@ -219,7 +219,12 @@ async fn weighted_follows_weights_and_weight_zero_stays_out() {
     // dig sends one query per name on its command line: 200 queries, one process.
     let names = vec!["api.example.com"; 200];
     let answers = edge.dig(&names).await;
-    assert_eq!(answers.len(), 200);
+    assert_eq!(
+        answers.len(),
+        200,
+        "dig printed {} responses",
+        answers.len()
+    );
     let mut counts = std::collections::HashMap::new();
     for d in &answers {
         let a = d.data("A");

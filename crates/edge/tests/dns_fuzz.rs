@@ -233,6 +233,10 @@ fn named_hostile_packets() {
         .respond(&[], &notify.to_vec().unwrap(), src(), Transport::Udp)
         .unwrap();
     assert_eq!(rcode(&r), ResponseCode::NotImp);
+    // A zone transfer is refused: zones come from the configuration file.
+    let axfr = query("example.com", RecordType::AXFR, None);
+    let r = auth.respond(&[], &axfr, src(), Transport::Tcp).unwrap();
+    assert_eq!(rcode(&r), ResponseCode::Refused);
     // EDNS version 1: BADVERS (code 16, which hickory also names BADSIG).
     let mut v1 = Message::query();
     v1.add_query(Query::query(

@@ -383,6 +383,10 @@ impl Authority {
             return ResponseCode::Refused;
         }
         let qtype = query.query_type();
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            // Zones come from the configuration file; no zone transfers.
+            return ResponseCode::Refused;
+        }
         let mut qname = LowerName::new(query.name());
         let Some(zi) = self.zone_of(&qname) else {
             return ResponseCode::Refused;

@@ -108,7 +108,9 @@ pub async fn dig(server: SocketAddr, args: &[&str]) -> Vec<Dig> {
         .arg(format!("@{}", server.ip()))
         .arg("-p")
         .arg(server.port().to_string())
-        .args(["+norec", "+tries=1", "+time=2", "+nocookie"])
+        // Two tries: on a loaded machine one UDP exchange can exceed the
+        // 2 s wait, and a lost exchange says nothing about the server.
+        .args(["+norec", "+tries=2", "+time=2", "+nocookie"])
         .args(args)
         .output()
         .await
