@@ -70,9 +70,10 @@ async fn a_dead_target_leaves_the_answers_within_fall_intervals_plus_one() {
     }
     let gone = gone.expect("the dead target never left the answers");
     eprintln!("dead target left the answers after {gone:?} (limit {limit:?})");
-    // dig itself takes a few milliseconds per look; allow that on top.
+    // Each look is one dig run (milliseconds, more on a loaded machine);
+    // allow one slow look on top.
     assert!(
-        gone <= limit + Duration::from_millis(100),
+        gone <= limit + Duration::from_millis(200),
         "left after {gone:?}, limit {limit:?}"
     );
     // Not before fall - 1 intervals: the threshold is really applied.
@@ -103,21 +104,25 @@ async fn one_failed_probe_changes_nothing_and_rise_successes_bring_a_target_back
     tokio::time::sleep(Duration::from_millis(2 * INTERVAL_MS)).await;
     assert_eq!(answer(&edge, "api.example.com").await.1, ["127.0.0.1"]);
 
-    // Unhealthy for about one interval: one probe (at most two) fails, fewer than fall.
-    a.set_healthy(false);
-    let flap = Instant::now();
-    while flap.elapsed() < Duration::from_millis(INTERVAL_MS + INTERVAL_MS / 4) {
+    // Unhealthy for 1.25 intervals: one probe (at most two) fails, fewer
+    // than fall. The window is timed by its own task so that slow dig runs
+    // on a loaded machine cannot stretch it; the answers are watched
+    // throughout and for three intervals after.
+    let flap = {
+        let healthy = a.healthy_handle();
+        tokio::spawn(async move {
+            healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(INTERVAL_MS + INTERVAL_MS / 4)).await;
+            healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let watch = Instant::now();
+    while !flap.is_finished() || watch.elapsed() < Duration::from_millis(4 * INTERVAL_MS) {
         assert_eq!(
             answer(&edge, "api.example.com").await.1,
             ["127.0.0.1"],
             "a failed probe moved the answer"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    a.set_healthy(true);
-    let calm = Instant::now();
-    while calm.elapsed() < Duration::from_millis(3 * INTERVAL_MS) {
-        assert_eq!(answer(&edge, "api.example.com").await.1, ["127.0.0.1"]);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -139,7 +144,7 @@ async fn one_failed_probe_changes_nothing_and_rise_successes_bring_a_target_back
     }
     let back = back.expect("the target never came back");
     eprintln!("healed target back in the answers after {back:?}");
-    let most = Duration::from_millis(RISE * INTERVAL_MS + INTERVAL_MS + 100);
+    let most = Duration::from_millis(RISE * INTERVAL_MS + INTERVAL_MS + 200);
     let least = Duration::from_millis((RISE - 1) * INTERVAL_MS - 50);
     assert!(
         back >= least && back <= most,
@@ -228,11 +233,16 @@ async fn all_unhealthy_fails_open_or_closed_as_configured() {
     let s = edge.status().await;
     assert_eq!(s["dns"][1]["fail_closed"], true);
     assert_eq!(s["dns"][1]["when_all_unhealthy"], "fail-closed");
-    // One target heals: both records answer it, healthy again.
+    // One target heals: both records answer it, healthy again. Each
+    // record's targets have probes of their own, so each comes back on its
+    // own probe's rise.
     b.set_healthy(true);
-    eventually("b back", Duration::from_secs(5), || async {
-        answer(&edge, "closed.example.com").await.1 == ["127.0.0.2"]
-    })
-    .await;
-    assert_eq!(answer(&edge, "open.example.com").await.1, ["127.0.0.2"]);
+    for record in ["closed.example.com", "open.example.com"] {
+        eventually(
+            &format!("b back in {record}"),
+            Duration::from_secs(5),
+            || async { answer(&edge, record).await.1 == ["127.0.0.2"] },
+        )
+        .await;
+    }
 }

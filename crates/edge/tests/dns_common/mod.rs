@@ -303,6 +303,11 @@ impl HealthServer {
         s
     }
 
+    /// The flag behind `set_healthy`, for a task that times a health change.
+    pub fn healthy_handle(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.healthy.clone()
+    }
+
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy
             .store(healthy, std::sync::atomic::Ordering::SeqCst);
