@@ -8,12 +8,15 @@
 //! [`verdict`] aggregates probe results from several vantage points into
 //! region verdicts with anti-flap rules, and [`lease`] grants the leases and
 //! epochs that fence a database primary; the controller builds on both.
+//! [`dns`] picks the targets of a DNS policy record for a query, from health,
+//! weights and the client's network.
 //! Nothing here opens a socket, spawns a task or reads a clock: time and
 //! randomness are arguments, so every decision is a table-driven test away.
 //! The role crates (edge, lab) own the runtime and call into this crate.
 
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod health;
 pub mod lease;
 pub mod outlier;

@@ -344,3 +344,63 @@ fn full_fixture_resolves_every_key() {
     assert_eq!(db.lease.duration, Duration::from_secs(4));
     assert_eq!(db.lease.drift_margin, Duration::from_secs(1));
 }
+
+#[test]
+fn dns_fixture_resolves_names_ttls_and_checks() {
+    use tern_core::config::dns::{DnsPolicy, RecordData, StaticValue, TargetCheck};
+    let (_, result) = load(&fixtures("good").join("dns.toml"));
+    let cfg = result.expect("dns.toml loads");
+    assert!(cfg.services.is_empty(), "an edge may serve DNS only");
+    let dns = cfg.dns.expect("a [dns] table");
+    assert_eq!(dns.workers, Some(2));
+    assert_eq!(dns.networks[1].prefix_len, 48);
+    let zone = &dns.zones[0];
+    assert_eq!(zone.name, "example.com");
+    assert_eq!(zone.ns, ["ns1.example.com", "ns2.example.net"]);
+    assert_eq!(zone.hostmaster, "ops.example.com");
+    assert_eq!(zone.negative_ttl, Duration::from_secs(30));
+    let mx = &zone.records[0];
+    assert_eq!(
+        (mx.name.as_str(), mx.ttl),
+        ("example.com", Duration::from_secs(300))
+    );
+    assert_eq!(
+        mx.data,
+        RecordData::Static(vec![
+            StaticValue::Mx {
+                preference: 10,
+                exchange: "mail.example.com".into()
+            },
+            StaticValue::Mx {
+                preference: 20,
+                exchange: "backup.example.net".into()
+            },
+        ])
+    );
+    let api = &zone.records[4];
+    assert_eq!(api.ttl, Duration::from_secs(10));
+    let RecordData::Policy(p) = &api.data else {
+        panic!("api is a policy record")
+    };
+    assert_eq!(p.policy, DnsPolicy::Failover);
+    assert_eq!(p.when_all_unhealthy, AllUnhealthy::FailClosed);
+    match &p.targets[1].check {
+        TargetCheck::Probe { port, health } => {
+            assert_eq!(*port, 8080);
+            assert_eq!(health.probe, ProbeKind::Tcp);
+        }
+        other => panic!("expected a probe, found {other:?}"),
+    }
+    // A health-checked record's TTL defaults to at most 60 s even under a 5 m zone TTL.
+    let api6 = &zone.records[5];
+    assert_eq!(
+        (api6.name.as_str(), api6.ttl),
+        ("api6.example.com", Duration::from_secs(60))
+    );
+    let RecordData::Policy(p6) = &api6.data else {
+        panic!("api6 is a policy record")
+    };
+    assert!(p6.ipv6);
+    assert_eq!(p6.targets[1].weight, 0);
+    assert_eq!(p6.targets[0].check, TargetCheck::None);
+}

@@ -6,11 +6,14 @@
 //! feeds outcomes to passive outlier detection; [`probe`] runs the active
 //! health checks; [`admin`] serves `/status`, `/metrics` and `/ready`.
 //! [`state::EdgeState`] is the shared view all three read and update.
+//! With a `[dns]` table the edge also answers DNS for its zones ([`dns`]),
+//! from the same health state.
 //! Shutdown follows one contract: a cancellation token stops accepting, the
 //! edge reports `Draining`, in-flight requests get the configured grace time,
 //! then everything is joined.
 
 pub mod admin;
+pub mod dns;
 pub mod follow;
 pub mod metrics;
 pub mod probe;
@@ -75,6 +78,7 @@ pub struct Edge {
     listeners: Vec<std::net::TcpListener>,
     local_addr: SocketAddr,
     admin: Option<TcpListener>,
+    dns: Option<dns::DnsServer>,
     phase: watch::Sender<Phase>,
 }
 
@@ -104,6 +108,20 @@ impl Edge {
             ),
             None => None,
         };
+        let dns = match &config.dns {
+            Some(d) => {
+                let dns_workers = d.workers.map_or(workers as usize, |w| w as usize);
+                Some(
+                    dns::DnsServer::bind(d.listen, dns_workers).map_err(|source| {
+                        EdgeError::Bind {
+                            addr: d.listen,
+                            source,
+                        }
+                    })?,
+                )
+            }
+            None => None,
+        };
         let (phase, _) = watch::channel(Phase::Starting);
         let state = Arc::new(EdgeState::new(config, settings));
         // The last committed table first, so that a restart without
@@ -123,6 +141,7 @@ impl Edge {
             listeners,
             local_addr,
             admin,
+            dns,
             phase,
         })
     }
@@ -135,6 +154,11 @@ impl Edge {
         self.admin
             .as_ref()
             .map(|l| l.local_addr().expect("bound listener has an address"))
+    }
+
+    /// The DNS server's address (UDP and TCP), when the configuration has zones.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().map(|d| d.local_addr())
     }
 
     pub fn phase(&self) -> watch::Receiver<Phase> {
@@ -159,12 +183,18 @@ impl Edge {
             listeners,
             local_addr,
             admin,
+            dns,
             phase,
         } = self;
         let settings = state.settings.clone();
         let tasks = TaskTracker::new();
         let background = CancellationToken::new();
         probe::spawn_probes(state.clone(), &tasks, background.clone());
+        dns::probe::spawn_probes(state.clone(), &tasks, background.clone());
+        if let Some(dns) = dns {
+            // DNS stops with client traffic, before the drain of HTTP requests.
+            tasks.spawn(dns.run(state.clone(), shutdown.clone()));
+        }
         if let Some(client) = controllers {
             let path = state.settings.routing_state.clone();
             tasks.spawn(follow::follow(

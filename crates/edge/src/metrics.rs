@@ -27,8 +27,45 @@ impl RequestCounters {
     }
 }
 
+/// Answers of one DNS policy record by outcome, resolved once at start.
+#[derive(Clone)]
+pub struct DnsRecordCounters {
+    pub healthy: Counter,
+    pub degraded: Counter,
+    pub fail_closed: Counter,
+}
+
+/// DNS responses by code, plus truncated responses and dropped packets.
+#[derive(Clone)]
+pub struct DnsResponseCounters {
+    by_rcode: [Counter; 7],
+    pub truncated: Counter,
+    pub dropped: Counter,
+}
+
+const DNS_RCODES: [&str; 7] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "other",
+];
+
+impl DnsResponseCounters {
+    pub fn count(&self, rcode: hickory_proto::op::ResponseCode) {
+        self.count_n(rcode, 1);
+    }
+
+    pub fn count_n(&self, rcode: hickory_proto::op::ResponseCode, n: u64) {
+        let i = match u16::from(rcode) {
+            c @ 0..=5 => usize::from(c),
+            _ => 6,
+        };
+        self.by_rcode[i].inc_by(n);
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    dns_answers: Family<Labels, Counter>,
+    dns_responses: Family<Labels, Counter>,
+    dns_target_up: Family<Labels, Gauge>,
     requests: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
     retries_denied: Family<Labels, Counter>,
@@ -47,6 +84,24 @@ impl Metrics {
         let upstream_latency =
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let backend_up = Family::<Labels, Gauge>::default();
+        let dns_answers = Family::<Labels, Counter>::default();
+        let dns_responses = Family::<Labels, Counter>::default();
+        let dns_target_up = Family::<Labels, Gauge>::default();
+        registry.register(
+            "tern_dns_target_up",
+            "1 when a DNS target's own health check considers it up",
+            dns_target_up.clone(),
+        );
+        registry.register(
+            "tern_dns_answers",
+            "Answers of DNS policy records, by record, type, policy and outcome (healthy, degraded: all targets unhealthy and failing open, fail-closed: SERVFAIL)",
+            dns_answers.clone(),
+        );
+        registry.register(
+            "tern_dns_responses",
+            "DNS responses by response code; rcode=\"truncated\" counts UDP responses cut to fit, rcode=\"dropped\" packets not answered",
+            dns_responses.clone(),
+        );
         registry.register(
             "tern_edge_requests",
             "Requests answered by the edge, by service and status class",
@@ -79,6 +134,9 @@ impl Metrics {
         );
         Metrics {
             registry,
+            dns_answers,
+            dns_responses,
+            dns_target_up,
             requests,
             retries,
             retries_denied,
@@ -164,6 +222,48 @@ impl Metrics {
                 ("service", service.to_string()),
                 ("region", region.to_string()),
                 ("url", url.to_string()),
+            ])
+            .set(i64::from(up));
+    }
+
+    /// Counters of one DNS policy record, resolved once.
+    pub fn dns_record(&self, record: &str, kind: &str, policy: &str) -> DnsRecordCounters {
+        let get = |outcome: &str| {
+            self.dns_answers
+                .get_or_create(&vec![
+                    ("record", record.to_string()),
+                    ("type", kind.to_string()),
+                    ("policy", policy.to_string()),
+                    ("outcome", outcome.to_string()),
+                ])
+                .clone()
+        };
+        DnsRecordCounters {
+            healthy: get("healthy"),
+            degraded: get("degraded"),
+            fail_closed: get("fail-closed"),
+        }
+    }
+
+    pub fn dns_responses(&self) -> DnsResponseCounters {
+        let get = |rcode: &str| {
+            self.dns_responses
+                .get_or_create(&vec![("rcode", rcode.to_string())])
+                .clone()
+        };
+        DnsResponseCounters {
+            by_rcode: std::array::from_fn(|i| get(DNS_RCODES[i])),
+            truncated: get("truncated"),
+            dropped: get("dropped"),
+        }
+    }
+
+    pub fn dns_target_up(&self, record: &str, region: &str, address: &str, up: bool) {
+        self.dns_target_up
+            .get_or_create(&vec![
+                ("record", record.to_string()),
+                ("region", region.to_string()),
+                ("address", address.to_string()),
             ])
             .set(i64::from(up));
     }

@@ -17,6 +17,7 @@ use tern_core::routing::{self, BackendView, RoutePlan};
 
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::dns::authority::{Authority, DnsRecordStatus};
 use crate::metrics::{Metrics, RequestCounters};
 
 /// The clock every decision of this edge is made on: time since the edge
@@ -99,6 +100,8 @@ pub struct EdgeState {
     pub services: Vec<ServiceState>,
     pub clock: Clock,
     pub metrics: Metrics,
+    /// The zones, when the configuration has a `[dns]` table.
+    pub dns: Option<Authority>,
 }
 
 impl EdgeState {
@@ -106,7 +109,7 @@ impl EdgeState {
         let clock = Clock::new();
         let now = clock.now();
         let metrics = Metrics::new();
-        let services = config
+        let services: Vec<ServiceState> = config
             .services
             .iter()
             .map(|s| {
@@ -142,6 +145,10 @@ impl EdgeState {
                 }
             })
             .collect();
+        let dns = config
+            .dns
+            .as_ref()
+            .map(|d| Authority::new(d, &services, &metrics, now));
         let state = EdgeState {
             routing: RwLock::new(CommittedRouting {
                 source: "none",
@@ -152,6 +159,7 @@ impl EdgeState {
             services,
             clock,
             metrics,
+            dns,
         };
         for s in &state.services {
             state.refresh_serving(s);
@@ -378,6 +386,7 @@ impl EdgeState {
             phase: phase.to_string(),
             uptime_ms: now.as_millis() as u64,
             services,
+            dns: self.dns.as_ref().map(|d| d.status(&self.services)),
         }
     }
 }
@@ -416,6 +425,9 @@ pub struct StatusSnapshot {
     pub phase: String,
     pub uptime_ms: u64,
     pub services: Vec<ServiceStatus>,
+    /// Policy records and what they answer now; absent without a `[dns]` table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<DnsRecordStatus>>,
 }
 
 #[derive(Debug, Serialize)]

@@ -8,8 +8,12 @@
 //! faults, watches the edges' routing through their admin API, and hands
 //! everything to the oracle ([`report`]) for the terminal table and JSON.
 //! Child processes are started from the `tern` binary itself ([`process`])
-//! and die with the lab, however it ends.
+//! and die with the lab, however it ends. Alongside, DNS clients
+//! ([`dns_client`]) find the edges through the edges' own DNS, and
+//! [`dns_report`] compares that path with the HTTP path for the same fault.
 
+pub mod dns_client;
+pub mod dns_report;
 pub mod html;
 pub mod load;
 pub mod process;
@@ -81,6 +85,21 @@ pub struct LabArgs {
     /// the failures retries otherwise hide.
     #[arg(long, hide = true)]
     pub no_edge_retries: bool,
+    /// Clients in each serving region that find the edges through DNS (0: none).
+    #[arg(long, default_value_t = 6)]
+    pub dns_clients_per_region: usize,
+    /// TTL of the edges' DNS answers, in seconds.
+    #[arg(long, default_value_t = 2)]
+    pub dns_ttl_s: u64,
+    /// Share of DNS clients that keep answers longer than their TTL (at least one when above 0).
+    #[arg(long, default_value_t = 0.09)]
+    pub dns_stretch_share: f64,
+    /// How long those clients keep an answer at least, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub dns_stretch_s: u64,
+    /// Milliseconds between the starts of one DNS client's requests.
+    #[arg(long, default_value_t = 100)]
+    pub dns_pace_ms: u64,
 }
 
 impl Default for LabArgs {
@@ -98,6 +117,11 @@ impl Default for LabArgs {
             keep_dir: false,
             tern_binary: None,
             no_edge_retries: false,
+            dns_clients_per_region: 6,
+            dns_ttl_s: 2,
+            dns_stretch_share: 0.09,
+            dns_stretch_s: 60,
+            dns_pace_ms: 100,
         }
     }
 }
@@ -131,6 +155,12 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
     if args.clients_per_region == 0 || args.pace_ms == 0 {
         bail!("--clients-per-region and --pace-ms must be at least 1");
     }
+    if !(0.0..=1.0).contains(&args.dns_stretch_share)
+        || args.dns_ttl_s == 0
+        || args.dns_pace_ms == 0
+    {
+        bail!("--dns-stretch-share must be from 0 to 1; --dns-ttl-s and --dns-pace-ms at least 1");
+    }
     let binary = match &args.tern_binary {
         Some(b) => b.clone(),
         None => std::env::current_exe().context("find the tern binary")?,
@@ -148,6 +178,7 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
 
     let tuning = EdgeTuning {
         retries: !args.no_edge_retries,
+        dns_ttl: Duration::from_secs(args.dns_ttl_s),
         ..EdgeTuning::default()
     };
     let mut deployment = tokio::select! {
@@ -254,6 +285,8 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
         }
     }
     drop(tx);
+    let (dns_tx, mut dns_rx) = mpsc::unbounded_channel::<dns_client::DnsRequestRecord>();
+    let dns_clients = spawn_dns_clients(deployment, &client_paths, args, t0, &stop, dns_tx);
 
     let routing: Arc<Mutex<Vec<RoutingSample>>> = Arc::default();
     let current: Arc<Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
@@ -266,6 +299,7 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
     ));
 
     let mut records: Vec<RequestRecord> = Vec::new();
+    let mut dns_records: Vec<dns_client::DnsRequestRecord> = Vec::new();
     let mut events = vec![Event {
         t_ms: 0.0,
         what: "load starts".into(),
@@ -289,6 +323,7 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
         let next_step_at = steps.peek().map(|s| t0 + s.at).unwrap_or(end).min(end);
         tokio::select! {
             Some(r) = rx.recv() => records.push(r),
+            Some(r) = dns_rx.recv() => dns_records.push(r),
             _ = ticker.tick() => {
                 let failed = records.iter().filter(|r| !r.ok).count();
                 let edges = current.lock().expect("routing lock").iter()
@@ -381,6 +416,9 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
     while let Some(r) = rx.recv().await {
         records.push(r);
     }
+    while let Some(r) = dns_rx.recv().await {
+        dns_records.push(r);
+    }
     let _ = monitor.await;
     events.push(Event {
         t_ms: end_ms,
@@ -404,8 +442,117 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
         },
         events,
     });
+    if !dns_clients.is_empty() {
+        let tuning = EdgeTuning::default();
+        report.dns_path = Some(dns_report::build(dns_report::DnsInputs {
+            settings: dns_report::DnsPathSettings {
+                ttl_s: args.dns_ttl_s,
+                stretch_s: args.dns_stretch_s,
+                stretch_share: args.dns_stretch_share,
+                check_interval_ms: tuning.interval_ms,
+                check_fall: tuning.fall,
+                pace_ms: args.dns_pace_ms,
+            },
+            dns: &dns_records,
+            http: &records,
+            http_clients: id,
+            dns_clients,
+            failed_region: scenario.failed_region.as_deref(),
+            fault_ms,
+            restore_ms,
+            end_ms,
+            http_detection_ms: report.detection_ms,
+        }));
+    }
     report.add_control(facts);
     Ok(report)
+}
+
+/// Starts the clients that find edges through DNS; returns how many of each
+/// kind (honouring TTLs, keeping answers longer) it started.
+fn spawn_dns_clients(
+    deployment: &Deployment,
+    client_paths: &[(String, Vec<load::EdgePath>)],
+    args: &LabArgs,
+    t0: Instant,
+    stop: &CancellationToken,
+    out: mpsc::UnboundedSender<dns_client::DnsRequestRecord>,
+) -> BTreeMap<&'static str, usize> {
+    use dns_client::{DnsClientSpec, DnsServer, StubResolver, TtlBehaviour};
+    let mut started = BTreeMap::new();
+    let total = args.dns_clients_per_region * client_paths.len();
+    if total == 0 {
+        return started;
+    }
+    // The share, rounded, but at least one client when the share is above 0.
+    let mut stretchers = (args.dns_stretch_share * total as f64).round() as usize;
+    if args.dns_stretch_share > 0.0 {
+        stretchers = stretchers.max(1);
+    }
+    let mut rng = fastrand::Rng::with_seed(args.seed ^ 0xd45);
+    let mut picks: Vec<usize> = (0..total).collect();
+    rng.shuffle(&mut picks);
+    let stretching: std::collections::BTreeSet<usize> =
+        picks.into_iter().take(stretchers).collect();
+    let mut n = 0;
+    for (region, edges) in client_paths {
+        let Some(spec) = deployment.regions.iter().find(|r| &r.name == region) else {
+            continue;
+        };
+        // The region's own DNS server first, then the others.
+        let mut servers: Vec<DnsServer> = deployment
+            .serving
+            .iter()
+            .map(|rt| DnsServer {
+                region: rt.spec.name.clone(),
+                addr: rt.dns_addr,
+            })
+            .collect();
+        servers.sort_by_key(|s| s.region != *region);
+        let paths: Vec<(std::net::IpAddr, load::EdgePath)> = edges
+            .iter()
+            .filter_map(|p| {
+                let rt = deployment
+                    .serving
+                    .iter()
+                    .find(|rt| rt.spec.name == p.region)?;
+                Some((rt.spec.ip(1), p.clone()))
+            })
+            .collect();
+        for _ in 0..args.dns_clients_per_region {
+            let behaviour = if stretching.contains(&n) {
+                TtlBehaviour::Stretches(Duration::from_secs(args.dns_stretch_s))
+            } else {
+                TtlBehaviour::Honours
+            };
+            n += 1;
+            *started.entry(behaviour.group()).or_insert(0) += 1;
+            let seed = args.seed.wrapping_mul(7_919).wrapping_add(n as u64);
+            let client = DnsClientSpec {
+                id: 10_000 + n,
+                region: region.clone(),
+                resolver: StubResolver::new(
+                    servers.clone(),
+                    spec.ip(200),
+                    behaviour,
+                    deployment.wan.clone(),
+                    spec.client_label(),
+                    seed,
+                ),
+                paths: paths.clone(),
+                pace: Duration::from_millis(args.dns_pace_ms),
+                edge_timeout: Duration::from_millis(1_000),
+                seed,
+            };
+            tokio::spawn(dns_client::run_dns_client(
+                client,
+                t0,
+                stop.clone(),
+                out.clone(),
+            ));
+        }
+    }
+    started
 }
 
 /// Cuts (or heals) a region from the others: every path between it and

@@ -66,7 +66,38 @@ impl RequestRecord {
     }
 }
 
-type LoadClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type LoadClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The HTTP client of one lab client.
+pub(crate) fn client(edge_timeout: Duration) -> LoadClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(edge_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
+/// The record of a request that reached no edge at all.
+pub(crate) fn failed_record(
+    region: &str,
+    t0: Instant,
+    started: Instant,
+    error: String,
+) -> RequestRecord {
+    RequestRecord {
+        start_ms: ms_since(t0, started),
+        latency_ms: started.elapsed().as_secs_f64() * 1_000.0,
+        client_region: region.to_string(),
+        method: "GET",
+        status: None,
+        ok: false,
+        edge_region: None,
+        served_by: None,
+        edges_tried: 0,
+        error: Some(error),
+    }
+}
 
 /// Runs one client until `stop`, sending every record to `out`.
 pub async fn run_client(
@@ -75,12 +106,7 @@ pub async fn run_client(
     stop: CancellationToken,
     out: mpsc::UnboundedSender<RequestRecord>,
 ) {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(spec.edge_timeout));
-    let client: LoadClient = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
+    let client = client(spec.edge_timeout);
     let mut rng = fastrand::Rng::with_seed(spec.seed);
     let mut avoid_until: Vec<Option<Instant>> = vec![None; spec.edges.len()];
     let mut seq: u64 = 0;
@@ -141,7 +167,7 @@ fn plan_request(spec: &ClientSpec, rng: &mut fastrand::Rng, seq: u64) -> Planned
     }
 }
 
-async fn one_request(
+pub(crate) async fn one_request(
     spec: &ClientSpec,
     client: &LoadClient,
     rng: &mut fastrand::Rng,

@@ -160,6 +160,9 @@ pub struct Report {
     pub fault_ms: Option<f64>,
     pub restore_ms: Option<f64>,
     pub end_ms: f64,
+    /// The same fault seen by clients that find edges through DNS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_path: Option<crate::dns_report::DnsPathReport>,
 }
 
 /// Length of a [`Bucket`] in milliseconds.
@@ -334,6 +337,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         fault_ms: moments.fault_ms,
         restore_ms: moments.restore_ms,
         end_ms: moments.end_ms,
+        dns_path: None,
     }
 }
 
@@ -570,6 +574,9 @@ impl Report {
         let mark = |ok: bool| if ok { "met" } else { "MISSED" };
         for (name, met) in self.targets.list() {
             let _ = writeln!(out, "target: {name}: {}", mark(met));
+        }
+        if let Some(dns) = &self.dns_path {
+            out.push_str(&dns.table());
         }
         out
     }

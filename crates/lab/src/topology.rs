@@ -34,6 +34,8 @@ pub struct EdgeTuning {
     pub try_timeout_ms: u64,
     /// When false, edges get an empty retry budget.
     pub retries: bool,
+    /// TTL of the edges' DNS answers for `payments.lab.`.
+    pub dns_ttl: Duration,
 }
 
 impl Default for EdgeTuning {
@@ -45,6 +47,7 @@ impl Default for EdgeTuning {
             rise: 3,
             try_timeout_ms: 300,
             retries: true,
+            dns_ttl: Duration::from_secs(2),
         }
     }
 }
@@ -117,6 +120,8 @@ pub struct RegionRuntime {
     pub service_addr: SocketAddr,
     pub edge_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The edge's DNS server (UDP and TCP).
+    pub dns_addr: SocketAddr,
     service: Option<Proc>,
     edge: Option<Proc>,
     agent: Option<Proc>,
@@ -198,6 +203,7 @@ impl Deployment {
                 service_addr: services[j].1,
                 edge_addr: SocketAddr::new(r.ip(1), 0),
                 admin_addr: SocketAddr::new(r.ip(1), 0),
+                dns_addr: SocketAddr::new(r.ip(1), 0),
                 service: None,
                 edge: None,
                 agent: None,
@@ -447,6 +453,17 @@ impl Deployment {
         out.push('\n');
         out.push_str(&self.service_toml(&rt.backend_paths));
         out.push_str(&self.control_toml(&rt.spec.name));
+        let serving: Vec<RegionSpec> = self
+            .regions
+            .iter()
+            .filter(|r| r.serves_traffic)
+            .cloned()
+            .collect();
+        out.push_str(&crate::dns_client::edge_dns_config(
+            rt.dns_addr,
+            &serving,
+            t.dns_ttl,
+        ));
         out
     }
 
@@ -463,7 +480,7 @@ impl Deployment {
         let name = format!("edge-{}", rt.spec.name);
         let (proc, words) =
             Proc::start(&name, &self.binary, &args, &self.dir, READY_TIMEOUT).await?;
-        // "listening on ADDR admin ADDR"
+        // "listening on ADDR admin ADDR dns ADDR"
         rt.edge_addr = words
             .first()
             .and_then(|w| w.parse().ok())
@@ -472,6 +489,13 @@ impl Deployment {
             .get(2)
             .and_then(|w| w.parse().ok())
             .ok_or_else(|| anyhow!("{name} printed no admin address"))?;
+        // "... dns ADDR": kept, so that a restarted edge answers DNS where it did.
+        rt.dns_addr = match (words.get(3).map(String::as_str), words.get(4)) {
+            (Some("dns"), Some(w)) => w
+                .parse()
+                .map_err(|_| anyhow!("{name} printed a bad DNS address"))?,
+            _ => return Err(anyhow!("{name} printed no DNS address")),
+        };
         rt.edge = Some(proc);
         Ok(())
     }

@@ -30,7 +30,7 @@ struct Cli {
 enum Command {
     /// Validate a configuration file and print what it describes.
     CheckConfig { file: PathBuf },
-    /// Run the HTTP edge (reverse proxy with health checks and failover).
+    /// Run the edge: the HTTP reverse proxy, and the authoritative DNS server when the configuration has a [dns] table.
     Edge {
         #[arg(long)]
         config: PathBuf,
@@ -208,9 +208,13 @@ async fn run_edge(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The ready line: the lab and scripts read the bound addresses from it.
+    // The ready line: the lab and scripts read the bound addresses from it
+    // ("listening on ADDR admin ADDR[ dns ADDR]").
+    let dns = edge
+        .dns_addr()
+        .map_or(String::new(), |a| format!(" dns {a}"));
     println!(
-        "listening on {} admin {}",
+        "listening on {} admin {}{dns}",
         edge.local_addr(),
         edge.admin_addr()
             .map_or("none".to_string(), |a| a.to_string())

@@ -7,6 +7,7 @@
 //! [`ConfigError`]s naming the file, line, key and what was expected.
 
 mod control;
+pub mod dns;
 mod error;
 mod raw;
 
@@ -30,6 +31,8 @@ pub struct Config {
     /// Settings of the edge role; absent in files that configure no edge.
     pub edge: Option<EdgeSettings>,
     pub services: Vec<Service>,
+    /// The edge's authoritative DNS server; absent when the file has no `[dns]` table.
+    pub dns: Option<dns::DnsConfig>,
     /// The controller group; absent in files for an edge without controllers.
     pub controller: Option<ControllerSettings>,
     /// Agent probing and verdict thresholds (defaults when absent).
@@ -335,6 +338,9 @@ impl Config {
                 );
             }
         }
+        if let Some(dns) = &self.dns {
+            dns.summarize(&mut out);
+        }
         out
     }
 }
@@ -516,11 +522,22 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors>
             services.push(s);
         }
     }
-    if raw.edge.is_some() && raw.service.is_empty() {
+    if raw.edge.is_some() && raw.service.is_empty() && raw.dns.is_none() {
         c.err(
             raw.edge.as_ref().map_or(0..0, |e| e.span()),
             "service",
-            "an edge needs at least one [service.NAME] table",
+            "an edge needs at least one [service.NAME] table or a [dns] table",
+        );
+    }
+    let dns = raw
+        .dns
+        .as_ref()
+        .and_then(|d| dns::validate_dns(&mut c, d, &region_names, &services));
+    if let (Some(d), None) = (&raw.dns, &raw.edge) {
+        c.err(
+            d.span(),
+            "dns",
+            "the DNS server runs in the edge; add an [edge] table (region and listen)",
         );
     }
 
@@ -540,6 +557,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors>
             regions,
             edge,
             services,
+            dns,
             controller,
             verdict,
             agent,

@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub edge: Option<S<RawEdge>>,
     #[serde(default)]
     pub service: BTreeMap<S<String>, S<RawService>>,
+    pub dns: Option<S<super::dns::RawDns>>,
     pub controller: Option<S<RawController>>,
     pub verdict: Option<S<RawVerdict>>,
     pub agent: Option<S<RawAgent>>,
@@ -89,7 +90,7 @@ pub struct RawBackend {
     pub health: Option<S<RawHealth>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
     pub kind: Option<S<String>>,
