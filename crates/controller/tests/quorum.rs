@@ -263,11 +263,12 @@ async fn a_restarted_controller_keeps_its_state() {
         })
         .await;
     }
-    let before: Vec<_> = (0..3).map(|i| g.node(i).state()).collect();
-
-    // Everything stops at once; each node comes back from its own disk,
-    // before any of them can hear from another.
-    g.stop_all().await;
+    // Everything stops; each node comes back from its own disk, before any
+    // of them can hear from another, with the state it stopped with.
+    let mut before = Vec::new();
+    for i in 0..3 {
+        before.push(g.stop_node_with_state(i).await);
+    }
     for i in 0..3 {
         g.isolate(i, true);
     }

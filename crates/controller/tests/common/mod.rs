@@ -246,6 +246,16 @@ impl Group {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    /// Stops node `i` and returns its state as it was when it stopped.
+    pub async fn stop_node_with_state(&mut self, i: usize) -> tern_core::control::ControlState {
+        let n = self.nodes[i].take().expect("node running");
+        n.shutdown().await;
+        let state = n.state();
+        drop(n);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        state
+    }
+
     pub async fn stop_all(&mut self) {
         for i in 0..3 {
             self.stop_node(i).await;
