@@ -4,6 +4,8 @@
 //! region is thus watched from every region; the controllers' leader
 //! aggregates the batches and commits only verdict changes.
 
+pub mod pg;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
