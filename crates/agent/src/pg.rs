@@ -102,51 +102,35 @@ impl Pg {
             .await?;
         let in_recovery: bool = row.get(0);
         let read_only: bool = row.get(1);
-        if in_recovery {
-            let row = self
-                .deadline(
-                    "read the standby's position",
-                    self.client.query_one(
-                        "SELECT coalesce(pg_last_wal_replay_lsn(), '0/0')::text, \
-                         pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8, \
-                         extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8",
-                        &[],
-                    ),
-                )
-                .await?;
-            let lsn: String = row.get(0);
-            let lag_bytes: Option<f64> = row.get(1);
-            let lag_seconds: Option<f64> = row.get(2);
-            Ok(PgStatus {
-                role: Role::Standby,
-                lsn: parse_lsn(&lsn)?,
-                lag_bytes: lag_bytes.map(|b| b.max(0.0) as u64),
-                lag_seconds,
-                read_only,
-            })
+        // Both queries answer (position, lag in bytes, lag in seconds).
+        let (role, what, sql) = if in_recovery {
+            (
+                Role::Standby,
+                "read the standby's position",
+                "SELECT coalesce(pg_last_wal_replay_lsn(), '0/0')::text, \
+                 pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8, \
+                 extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8",
+            )
         } else {
-            let row = self
-                .deadline(
-                    "read the primary's position",
-                    self.client.query_one(
-                        "SELECT pg_current_wal_lsn()::text, \
-                         (SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn))::float8 FROM pg_stat_replication), \
-                         (SELECT max(extract(epoch FROM replay_lag))::float8 FROM pg_stat_replication)",
-                        &[],
-                    ),
-                )
-                .await?;
-            let lsn: String = row.get(0);
-            let lag_bytes: Option<f64> = row.get(1);
-            let lag_seconds: Option<f64> = row.get(2);
-            Ok(PgStatus {
-                role: Role::Primary,
-                lsn: parse_lsn(&lsn)?,
-                lag_bytes: lag_bytes.map(|b| b.max(0.0) as u64),
-                lag_seconds,
-                read_only,
-            })
-        }
+            (
+                Role::Primary,
+                "read the primary's position",
+                "SELECT pg_current_wal_lsn()::text, \
+                 (SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn))::float8 FROM pg_stat_replication), \
+                 (SELECT max(extract(epoch FROM replay_lag))::float8 FROM pg_stat_replication)",
+            )
+        };
+        let row = self.deadline(what, self.client.query_one(sql, &[])).await?;
+        let lsn: String = row.get(0);
+        let lag_bytes: Option<f64> = row.get(1);
+        let lag_seconds: Option<f64> = row.get(2);
+        Ok(PgStatus {
+            role,
+            lsn: parse_lsn(&lsn)?,
+            lag_bytes: lag_bytes.map(|b| b.max(0.0) as u64),
+            lag_seconds,
+            read_only,
+        })
     }
 
     /// Promotes a standby and waits (up to `wait`) until it accepts writes.
