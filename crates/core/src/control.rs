@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::failover::{ClusterSpec, ClusterState, Clusters, FailoverError, Note, PlanKind, Step};
 use crate::lease::{Lease, LeaseError, LeaseSettings, LeaseTable};
 use crate::verdict::{Decision, Verdict};
 
@@ -62,6 +63,30 @@ pub enum Command {
     LeaderChanged {
         leader: String,
     },
+    /// Start a plan moving a cluster's writer to `to` (see [`crate::failover`]).
+    StartFailover {
+        cluster: String,
+        to: String,
+        kind: PlanKind,
+        lag_bytes: Option<u64>,
+        evidence: Vec<String>,
+    },
+    /// A step of a plan ended (reported by an agent, or by the leader for
+    /// the lease grant).
+    PlanStep {
+        cluster: String,
+        plan_id: u64,
+        step: Step,
+        ok: bool,
+        detail: String,
+        lsn: Option<u64>,
+    },
+    /// The leader saw a step outlive the step timeout.
+    PlanTimedOut {
+        cluster: String,
+        plan_id: u64,
+        step: Step,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +113,8 @@ pub enum ControlError {
     WouldStrandService { service: String, detail: String },
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    #[error(transparent)]
+    Failover(#[from] FailoverError),
 }
 
 /// What applying a command produced.
@@ -97,6 +124,10 @@ pub enum Applied {
     /// The routing table changed to this version.
     Routing(u64),
     Lease(Lease),
+    /// A failover plan started with this id.
+    Plan(u64),
+    /// A plan moved on (true) or the report was a duplicate (false).
+    Step(bool),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +138,8 @@ pub struct ControlState {
     weights: BTreeMap<String, BTreeMap<String, u32>>,
     routing: RoutingTable,
     leases: LeaseTable,
+    #[serde(default)]
+    clusters: Clusters,
     audit: Vec<AuditEntry>,
 }
 
@@ -139,6 +172,7 @@ impl ControlState {
             weights,
             routing: RoutingTable::default(),
             leases: LeaseTable::new(leases),
+            clusters: Clusters::new(),
             audit: Vec::new(),
         };
         state.routing = RoutingTable {
@@ -146,6 +180,22 @@ impl ControlState {
             services: state.derive_routes(&state.weights),
         };
         state
+    }
+
+    /// Adds the database clusters of the configuration (writer: each one's
+    /// configured primary, epoch 0 until its first lease).
+    pub fn with_clusters(
+        mut self,
+        specs: impl IntoIterator<Item = (String, ClusterSpec)>,
+    ) -> ControlState {
+        for (name, spec) in specs {
+            self.clusters.insert(name, ClusterState::new(spec));
+        }
+        self
+    }
+
+    pub fn clusters(&self) -> &Clusters {
+        &self.clusters
     }
 
     pub fn routing(&self) -> &RoutingTable {
@@ -168,6 +218,18 @@ impl ControlState {
     /// The audit log, oldest first.
     pub fn audit(&self) -> &[AuditEntry] {
         &self.audit
+    }
+
+    fn record_notes(&mut self, at: Duration, notes: Vec<Note>) {
+        for (kind, summary, evidence) in notes {
+            self.record(at, kind, summary, evidence);
+        }
+    }
+
+    fn cluster_mut(&mut self, cluster: &str) -> Result<&mut ClusterState, ControlError> {
+        self.clusters
+            .get_mut(cluster)
+            .ok_or_else(|| FailoverError::UnknownCluster(cluster.to_string()).into())
     }
 
     fn record(&mut self, at: Duration, kind: &str, summary: String, evidence: Vec<String>) {
@@ -339,6 +401,19 @@ impl ControlState {
                     .map_or(Applied::Nothing, Applied::Routing))
             }
             Command::AcquireLease { cluster, holder } => {
+                if let Some(c) = self.clusters.get(&cluster) {
+                    if !c.may_acquire(&holder) {
+                        return Err(FailoverError::Refused(format!(
+                            "{holder} may not take the lease of {cluster}: the writer is {}{}",
+                            c.writer.region,
+                            c.plan.as_ref().filter(|p| p.active()).map_or(
+                                String::new(),
+                                |p| format!(" and plan {} is at step {}", p.id, p.step.as_str())
+                            )
+                        ))
+                        .into());
+                    }
+                }
                 let before = self.leases.epoch(&cluster);
                 let lease = self.leases.acquire(&cluster, &holder, at)?;
                 if lease.epoch != before {
@@ -348,6 +423,9 @@ impl ControlState {
                         format!("{holder} holds {cluster} in epoch {}", lease.epoch),
                         vec![format!("previous epoch {before}")],
                     );
+                }
+                if let Some(c) = self.clusters.get_mut(&cluster) {
+                    c.on_lease(&holder, lease.epoch);
                 }
                 Ok(Applied::Lease(lease))
             }
@@ -381,6 +459,77 @@ impl ControlState {
                     Vec::new(),
                 );
                 Ok(Applied::Nothing)
+            }
+            Command::StartFailover {
+                cluster,
+                to,
+                kind,
+                lag_bytes,
+                evidence,
+            } => {
+                let writer_region = self.cluster_mut(&cluster)?.writer.region.clone();
+                let writer_down = !self.verdict(&writer_region).serves();
+                let mut notes = Vec::new();
+                let c = self.cluster_mut(&cluster)?;
+                let result = c.start(
+                    &cluster,
+                    &to,
+                    kind,
+                    lag_bytes,
+                    writer_down,
+                    evidence,
+                    at,
+                    &mut notes,
+                );
+                self.record_notes(at, notes);
+                Ok(Applied::Plan(result?))
+            }
+            Command::PlanStep {
+                cluster,
+                plan_id,
+                step,
+                ok,
+                detail,
+                lsn,
+            } => {
+                let mut notes = Vec::new();
+                let mut leases = std::mem::take(&mut self.leases);
+                let result = self.cluster_mut(&cluster).and_then(|c| {
+                    c.step_done(
+                        &cluster,
+                        plan_id,
+                        step,
+                        ok,
+                        detail,
+                        lsn,
+                        &mut leases,
+                        at,
+                        &mut notes,
+                    )
+                    .map_err(ControlError::from)
+                });
+                self.leases = leases;
+                self.record_notes(at, notes);
+                Ok(Applied::Step(result?))
+            }
+            Command::PlanTimedOut {
+                cluster,
+                plan_id,
+                step,
+            } => {
+                let mut notes = Vec::new();
+                let c = self.cluster_mut(&cluster)?;
+                let moved = match &c.plan {
+                    Some(p) if p.active() && p.id == plan_id && p.step == step => c.retry(
+                        &cluster,
+                        format!("no report within {} ms", c.spec.step_timeout.as_millis()),
+                        at,
+                        &mut notes,
+                    ),
+                    _ => false,
+                };
+                self.record_notes(at, notes);
+                Ok(Applied::Step(moved))
             }
         }
     }

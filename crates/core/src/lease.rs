@@ -110,6 +110,14 @@ impl LeaseTable {
         c.holder.clone().map(|h| (h, c.epoch, c.expires_at))
     }
 
+    /// Whether a new epoch may be granted now: nobody holds the lease, or
+    /// the holder's lease expired more than the drift margin ago.
+    pub fn grantable(&self, cluster: &str, now: Duration) -> bool {
+        self.clusters
+            .get(cluster)
+            .is_none_or(|c| c.holder.is_none() || now >= c.safe_at)
+    }
+
     /// Grants `holder` the lease. The current holder re-acquiring before
     /// expiry renews its lease in the same epoch; anyone else gets a new
     /// epoch, but only after the previous lease surely expired.

@@ -17,6 +17,7 @@
 pub mod config;
 pub mod control;
 pub mod dns;
+pub mod failover;
 pub mod health;
 pub mod lease;
 pub mod outlier;

@@ -60,6 +60,22 @@ pub struct RawDatabase {
     pub rpo_budget: Option<S<String>>,
     pub lease: Option<S<String>>,
     pub drift_margin: Option<S<String>>,
+    /// The region whose node is the primary when the cluster is first seen.
+    pub primary: Option<S<String>>,
+    pub scale_hook: Option<S<String>>,
+    pub scale_hook_timeout: Option<S<String>>,
+    pub step_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub node: Vec<S<RawDbNode>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDbNode {
+    pub region: S<String>,
+    pub addr: S<String>,
+    pub proxy: Option<S<String>>,
+    pub data_dir: Option<S<String>>,
 }
 
 /// The controllers: a Raft group of three or more nodes.
@@ -109,6 +125,33 @@ pub struct Database {
     pub replication: Replication,
     pub rpo_budget: u64,
     pub lease: LeaseSettings,
+    /// One PostgreSQL node per region (none: the cluster only has leases).
+    pub nodes: Vec<DbNode>,
+    /// The region of the first primary.
+    pub primary: Option<String>,
+    /// Run in the new primary's region after a promotion (`sh -c`).
+    pub scale_hook: Option<String>,
+    pub scale_hook_timeout: Duration,
+    /// Longest wait for one step of a failover plan before it is retried.
+    pub step_timeout: Duration,
+}
+
+impl Database {
+    pub fn node(&self, region: &str) -> Option<&DbNode> {
+        self.nodes.iter().find(|n| n.region == region)
+    }
+}
+
+/// A database node as seen by the reader of the file: `addr` is how this
+/// process reaches it (in the lab, another region's node through the WAN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbNode {
+    pub region: String,
+    pub addr: SocketAddr,
+    /// Where this region's writer proxy for the cluster listens.
+    pub proxy: Option<SocketAddr>,
+    /// The node's data directory, for the agent of its region (rejoin).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 pub(super) fn validate_controller(
@@ -264,6 +307,7 @@ pub(super) fn validate_agent(
 pub(super) fn validate_databases(
     c: &mut Checker<'_>,
     raw: &BTreeMap<S<String>, S<RawDatabase>>,
+    regions: &BTreeSet<String>,
 ) -> Vec<Database> {
     let mut out = Vec::new();
     for (name, db) in raw {
@@ -307,6 +351,67 @@ pub(super) fn validate_databases(
                 );
             }
         }
+        let mut nodes: Vec<DbNode> = Vec::new();
+        for (i, n) in d.node.iter().enumerate() {
+            let n = n.get_ref();
+            let nkey = format!("{key}.node[{i}]");
+            let region = n.region.get_ref().clone();
+            if !regions.contains(&region) {
+                c.err(
+                    n.region.span(),
+                    format!("{nkey}.region"),
+                    format!(
+                        "unknown region \"{region}\"; expected one of: {}",
+                        join(regions)
+                    ),
+                );
+            } else if nodes.iter().any(|o| o.region == region) {
+                c.err(
+                    n.region.span(),
+                    format!("{nkey}.region"),
+                    format!("a second node in region \"{region}\"; expected one node per region"),
+                );
+            }
+            let addr = c.socket_addr(&n.addr, &format!("{nkey}.addr"));
+            let proxy = n
+                .proxy
+                .as_ref()
+                .and_then(|p| c.socket_addr(p, &format!("{nkey}.proxy")));
+            if let Some(addr) = addr {
+                nodes.push(DbNode {
+                    region,
+                    addr,
+                    proxy,
+                    data_dir: n.data_dir.as_ref().map(|p| p.get_ref().into()),
+                });
+            }
+        }
+        let primary = match &d.primary {
+            Some(p) => {
+                if !d.node.is_empty() && !nodes.iter().any(|n| &n.region == p.get_ref()) {
+                    c.err(
+                        p.span(),
+                        format!("{key}.primary"),
+                        format!(
+                            "expected the region of one of the cluster's nodes, found \"{}\"",
+                            p.get_ref()
+                        ),
+                    );
+                }
+                Some(p.get_ref().clone())
+            }
+            None => nodes.first().map(|n| n.region.clone()),
+        };
+        let scale_hook_timeout = c.duration(
+            &d.scale_hook_timeout,
+            &format!("{key}.scale_hook_timeout"),
+            Duration::from_secs(30),
+        );
+        let step_timeout = c.duration(
+            &d.step_timeout,
+            &format!("{key}.step_timeout"),
+            Duration::from_secs(10),
+        );
         out.push(Database {
             name: name.get_ref().clone(),
             replication,
@@ -315,6 +420,11 @@ pub(super) fn validate_databases(
                 duration: lease,
                 drift_margin,
             },
+            nodes,
+            primary,
+            scale_hook: d.scale_hook.as_ref().map(|h| h.get_ref().clone()),
+            scale_hook_timeout,
+            step_timeout,
         });
     }
     out

@@ -550,7 +550,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors>
         .agent
         .as_ref()
         .and_then(|a| control::validate_agent(&mut c, a, &region_names));
-    let databases = control::validate_databases(&mut c, &raw.database);
+    let databases = control::validate_databases(&mut c, &raw.database, &region_names);
 
     if c.errors.is_empty() {
         Ok(Config {
