@@ -9,12 +9,17 @@
 //! - `POST /v1/write`: a [`Command`](tern_core::control::Command); answers
 //!   [`WriteAnswer`].
 //! - `POST /v1/members`: a [`MembershipChange`].
+//! - `GET /v1/clusters`: [`ClustersView`], the database clusters' writers,
+//!   plans and leases, with the replication reports this node holds.
+//! - `POST /v1/replication`: a [`ReplicationReport`] from an agent; kept in
+//!   memory by every node it reaches (not committed), for the RPO gate.
 //! - `POST /raft/{append,vote,snapshot}`: Raft between controllers.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tern_core::control::{Applied, AuditEntry, RoutingTable};
+use tern_core::failover::Clusters;
 
 use crate::NodeId;
 
@@ -100,4 +105,36 @@ pub enum MembershipChange {
     Remove {
         id: NodeId,
     },
+}
+
+/// What an agent read of its region's database node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationReport {
+    pub cluster: String,
+    pub region: String,
+    /// primary, standby, or down (no answer).
+    pub role: String,
+    /// Primary: current WAL position; standby: replayed position.
+    pub lsn: u64,
+    /// Standby: received and flushed WAL position.
+    pub received_lsn: Option<u64>,
+    /// New transactions are read-only (the node is fenced).
+    pub read_only: bool,
+}
+
+/// A report as a controller holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicationSeen {
+    pub report: ReplicationReport,
+    /// Milliseconds since the report arrived.
+    pub age_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClustersView {
+    pub in_quorum: bool,
+    pub now_ms: u64,
+    pub clusters: Clusters,
+    pub leases: Vec<LeaseView>,
+    pub replication: Vec<ReplicationSeen>,
 }

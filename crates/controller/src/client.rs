@@ -10,7 +10,8 @@ use std::time::Duration;
 use tern_core::control::Command;
 
 use crate::api::{
-    EventsView, MembershipChange, ObservationBatch, RoutingView, StatusView, WriteAnswer,
+    ClustersView, EventsView, MembershipChange, ObservationBatch, ReplicationReport, RoutingView,
+    StatusView, WriteAnswer,
 };
 use crate::http::{CallError, HttpClient};
 
@@ -106,6 +107,39 @@ impl ControllerClient {
                 .map(|_| ())
         })
         .await
+    }
+
+    /// The database clusters as one controller (whichever answers) sees them.
+    pub async fn clusters(&self) -> Result<ClustersView, CallError> {
+        let t = self.timeout;
+        self.any(|h, a| async move { h.get(a, "/v1/clusters", t).await })
+            .await
+    }
+
+    /// Sends a replication report to every controller at once, so that
+    /// whichever leads next knows the lag; answers how many took it.
+    pub async fn report_replication(&self, report: &ReplicationReport) -> usize {
+        let t = self.timeout;
+        let calls = self.addrs.iter().map(|a| {
+            let h = self.http.clone();
+            async move {
+                match h
+                    .post::<_, serde_json::Value>(*a, "/v1/replication", report, t)
+                    .await
+                {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::debug!("replication report to {a}: {e}");
+                        false
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count()
     }
 
     /// Commits a command; a refusal comes back as `CallError::Status` 409.

@@ -20,16 +20,17 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::AppendEntriesResponse;
 use openraft::{BasicNode, Raft, ServerState};
 use serde::de::DeserializeOwned;
-use tern_core::config::{Config, ControllerSettings, VerdictConfig};
-use tern_core::control::{Command, ControlState};
+use tern_core::config::{Config, ControllerSettings, Database, Replication, VerdictConfig};
+use tern_core::control::{Applied, Command, ControlState};
+use tern_core::failover::{leader_action, ClusterSpec, LeaderAction, LeaderView, PlanKind, Step};
 use tern_core::lease::LeaseSettings;
 use tern_core::verdict::{Observation, Verdict, VerdictEngine};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{
-    EventsView, LeaseView, MemberView, MembershipChange, ObservationBatch, RoutingView, StatusView,
-    WriteAnswer,
+    ClustersView, EventsView, LeaseView, MemberView, MembershipChange, ObservationBatch,
+    ReplicationReport, ReplicationSeen, RoutingView, StatusView, WriteAnswer,
 };
 use crate::http::{error, json, CallError, HttpClient};
 use crate::network::Network;
@@ -83,6 +84,12 @@ pub struct Controller {
     engine: Mutex<Option<(u64, VerdictEngine)>>,
     /// When a legitimate leader last reached this node.
     leader_contact: Mutex<Option<Instant>>,
+    databases: Vec<Database>,
+    /// The latest replication report per (cluster, region), with its arrival.
+    replication: Mutex<BTreeMap<(String, String), (Instant, ReplicationReport)>>,
+    /// When the leader last tried to start a plan, per cluster (a refused
+    /// start is tried again once a second, not every tick).
+    plan_attempts: Mutex<BTreeMap<String, Instant>>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -131,7 +138,13 @@ impl Controller {
                 duration: Duration::from_secs(5),
                 drift_margin: Duration::from_millis(500),
             });
-        let initial = ControlState::with_weights(weights, leases);
+        let initial = ControlState::with_weights(weights, leases).with_clusters(
+            config
+                .databases
+                .iter()
+                .filter(|d| !d.nodes.is_empty())
+                .map(|d| (d.name.clone(), cluster_spec(d))),
+        );
         let (log, machine) = store::open(&options.data_dir.join("controller.redb"), initial)?;
 
         let raft_config = openraft::Config {
@@ -194,6 +207,9 @@ impl Controller {
             vantages,
             engine: Mutex::new(None),
             leader_contact: Mutex::new(None),
+            databases: config.databases.clone(),
+            replication: Mutex::new(BTreeMap::new()),
+            plan_attempts: Mutex::new(BTreeMap::new()),
             shutdown,
             tasks: Mutex::new(Vec::new()),
         });
@@ -325,6 +341,183 @@ impl Controller {
         }
     }
 
+    /// The database clusters with their leases and the replication reports held here.
+    pub fn clusters_view(&self) -> ClustersView {
+        let (clusters, leases) = self.machine.with(|m| {
+            let s = &m.state;
+            let leases = s
+                .leases()
+                .clusters()
+                .map(|c| {
+                    let holder = s.leases().holder(c);
+                    LeaseView {
+                        cluster: c.to_string(),
+                        epoch: s.leases().epoch(c),
+                        holder: holder.as_ref().map(|h| h.0.clone()),
+                        expires_at_ms: holder.map(|h| h.2.as_millis() as u64),
+                    }
+                })
+                .collect();
+            (s.clusters().clone(), leases)
+        });
+        let replication = self
+            .replication
+            .lock()
+            .expect("replication lock")
+            .values()
+            .map(|(at, r)| ReplicationSeen {
+                report: r.clone(),
+                age_ms: at.elapsed().as_millis() as u64,
+            })
+            .collect();
+        ClustersView {
+            in_quorum: self.in_quorum(),
+            now_ms: now().as_millis() as u64,
+            clusters,
+            leases,
+            replication,
+        }
+    }
+
+    /// What the leader knows of a cluster beyond the committed state: which
+    /// regions could take the writer and the last known lag toward the first.
+    fn leader_view(&self, state: &ControlState, cluster: &str) -> Option<LeaderView> {
+        let c = state.clusters().get(cluster)?;
+        let writer_down = !state.verdict(&c.writer.region).serves();
+        let candidates: Vec<String> = c
+            .spec
+            .regions
+            .iter()
+            .filter(|r| **r != c.writer.region && state.verdict(r).serves())
+            .cloned()
+            .collect();
+        let reports = self.replication.lock().expect("replication lock");
+        let primary = reports.get(&(cluster.to_string(), c.writer.region.clone()));
+        let target = candidates
+            .first()
+            .and_then(|t| reports.get(&(cluster.to_string(), t.clone())));
+        let mut evidence = Vec::new();
+        let lag_bytes = match (primary, target) {
+            (Some((pa, p)), Some((ta, t))) if p.role == "primary" && t.role == "standby" => {
+                let received = t.received_lsn.unwrap_or(t.lsn).max(t.lsn);
+                evidence.push(format!(
+                    "primary {} last reported WAL at {} ({} ms ago)",
+                    p.region,
+                    p.lsn,
+                    pa.elapsed().as_millis()
+                ));
+                evidence.push(format!(
+                    "standby {} has received {} ({} ms ago)",
+                    t.region,
+                    received,
+                    ta.elapsed().as_millis()
+                ));
+                Some(p.lsn.saturating_sub(received))
+            }
+            _ => {
+                evidence.push(format!(
+                    "no usable reports: primary {}, standby {}",
+                    primary.map_or("none".to_string(), |(_, r)| r.role.clone()),
+                    target.map_or("none".to_string(), |(_, r)| r.role.clone())
+                ));
+                None
+            }
+        };
+        Some(LeaderView {
+            writer_down,
+            candidates,
+            lag_bytes,
+            evidence,
+        })
+    }
+
+    /// An operator's plan comes without a lag figure: the leader adds the
+    /// one it knows, with its evidence, so the gate and the audit have it.
+    fn with_lag(&self, command: Command) -> Command {
+        match command {
+            Command::StartFailover {
+                cluster,
+                to,
+                kind,
+                lag_bytes: None,
+                mut evidence,
+            } => {
+                let view = self.leader_view(&self.state(), &cluster);
+                let lag_bytes = view.as_ref().and_then(|v| v.lag_bytes);
+                if let Some(v) = view {
+                    evidence.extend(v.evidence);
+                }
+                Command::StartFailover {
+                    cluster,
+                    to,
+                    kind,
+                    lag_bytes,
+                    evidence,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// While leading with a quorum: starts, grants and retries failover plans.
+    async fn drive_plans(&self) {
+        let state = self.state();
+        let names: Vec<String> = state.clusters().keys().cloned().collect();
+        for cluster in names {
+            let Some(view) = self.leader_view(&state, &cluster) else {
+                continue;
+            };
+            let c = &state.clusters()[&cluster];
+            let Some(action) = leader_action(c, &cluster, state.leases(), &view, now()) else {
+                continue;
+            };
+            let command = match action {
+                LeaderAction::Start {
+                    to,
+                    lag_bytes,
+                    evidence,
+                } => {
+                    let mut attempts = self.plan_attempts.lock().expect("attempts lock");
+                    if attempts
+                        .get(&cluster)
+                        .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+                    {
+                        continue;
+                    }
+                    attempts.insert(cluster.clone(), Instant::now());
+                    Command::StartFailover {
+                        cluster: cluster.clone(),
+                        to,
+                        kind: PlanKind::Automatic,
+                        lag_bytes,
+                        evidence,
+                    }
+                }
+                LeaderAction::Grant { plan_id } => Command::PlanStep {
+                    cluster: cluster.clone(),
+                    plan_id,
+                    step: Step::WaitLease,
+                    ok: true,
+                    detail: "the previous lease surely expired".into(),
+                    lsn: None,
+                },
+                LeaderAction::TimedOut { plan_id, step } => Command::PlanTimedOut {
+                    cluster: cluster.clone(),
+                    plan_id,
+                    step,
+                },
+            };
+            match self.write_local(command).await {
+                Ok(WriteAnswer {
+                    applied: Applied::Plan(id),
+                    ..
+                }) => tracing::info!(%cluster, plan = id, "failover plan started"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(%cluster, "plan command not committed: {e}"),
+            }
+        }
+    }
+
     fn leader_addr(&self) -> Option<SocketAddr> {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader?;
@@ -392,6 +585,7 @@ impl Controller {
     }
 
     async fn write_local(&self, command: Command) -> Result<WriteAnswer, WriteError> {
+        let command = self.with_lag(command);
         let request = Request {
             at_ms: now().as_millis() as u64,
             command,
@@ -579,6 +773,25 @@ async fn leader_loop(node: Arc<Controller>) {
             }
         };
         node.commit_decisions(decisions).await;
+        if node.in_quorum() {
+            node.drive_plans().await;
+        }
+    }
+}
+
+/// What the replicated state keeps of a configured database cluster.
+fn cluster_spec(d: &Database) -> ClusterSpec {
+    ClusterSpec {
+        sync: d.replication == Replication::Sync,
+        rpo_budget: d.rpo_budget,
+        regions: d.nodes.iter().map(|n| n.region.clone()).collect(),
+        primary: d
+            .primary
+            .clone()
+            .or_else(|| d.nodes.first().map(|n| n.region.clone()))
+            .unwrap_or_default(),
+        scale_hook: d.scale_hook.is_some(),
+        step_timeout: d.step_timeout,
     }
 }
 
@@ -723,6 +936,24 @@ async fn route(node: Arc<Controller>, req: http::Request<Incoming>) -> Resp {
                 Err(WriteError::Refused(m)) => error(StatusCode::CONFLICT, m),
                 Err(WriteError::NoQuorum(m)) => error(StatusCode::SERVICE_UNAVAILABLE, m),
             }
+        }
+        (Method::GET, "/v1/clusters") => json(StatusCode::OK, &node.clusters_view()),
+        (Method::POST, "/v1/replication") => {
+            let report: ReplicationReport = match body(req).await {
+                Ok(r) => r,
+                Err(resp) => return resp,
+            };
+            if !node.databases.iter().any(|d| d.name == report.cluster) {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("unknown database cluster \"{}\"", report.cluster),
+                );
+            }
+            node.replication.lock().expect("replication lock").insert(
+                (report.cluster.clone(), report.region.clone()),
+                (Instant::now(), report),
+            );
+            json(StatusCode::OK, &serde_json::json!({ "accepted": true }))
         }
         (Method::POST, "/v1/members") => {
             let change: MembershipChange = match body(req).await {

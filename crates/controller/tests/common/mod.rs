@@ -174,6 +174,14 @@ pub fn config_text(addrs: &[SocketAddr], t: &Timings) -> String {
         "[database.payments]\nlease = \"{}ms\"\ndrift_margin = \"{}ms\"\n",
         t.lease_ms, t.drift_ms
     ));
+    // A cluster with nodes: its writer moves only by failover plans.
+    s.push_str(&format!(
+        "[database.orders]\nlease = \"{}ms\"\ndrift_margin = \"{}ms\"\nrpo_budget = \"1KiB\"\n\
+         step_timeout = \"2s\"\nprimary = \"east\"\n\
+         [[database.orders.node]]\nregion = \"east\"\naddr = \"127.0.0.1:9\"\n\
+         [[database.orders.node]]\nregion = \"west\"\naddr = \"127.0.0.1:9\"\n",
+        t.lease_ms, t.drift_ms
+    ));
     s
 }
 
@@ -277,6 +285,11 @@ impl Group {
 
     pub fn client(&self, i: usize) -> ControllerClient {
         ControllerClient::new(vec![self.addrs[i]], Duration::from_secs(1))
+    }
+
+    /// A client of every node (as agents have).
+    pub fn all(&self) -> ControllerClient {
+        ControllerClient::new(self.addrs.clone(), Duration::from_millis(500))
     }
 
     pub fn status(&self, i: usize) -> StatusView {
