@@ -117,6 +117,11 @@ pub struct Plan {
     pub fence_lsn: Option<u64>,
     /// The epoch granted to the target.
     pub epoch: Option<u64>,
+    /// The lease the grant superseded: holder, epoch and expiry (the
+    /// evidence that the old writer's time was up; the lab's oracle counts
+    /// writes accepted after it).
+    #[serde(default)]
+    pub previous_lease: Option<(String, u64, u64)>,
     pub history: Vec<StepRecord>,
 }
 
@@ -315,6 +320,7 @@ impl ClusterState {
             lag_bytes,
             fence_lsn: None,
             epoch: None,
+            previous_lease: None,
             history: Vec::new(),
         });
         Ok(id)
@@ -417,10 +423,14 @@ impl ClusterState {
             Step::CatchUp => self.advance(cluster, Step::WaitLease, true, detail, at, notes),
             Step::WaitLease => {
                 let to = p.to.clone();
+                let previous = leases
+                    .holder(cluster)
+                    .map(|(h, e, exp)| (h, e, exp.as_millis() as u64));
                 match leases.acquire(cluster, &to, at) {
                     Ok(lease) => {
                         if let Some(p) = self.plan.as_mut() {
                             p.epoch = Some(lease.epoch);
+                            p.previous_lease = previous;
                         }
                         let detail = format!("{to} holds epoch {}", lease.epoch);
                         notes.push((
