@@ -5,6 +5,7 @@
 //! aggregates the batches and commits only verdict changes.
 
 pub mod pg;
+pub mod writer_proxy;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
