@@ -4,6 +4,7 @@
 //! region is thus watched from every region; the controllers' leader
 //! aggregates the batches and commits only verdict changes.
 
+pub mod db;
 pub mod pg;
 pub mod writer_proxy;
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use tern_controller::api::{ObservationBatch, RegionResult};
 use tern_controller::ControllerClient;
-use tern_core::config::{Backend, Config};
+use tern_core::config::{Backend, Config, Database};
 use tern_edge::probe::{probe_client, probe_once, ProbeClient};
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +26,10 @@ pub struct Agent {
     targets: BTreeMap<String, Vec<Backend>>,
     controllers: ControllerClient,
     probes: ProbeClient,
+    /// Database clusters with a node in this region.
+    databases: Vec<Database>,
+    proxies: Vec<(String, writer_proxy::WriterProxy)>,
+    proxy_tasks: Vec<writer_proxy::ProxyTask>,
 }
 
 impl Agent {
@@ -48,6 +53,12 @@ impl Agent {
                 "the configuration has no service backends to watch"
             ));
         }
+        let databases = config
+            .databases
+            .iter()
+            .filter(|d| d.node(&region).is_some())
+            .cloned()
+            .collect();
         Ok(Agent {
             region,
             interval: config.verdict.interval,
@@ -58,7 +69,32 @@ impl Agent {
                 ctl.rpc_timeout.max(Duration::from_millis(500)),
             ),
             probes: probe_client(),
+            databases,
+            proxies: Vec::new(),
+            proxy_tasks: Vec::new(),
         })
+    }
+
+    /// Binds the writer proxy of each cluster that has one in this region;
+    /// answers (cluster, address) for each. Until the controllers say who
+    /// the writer is, a proxy refuses connections.
+    pub async fn bind_proxies(&mut self) -> Result<Vec<(String, std::net::SocketAddr)>> {
+        let mut out = Vec::new();
+        for d in &self.databases {
+            let Some(listen) = d.node(&self.region).and_then(|n| n.proxy) else {
+                continue;
+            };
+            let closed = writer_proxy::Target::Closed {
+                reason: "the agent has not heard from the controllers yet".into(),
+            };
+            let (proxy, task) = writer_proxy::WriterProxy::bind(listen, &d.name, closed)
+                .await
+                .map_err(|e| anyhow!("writer proxy of {} on {listen}: {e:#}", d.name))?;
+            out.push((d.name.clone(), proxy.local_addr()));
+            self.proxies.push((d.name.clone(), proxy));
+            self.proxy_tasks.push(task);
+        }
+        Ok(out)
     }
 
     pub fn region(&self) -> &str {
@@ -132,8 +168,29 @@ impl Agent {
         }
     }
 
-    /// Probes and reports every interval until `stop`.
-    pub async fn run(self, stop: CancellationToken) {
+    /// Probes and reports every interval until `stop`; runs a database
+    /// loop per cluster with a node here.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut loops = Vec::new();
+        for task in std::mem::take(&mut self.proxy_tasks) {
+            loops.push(tokio::spawn(task.run(stop.clone())));
+        }
+        for d in std::mem::take(&mut self.databases) {
+            let proxy = self
+                .proxies
+                .iter()
+                .find(|(c, _)| *c == d.name)
+                .map(|(_, p)| p.clone());
+            let agent = db::DbAgent::new(&self.region, d, self.controllers.clone(), proxy);
+            loops.push(tokio::spawn(agent.run(stop.clone())));
+        }
+        self.probe_loop(stop).await;
+        for l in loops {
+            let _ = l.await;
+        }
+    }
+
+    async fn probe_loop(&self, stop: CancellationToken) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unreachable = false;

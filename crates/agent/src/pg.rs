@@ -43,6 +43,10 @@ pub struct PgStatus {
     pub lag_seconds: Option<f64>,
     /// New transactions default to read-only (fenced).
     pub read_only: bool,
+    /// Primary: commits wait for a standby (`synchronous_standby_names` set).
+    pub synchronous: bool,
+    /// Primary: standbys streaming now.
+    pub streaming: u32,
 }
 
 /// Parses a PostgreSQL LSN such as `16/B374D848`.
@@ -95,13 +99,17 @@ impl Pg {
             .deadline(
                 "read the role",
                 self.client.query_one(
-                    "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on'",
+                    "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on', \
+                     current_setting('synchronous_standby_names') <> '', \
+                     (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')::int4",
                     &[],
                 ),
             )
             .await?;
         let in_recovery: bool = row.get(0);
         let read_only: bool = row.get(1);
+        let synchronous: bool = row.get(2);
+        let streaming: i32 = row.get(3);
         // Both queries answer (position, lag in bytes, lag in seconds).
         let (role, what, sql) = if in_recovery {
             (
@@ -130,6 +138,8 @@ impl Pg {
             lag_bytes: lag_bytes.map(|b| b.max(0.0) as u64),
             lag_seconds,
             read_only,
+            synchronous,
+            streaming: streaming.max(0) as u32,
         })
     }
 
@@ -179,6 +189,26 @@ impl Pg {
             .await?;
         let ended: i64 = row.get(0);
         Ok(ended.max(0) as u64)
+    }
+
+    /// Makes commits wait for a standby (`*`: any one), or not.
+    pub async fn set_synchronous(&self, on: bool) -> Result<()> {
+        let sql = if on {
+            "ALTER SYSTEM SET synchronous_standby_names = '*'"
+        } else {
+            "ALTER SYSTEM SET synchronous_standby_names = ''"
+        };
+        self.deadline(
+            "set synchronous_standby_names",
+            self.client.batch_execute(sql),
+        )
+        .await?;
+        self.deadline(
+            "reload the configuration",
+            self.client.query_one("SELECT pg_reload_conf()", &[]),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Lifts a fence (after the node has rejoined, or by an operator).

@@ -242,7 +242,16 @@ impl ClusterState {
                         self.writer.region
                     ))
                 } else if self.spec.sync {
-                    None
+                    // Acknowledged commits are on the standby; a figure over
+                    // the budget means synchronous commits were suspended
+                    // (after a promotion) and the standby is behind.
+                    match lag_bytes {
+                        Some(l) if l > self.spec.rpo_budget => Some(format!(
+                            "automatic promotion of {cluster} refused: lag {l} bytes exceeds the budget of {} bytes",
+                            self.spec.rpo_budget
+                        )),
+                        _ => None,
+                    }
                 } else {
                     match lag_bytes {
                         None => Some(format!(

@@ -62,6 +62,17 @@ enum Command {
         #[command(subcommand)]
         command: ops::RouteCommand,
     },
+    /// Move a database cluster's writer to another region now (its region
+    /// must be down and the lag within budget, unless --force).
+    Failover {
+        #[command(flatten)]
+        plan: ops::PlanArgs,
+        /// Skip the RPO gate and the down-verdict check (recorded in the audit log).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Planned move of a database cluster's writer with zero loss.
+    Switchover(ops::PlanArgs),
     /// Bring up a multi-region deployment on this machine and run a failure scenario.
     Lab(tern_lab::LabArgs),
     /// Run the lab's sample service (started by `tern lab`).
@@ -125,18 +136,30 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             runtime().block_on(async move {
-                let agent = match tern_agent::Agent::new(&cfg) {
+                let mut agent = match tern_agent::Agent::new(&cfg) {
                     Ok(a) => a,
                     Err(e) => {
                         eprintln!("tern agent: {e:#}");
                         return ExitCode::from(EX_CONFIG);
                     }
                 };
+                let proxies = match agent.bind_proxies().await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("tern agent: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                };
                 let regions: Vec<String> = agent.regions().map(String::from).collect();
+                let proxies: Vec<String> = proxies
+                    .iter()
+                    .map(|(c, a)| format!(" writer-proxy {c} {a}"))
+                    .collect();
                 println!(
-                    "ready: agent in {} watching {}",
+                    "ready: agent in {} watching {}{}",
                     agent.region(),
-                    regions.join(", ")
+                    regions.join(", "),
+                    proxies.concat()
                 );
                 agent.run(shutdown_on_signal()).await;
                 ExitCode::SUCCESS
@@ -146,6 +169,8 @@ fn main() -> ExitCode {
         Command::Status(target) => runtime().block_on(ops::status(target)),
         Command::Events { target, limit } => runtime().block_on(ops::events(target, limit)),
         Command::Route { command } => runtime().block_on(ops::route(command)),
+        Command::Failover { plan, force } => runtime().block_on(ops::failover(plan, force)),
+        Command::Switchover(plan) => runtime().block_on(ops::switchover(plan)),
         Command::Lab(args) => runtime().block_on(async move {
             match tern_lab::run(args).await {
                 Ok(outcome) => ExitCode::from(outcome.exit_code()),

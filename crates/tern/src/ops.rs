@@ -1,5 +1,6 @@
 //! The control-plane commands: `tern controller`, `tern members`,
-//! `tern status`, `tern events` and `tern route set`.
+//! `tern status`, `tern events`, `tern route set`, `tern failover` and
+//! `tern switchover`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use tern_controller::http::CallError;
 use tern_controller::node::NodeOptions;
 use tern_controller::{Controller, ControllerClient};
 use tern_core::control::{Applied, Command};
+use tern_core::failover::{PlanKind, Step};
 
 use crate::{load, shutdown_on_signal, EX_CONFIG, EX_USAGE};
 
@@ -109,6 +111,161 @@ pub enum RouteCommand {
     },
 }
 
+/// `tern failover` and `tern switchover`.
+#[derive(Args)]
+pub struct PlanArgs {
+    /// The database cluster, as in `[database.NAME]`.
+    pub cluster: String,
+    /// The region whose node becomes the primary.
+    #[arg(long)]
+    pub to: String,
+    /// Return once the plan is committed instead of following it to the end.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to follow the plan.
+    #[arg(long, default_value = "120s", value_parser = parse_wait)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    tern_core::units::parse_duration(s)
+}
+
+fn actor(command: &str) -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    format!("{user} ({command})")
+}
+
+/// `tern failover CLUSTER --to REGION [--force]`: without `--force` the
+/// same gate as an automatic failover (the writer's region is down and the
+/// lag is within the budget); with it, the gate is skipped and recorded.
+pub async fn failover(args: PlanArgs, force: bool) -> ExitCode {
+    let kind = if force {
+        PlanKind::Forced {
+            actor: actor("tern failover --force"),
+        }
+    } else {
+        PlanKind::Automatic
+    };
+    start_plan(args, kind, "tern failover").await
+}
+
+/// `tern switchover CLUSTER --to REGION`: fence, wait for the standby to
+/// replay everything, then switch: zero loss.
+pub async fn switchover(args: PlanArgs) -> ExitCode {
+    let kind = PlanKind::Switchover {
+        actor: actor("tern switchover"),
+    };
+    start_plan(args, kind, "tern switchover").await
+}
+
+async fn start_plan(args: PlanArgs, kind: PlanKind, what: &str) -> ExitCode {
+    let client = match args.target.client() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let command = Command::StartFailover {
+        cluster: args.cluster.clone(),
+        to: args.to.clone(),
+        kind,
+        lag_bytes: None,
+        evidence: vec![format!("requested with {what}")],
+    };
+    let id = match client.write(&command).await {
+        Ok(tern_controller::api::WriteAnswer {
+            applied: Applied::Plan(id),
+            ..
+        }) => id,
+        Ok(_) => {
+            eprintln!("{what}: the controllers answered without a plan");
+            return ExitCode::FAILURE;
+        }
+        Err(CallError::Status {
+            status: 409,
+            message,
+            ..
+        }) => {
+            eprintln!("{what}: {message}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => return unavailable(e),
+    };
+    println!("plan {id} committed: {} to {}", args.cluster, args.to);
+    if args.no_wait {
+        return ExitCode::SUCCESS;
+    }
+    follow_plan(&client, &args.cluster, id, args.timeout, what).await
+}
+
+/// Prints each step of plan `id` as it ends; succeeds when it is done.
+async fn follow_plan(
+    client: &ControllerClient,
+    cluster: &str,
+    id: u64,
+    timeout: Duration,
+    what: &str,
+) -> ExitCode {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut printed = 0;
+    let mut last_step = None;
+    loop {
+        if let Ok(view) = client.clusters().await {
+            if let Some(plan) = view
+                .clusters
+                .get(cluster)
+                .and_then(|c| c.plan.as_ref())
+                .filter(|p| p.id == id)
+            {
+                for h in plan.history.iter().skip(printed) {
+                    println!(
+                        "  {:<11} {} in {} ms (attempt {}): {}",
+                        h.step.as_str(),
+                        if h.ok { "done" } else { "FAILED" },
+                        h.finished_at.saturating_sub(h.started_at).as_millis(),
+                        h.attempts,
+                        h.detail
+                    );
+                }
+                printed = plan.history.len();
+                if last_step != Some(plan.step) && plan.active() {
+                    println!("  ... {}", plan.step.as_str());
+                    last_step = Some(plan.step);
+                }
+                match plan.step {
+                    Step::Done => {
+                        let c = &view.clusters[cluster];
+                        println!(
+                            "done: writer {} in epoch {}, {} ms in all",
+                            c.writer.region,
+                            c.writer.epoch,
+                            plan.history.last().map_or(0, |h| h
+                                .finished_at
+                                .saturating_sub(plan.started_at)
+                                .as_millis())
+                        );
+                        return ExitCode::SUCCESS;
+                    }
+                    Step::Failed => {
+                        eprintln!("{what}: plan {id} failed (see `tern events`)");
+                        return ExitCode::FAILURE;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!(
+                "{what}: plan {id} not finished after {} s; it goes on (see `tern status`)",
+                timeout.as_secs()
+            );
+            return ExitCode::FAILURE;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub async fn run_controller(args: ControllerArgs) -> ExitCode {
     let cfg = match load(&args.config) {
         Ok(c) => c,
@@ -169,13 +326,21 @@ pub async fn status(target: Target) -> ExitCode {
     };
     match client.status().await {
         Ok(s) => {
+            let clusters = client.clusters().await.ok();
             if target.json {
+                let mut value = serde_json::to_value(&s).expect("status serializes");
+                if let Some(c) = &clusters {
+                    value["databases"] = serde_json::to_value(c).expect("clusters serialize");
+                }
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&s).expect("status serializes")
+                    serde_json::to_string_pretty(&value).expect("status serializes")
                 );
             } else {
                 print!("{}", render_status(&s));
+                if let Some(c) = &clusters {
+                    print!("{}", render_clusters(c));
+                }
             }
             ExitCode::SUCCESS
         }
@@ -255,6 +420,49 @@ pub fn render_status(s: &StatusView) -> String {
             _ => "released".to_string(),
         };
         out.push_str(&format!("  {}: epoch {}, {holder}\n", l.cluster, l.epoch));
+    }
+    out
+}
+
+pub fn render_clusters(v: &tern_controller::api::ClustersView) -> String {
+    let mut out = String::new();
+    if v.clusters.is_empty() {
+        return out;
+    }
+    out.push_str("databases:\n");
+    for (name, c) in &v.clusters {
+        out.push_str(&format!(
+            "  {name}: writer {} epoch {} ({} replication, rpo budget {} bytes)\n",
+            c.writer.region,
+            c.writer.epoch,
+            if c.spec.sync { "sync" } else { "async" },
+            c.spec.rpo_budget
+        ));
+        for seen in v.replication.iter().filter(|r| &r.report.cluster == name) {
+            let r = &seen.report;
+            out.push_str(&format!(
+                "    {}: {}{} WAL {}{} ({} ms ago)\n",
+                r.region,
+                r.role,
+                if r.read_only { " (fenced)" } else { "" },
+                r.lsn,
+                r.received_lsn
+                    .map_or(String::new(), |x| format!(", received {x}")),
+                seen.age_ms
+            ));
+        }
+        if let Some(p) = &c.plan {
+            out.push_str(&format!(
+                "    plan {}: {} -> {}, step {}\n",
+                p.id,
+                p.from,
+                p.to,
+                p.step.as_str()
+            ));
+        }
+        if let Some(r) = &c.refused {
+            out.push_str(&format!("    last refusal: {r}\n"));
+        }
     }
     out
 }
