@@ -12,6 +12,7 @@
 //! ([`dns_client`]) find the edges through the edges' own DNS, and
 //! [`dns_report`] compares that path with the HTTP path for the same fault.
 
+pub mod db_report;
 pub mod dns_client;
 pub mod dns_report;
 pub mod html;
