@@ -17,6 +17,7 @@ pub mod dns_client;
 pub mod dns_report;
 pub mod html;
 pub mod load;
+pub mod postgres;
 pub mod process;
 pub mod report;
 pub mod sample;
