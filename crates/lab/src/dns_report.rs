@@ -214,6 +214,7 @@ mod tests {
             served_by: None,
             edges_tried: 1,
             error: None,
+            payment: None,
         }
     }
 

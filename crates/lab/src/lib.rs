@@ -12,10 +12,12 @@
 //! ([`dns_client`]) find the edges through the edges' own DNS, and
 //! [`dns_report`] compares that path with the HTTP path for the same fault.
 
+pub mod db_report;
 pub mod dns_client;
 pub mod dns_report;
 pub mod html;
 pub mod load;
+pub mod postgres;
 pub mod process;
 pub mod report;
 pub mod sample;

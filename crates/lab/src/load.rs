@@ -4,7 +4,9 @@
 //! and moves to the next edge when one does not answer, the way a client
 //! walks the addresses of a DNS answer. An edge that did not answer is
 //! avoided for a while, then tried again. Every request becomes a
-//! [`RequestRecord`] for the oracle.
+//! [`RequestRecord`] for the oracle; a payment's record also keeps its
+//! idempotency key and, when the service acknowledged it, the row it was
+//! told about ([`PaymentRecord`]), for the write oracle.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -58,6 +60,48 @@ pub struct RequestRecord {
     /// How many edges were tried.
     pub edges_tried: u8,
     pub error: Option<String>,
+    /// For `POST /payments`: the key sent and the acknowledgement, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment: Option<PaymentRecord>,
+}
+
+/// A payment as its client saw it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PaymentRecord {
+    /// The idempotency key sent (every edge tried got the same one).
+    pub key: String,
+    /// The acknowledgement, when the final answer was one.
+    pub ack: Option<PaymentAck>,
+}
+
+/// A payment the service said it stored: a 2xx answer whose JSON body names the row
+/// (`id`, `node`, `written_at_ms`), as the sample service answers when backed by PostgreSQL.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PaymentAck {
+    pub id: i64,
+    /// The database server that wrote the row.
+    pub node: String,
+    /// That server's clock when it wrote the row, Unix milliseconds.
+    pub written_at_ms: i64,
+    /// The answer was a replay of an earlier payment with the same key.
+    pub replay: bool,
+}
+
+impl PaymentAck {
+    /// Reads an acknowledgement from an answer: `None` unless the status is 2xx and the body
+    /// names the row.
+    pub fn from_answer(status: u16, replay: bool, body: &[u8]) -> Option<PaymentAck> {
+        if !(200..300).contains(&status) {
+            return None;
+        }
+        let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+        Some(PaymentAck {
+            id: body.get("id")?.as_i64()?,
+            node: body.get("node")?.as_str()?.to_string(),
+            written_at_ms: body.get("written_at_ms")?.as_i64()?,
+            replay,
+        })
+    }
 }
 
 impl RequestRecord {
@@ -96,6 +140,7 @@ pub(crate) fn failed_record(
         served_by: None,
         edges_tried: 0,
         error: Some(error),
+        payment: None,
     }
 }
 
@@ -213,15 +258,25 @@ pub(crate) async fn one_request(
                 .get("x-served-by")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            resp.into_body()
+            let replay = resp
+                .headers()
+                .get("idempotent-replay")
+                .is_some_and(|v| v.as_bytes() == b"true");
+            let body = resp
+                .into_body()
                 .collect()
                 .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((status, served_by))
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, served_by, replay, body))
         })
         .await;
         match attempt {
-            Ok(Ok((status, served_by))) => {
+            Ok(Ok((status, served_by, replay, body))) => {
+                let payment = planned.key.as_ref().map(|key| PaymentRecord {
+                    key: key.clone(),
+                    ack: PaymentAck::from_answer(status, replay, &body),
+                });
                 return RequestRecord {
                     start_ms: ms_since(t0, started),
                     latency_ms: started.elapsed().as_secs_f64() * 1_000.0,
@@ -233,6 +288,7 @@ pub(crate) async fn one_request(
                     served_by,
                     edges_tried: tried,
                     error: None,
+                    payment,
                 };
             }
             Ok(Err(e)) => last_error = Some(format!("edge {}: {e}", edge.region)),
@@ -256,9 +312,52 @@ pub(crate) async fn one_request(
         served_by: None,
         edges_tried: tried,
         error: last_error,
+        payment: planned.key.map(|key| PaymentRecord { key, ack: None }),
     }
 }
 
 fn ms_since(t0: Instant, t: Instant) -> f64 {
     t.saturating_duration_since(t0).as_secs_f64() * 1_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payment_ack_needs_a_2xx_answer_naming_the_row() {
+        let row = br#"{"id": 7, "key": "k", "node": "us-east", "written_at_ms": 1700000000123, "region": "us-west"}"#;
+        assert_eq!(
+            PaymentAck::from_answer(201, false, row),
+            Some(PaymentAck {
+                id: 7,
+                node: "us-east".into(),
+                written_at_ms: 1_700_000_000_123,
+                replay: false,
+            })
+        );
+        assert!(PaymentAck::from_answer(200, true, row).unwrap().replay);
+        let cases: [(u16, &[u8]); 5] = [
+            (
+                503,
+                br#"{"error": "database at 127.0.1.20:5432 did not answer"}"#,
+            ),
+            (503, row),
+            // The in-memory service names no row.
+            (
+                201,
+                br#"{"id": "us-east-1", "region": "us-east", "key": "k"}"#,
+            ),
+            (201, br#"{"id": 7, "node": "us-east"}"#),
+            (201, b"not json"),
+        ];
+        for (status, body) in cases {
+            assert_eq!(
+                PaymentAck::from_answer(status, false, body),
+                None,
+                "{status} {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
 }

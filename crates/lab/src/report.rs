@@ -598,6 +598,7 @@ mod tests {
             served_by: Some("us-east".into()),
             edges_tried: 1,
             error: None,
+            payment: None,
         }
     }
 

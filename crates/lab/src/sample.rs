@@ -8,6 +8,13 @@
 //! and double-processed writes. Every response names the region that served it in the
 //! `x-served-by` header. State lives in memory and dies with the process, as each region's
 //! service is a stand-in for an application in front of its own database.
+//!
+//! Given a [`PaymentsDb`] (`--db-writer`, `--db-local`), payments live in PostgreSQL instead:
+//! `POST /payments` inserts into the `payments` table through the region's writer proxy, keyed
+//! by the idempotency key, and answers with the row (`id`, `node` that wrote it,
+//! `written_at_ms`), which is what the write oracle checks against the final primary;
+//! `GET /payments/{id}` reads the region's own node. Database failures become 503 answers
+//! within [`DB_DEADLINE`], never a hang.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,6 +39,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+mod db;
+
+pub use db::{DB_DEADLINE, DB_POOL_SIZE};
 
 /// Largest request body accepted by `PUT /items/{id}` and `POST /payments`.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -118,20 +129,43 @@ pub struct SampleConfig {
     pub dependencies: Vec<Dependency>,
 }
 
+/// Where payments live when they live in PostgreSQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentsDb {
+    /// The region's writer proxy, which speaks the PostgreSQL protocol and leads to the
+    /// primary: every payment is written there.
+    pub writer: SocketAddr,
+    /// The region's own PostgreSQL node: `GET /payments/{id}` reads there.
+    pub local: SocketAddr,
+}
+
 /// The command-line arguments of `tern sample-service`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SampleArgs {
     pub listen: SocketAddr,
     pub region: String,
     pub dependencies: Vec<Dependency>,
+    /// `--db-writer`: keep payments in PostgreSQL, written through this address.
+    pub db_writer: Option<SocketAddr>,
+    /// `--db-local`: read payments from this address (default: the writer).
+    pub db_local: Option<SocketAddr>,
 }
 
 impl SampleArgs {
     pub const USAGE: &'static str =
-        "usage: tern sample-service --listen ADDR --region NAME [--dep NAME=KIND:VALUE[,critical]]...";
+        "usage: tern sample-service --listen ADDR --region NAME [--dep NAME=KIND:VALUE[,critical]]... [--db-writer ADDR [--db-local ADDR]]";
 
-    /// Parses `--listen ADDR --region NAME [--dep SPEC]...` (also `--flag=value`), without the
-    /// program and subcommand names. Errors name the offending argument.
+    /// Where payments live: PostgreSQL when `--db-writer` was given.
+    pub fn payments_db(&self) -> Option<PaymentsDb> {
+        self.db_writer.map(|writer| PaymentsDb {
+            writer,
+            local: self.db_local.unwrap_or(writer),
+        })
+    }
+
+    /// Parses `--listen ADDR --region NAME [--dep SPEC]... [--db-writer ADDR [--db-local
+    /// ADDR]]` (also `--flag=value`), without the program and subcommand names. Errors name
+    /// the offending argument.
     pub fn parse<I, S>(args: I) -> Result<SampleArgs, String>
     where
         I: IntoIterator<Item = S>,
@@ -140,6 +174,8 @@ impl SampleArgs {
         let mut listen = None;
         let mut region = None;
         let mut dependencies = Vec::new();
+        let mut db_writer = None;
+        let mut db_local = None;
         let mut args = args.into_iter().map(Into::into);
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -164,8 +200,22 @@ impl SampleArgs {
                 }
                 "--region" => region = Some(value()?),
                 "--dep" | "--dependency" => dependencies.push(Dependency::parse(&value()?)?),
+                "--db-writer" | "--db-local" => {
+                    let v = value()?;
+                    let addr = v
+                        .parse()
+                        .map_err(|_| format!("{flag}: {v:?} is not an IP:PORT address"))?;
+                    if flag == "--db-writer" {
+                        db_writer = Some(addr);
+                    } else {
+                        db_local = Some(addr);
+                    }
+                }
                 _ => return Err(format!("unexpected argument {arg:?}\n{}", Self::USAGE)),
             }
+        }
+        if db_local.is_some() && db_writer.is_none() {
+            return Err(format!("--db-local needs --db-writer\n{}", Self::USAGE));
         }
         Ok(SampleArgs {
             listen: listen.ok_or_else(|| format!("--listen is required\n{}", Self::USAGE))?,
@@ -173,6 +223,8 @@ impl SampleArgs {
                 .filter(|r| !r.is_empty())
                 .ok_or_else(|| format!("--region is required\n{}", Self::USAGE))?,
             dependencies,
+            db_writer,
+            db_local,
         })
     }
 }
@@ -181,18 +233,29 @@ impl SampleArgs {
 /// `listening on ADDR`, to stdout, so a parent that passed port 0 learns the address and knows
 /// the service is ready.
 pub async fn run(args: SampleArgs, shutdown: CancellationToken) -> io::Result<()> {
+    let db = args.payments_db();
     let cfg = SampleConfig {
         region: args.region,
         dependencies: args.dependencies,
     };
-    let server = bind(args.listen, cfg).await?;
+    let server = bind_with_database(args.listen, cfg, db).await?;
     println!("listening on {}", server.local_addr());
     server.serve(shutdown).await
 }
 
 /// Binds, then serves until `shutdown` is cancelled; returns the bound address through the
-/// returned struct so callers (tests) can connect.
+/// returned struct so callers (tests) can connect. Payments live in memory.
 pub async fn bind(listen: SocketAddr, cfg: SampleConfig) -> io::Result<SampleServer> {
+    bind_with_database(listen, cfg, None).await
+}
+
+/// [`bind`], with payments in PostgreSQL when `db` is given. Connections are made on demand,
+/// so the databases need not be up yet.
+pub async fn bind_with_database(
+    listen: SocketAddr,
+    cfg: SampleConfig,
+    db: Option<PaymentsDb>,
+) -> io::Result<SampleServer> {
     let listener = TcpListener::bind(listen).await?;
     let local_addr = listener.local_addr()?;
     let served_by = HeaderValue::from_str(&cfg.region).map_err(|_| {
@@ -205,10 +268,20 @@ pub async fn bind(listen: SocketAddr, cfg: SampleConfig) -> io::Result<SampleSer
         listener,
         local_addr,
         app: Arc::new(App {
-            cfg,
             served_by,
             forced_unhealthy: AtomicBool::new(false),
             store: Mutex::new(Store::default()),
+            db: db.map(|db| {
+                let name = format!("tern-sample-{}", cfg.region);
+                let writer = Arc::new(db::PgPool::new(db.writer, &name));
+                let local = if db.local == db.writer {
+                    writer.clone()
+                } else {
+                    Arc::new(db::PgPool::new(db.local, &name))
+                };
+                Db { writer, local }
+            }),
+            cfg,
         }),
     })
 }
@@ -287,6 +360,13 @@ struct App {
     served_by: HeaderValue,
     forced_unhealthy: AtomicBool,
     store: Mutex<Store>,
+    /// Payments in PostgreSQL instead of `store`.
+    db: Option<Db>,
+}
+
+struct Db {
+    writer: Arc<db::PgPool>,
+    local: Arc<db::PgPool>,
 }
 
 #[derive(Default)]
@@ -341,7 +421,10 @@ impl App {
                 self.put_item(id, req).await
             }
             (&Method::POST, ["payments"]) => self.create_payment(req).await,
-            (&Method::GET, ["payments", id]) if !id.is_empty() => self.get_payment(id),
+            (&Method::GET, ["payments", id]) if !id.is_empty() => match &self.db {
+                Some(db) => self.get_db_payment(db, id).await,
+                None => self.get_payment(id),
+            },
             (_, [""] | ["health"] | ["admin", "health"] | ["payments"]) => {
                 self.not_allowed(&method, &path)
             }
@@ -471,6 +554,9 @@ impl App {
             Ok(body) => body,
             Err(reply) => return reply,
         };
+        if let Some(db) = &self.db {
+            return self.create_db_payment(db, key, &body).await;
+        }
         let payload = if body.is_empty() {
             Value::Null
         } else {
@@ -508,6 +594,66 @@ impl App {
                 .insert(IDEMPOTENT_REPLAY, HeaderValue::from_static("true"));
         }
         reply
+    }
+
+    /// `POST /payments` with PostgreSQL: insert unless the key is taken; a taken key answers
+    /// with the payment that took it (200, `idempotent-replay: true`).
+    async fn create_db_payment(&self, db: &Db, key: Option<String>, body: &[u8]) -> Reply {
+        let Some(key) = key else {
+            return self.error(
+                StatusCode::BAD_REQUEST,
+                "payments need an Idempotency-Key header",
+            );
+        };
+        let amount = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("amount").and_then(Value::as_i64));
+        let Some(amount) = amount else {
+            return self.error(
+                StatusCode::BAD_REQUEST,
+                r#"expected a JSON body with an integer amount, {"amount": 42}"#,
+            );
+        };
+        match db.writer.create(&key, amount).await {
+            Ok(Some(db::Created::New(payment))) => {
+                self.reply(StatusCode::CREATED, self.payment_json(&payment))
+            }
+            Ok(Some(db::Created::Replay(payment))) => {
+                let mut reply = self.reply(StatusCode::OK, self.payment_json(&payment));
+                reply
+                    .headers_mut()
+                    .insert(IDEMPOTENT_REPLAY, HeaderValue::from_static("true"));
+                reply
+            }
+            Ok(None) => self.error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("payment {key} is taken but could not be read back"),
+            ),
+            Err(reason) => self.error(StatusCode::SERVICE_UNAVAILABLE, reason),
+        }
+    }
+
+    /// `GET /payments/{id}` with PostgreSQL, from the region's own node.
+    async fn get_db_payment(&self, db: &Db, id: &str) -> Reply {
+        let Ok(number) = id.parse::<i64>() else {
+            return self.error(StatusCode::NOT_FOUND, format!("no payment {id}"));
+        };
+        match db.local.get(number).await {
+            Ok(Some(payment)) => self.reply(StatusCode::OK, self.payment_json(&payment)),
+            Ok(None) => self.error(StatusCode::NOT_FOUND, format!("no payment {id}")),
+            Err(reason) => self.error(StatusCode::SERVICE_UNAVAILABLE, reason),
+        }
+    }
+
+    fn payment_json(&self, p: &db::Payment) -> Value {
+        json!({
+            "id": p.id,
+            "key": p.key,
+            "amount": p.amount,
+            "node": p.node,
+            "written_at_ms": p.written_at_ms,
+            "region": self.cfg.region,
+        })
     }
 
     fn get_payment(&self, id: &str) -> Reply {

@@ -406,3 +406,36 @@ fn sample_args_parse() {
     assert!(SampleArgs::parse(["--listen", "nowhere", "--region", "r"]).is_err());
     assert!(SampleArgs::parse(["--listen", "127.0.0.1:0", "--region", "r", "--bogus"]).is_err());
 }
+
+#[test]
+fn sample_args_parse_the_database_addresses() {
+    let base = ["--listen", "127.0.1.10:80", "--region", "us-west"];
+    let args = SampleArgs::parse(base.iter().copied().chain([
+        "--db-writer",
+        "127.0.2.20:5432",
+        "--db-local=127.0.2.21:5432",
+    ]))
+    .unwrap();
+    let db = args.payments_db().unwrap();
+    assert_eq!(db.writer, "127.0.2.20:5432".parse().unwrap());
+    assert_eq!(db.local, "127.0.2.21:5432".parse().unwrap());
+
+    // Reads go to the writer unless told otherwise; no writer, no database.
+    let writer_only = SampleArgs::parse(
+        base.iter()
+            .copied()
+            .chain(["--db-writer", "127.0.2.20:5432"]),
+    )
+    .unwrap();
+    assert_eq!(writer_only.payments_db().unwrap().local, db.writer);
+    assert_eq!(SampleArgs::parse(base).unwrap().payments_db(), None);
+
+    for bad in [
+        &["--db-local", "127.0.2.21:5432"][..],
+        &["--db-writer", "primary:5432"],
+        &["--db-writer"],
+    ] {
+        let err = SampleArgs::parse(base.iter().chain(bad).copied()).unwrap_err();
+        assert!(err.contains("--db-"), "{bad:?}: {err}");
+    }
+}

@@ -78,7 +78,7 @@ enum Command {
     /// Run the lab's sample service (started by `tern lab`).
     #[command(
         disable_help_flag = true,
-        after_help = "usage: tern sample-service --listen ADDR --region NAME [--dep NAME=KIND:VALUE[,critical]]..."
+        after_help = tern_lab::sample::SampleArgs::USAGE
     )]
     SampleService {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
