@@ -139,7 +139,13 @@ pub struct ClusterState {
     /// The last reason an automatic promotion was refused (audited once per reason).
     pub refused: Option<String>,
     plans_started: u64,
+    /// Finished plans, oldest first (the last [`KEEP_PLANS`]).
+    #[serde(default)]
+    pub past: Vec<Plan>,
 }
+
+/// Finished plans kept in the state.
+pub const KEEP_PLANS: usize = 16;
 
 /// Attempts a step gets before its plan fails.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -176,6 +182,7 @@ impl ClusterState {
             plan: None,
             refused: None,
             plans_started: 0,
+            past: Vec::new(),
         }
     }
 
@@ -317,6 +324,12 @@ impl ClusterState {
             ),
             ev,
         ));
+        if let Some(done) = self.plan.take() {
+            self.past.push(done);
+            if self.past.len() > KEEP_PLANS {
+                self.past.remove(0);
+            }
+        }
         self.plan = Some(Plan {
             id,
             kind,
@@ -418,11 +431,14 @@ impl ClusterState {
         match step {
             Step::Fence => {
                 let (from, epoch) = (p.from.clone(), self.writer.epoch);
-                if let Some(p) = self.plan.as_mut() {
-                    p.fence_lsn = lsn;
-                }
                 // The old primary stopped taking writes: its lease can go.
                 let released = leases.release(cluster, &from, epoch).is_ok();
+                if let Some(p) = self.plan.as_mut() {
+                    p.fence_lsn = lsn;
+                    if released {
+                        p.previous_lease = Some((from.clone(), epoch, at.as_millis() as u64));
+                    }
+                }
                 let detail = format!(
                     "{detail}; lease {}",
                     if released { "released" } else { "not held" }
@@ -434,7 +450,8 @@ impl ClusterState {
                 let to = p.to.clone();
                 let previous = leases
                     .holder(cluster)
-                    .map(|(h, e, exp)| (h, e, exp.as_millis() as u64));
+                    .map(|(h, e, exp)| (h, e, exp.as_millis() as u64))
+                    .or_else(|| p.previous_lease.clone());
                 match leases.acquire(cluster, &to, at) {
                     Ok(lease) => {
                         if let Some(p) = self.plan.as_mut() {

@@ -373,7 +373,12 @@ async fn forward(
             Ok(Err(e)) if e.is_connect() => AttemptOutcome::ConnectFailed,
             Ok(Err(_)) => AttemptOutcome::Reset,
         };
-        state.record_attempt(service, bi, outcome.counts_as_failure());
+        // A 503 with Retry-After is a live backend declining on purpose
+        // (its own dependency is busy or moving); ejecting it helps nobody.
+        let declined = matches!(&result, Ok(Ok(resp))
+            if resp.status() == StatusCode::SERVICE_UNAVAILABLE
+                && resp.headers().contains_key(http::header::RETRY_AFTER));
+        state.record_attempt(service, bi, outcome.counts_as_failure() && !declined);
         if let Ok(Ok(_)) = &result {
             state.metrics.upstream_latency(
                 &service.config.name,

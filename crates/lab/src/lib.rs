@@ -11,8 +11,14 @@
 //! and die with the lab, however it ends. Alongside, DNS clients
 //! ([`dns_client`]) find the edges through the edges' own DNS, and
 //! [`dns_report`] compares that path with the HTTP path for the same fault.
+//! With PostgreSQL installed, each serving region also has a database node
+//! (a primary in us-east, a streaming standby in us-west, [`postgres`]),
+//! payments are written through the region's writer proxy, and after the run
+//! [`dbrun`] hands the clients' acknowledged writes, the final primary's
+//! rows and the controllers' leases to the write oracle ([`db_report`]).
 
 pub mod db_report;
+pub mod dbrun;
 pub mod dns_client;
 pub mod dns_report;
 pub mod html;
@@ -43,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use crate::load::{ClientSpec, RequestRecord};
 use crate::report::{ControlFacts, Event, Moments, Report, RoutingSample};
 use crate::scenario::{Action, Scenario};
-use crate::topology::{default_regions, Deployment, EdgeTuning};
+use crate::topology::{default_regions, DbSettings, Deployment, EdgeTuning};
 use crate::wan::Fault;
 
 /// Arguments of `tern lab`.
@@ -102,6 +108,14 @@ pub struct LabArgs {
     /// Milliseconds between the starts of one DNS client's requests.
     #[arg(long, default_value_t = 100)]
     pub dns_pace_ms: u64,
+    /// The database: `auto` (asynchronous replication when PostgreSQL is
+    /// installed, none otherwise), `async`, `sync` or `off`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "async", "sync", "off"])]
+    pub db: String,
+    /// Agents never fence their database. Only for showing that the oracle
+    /// counts the writes this lets through.
+    #[arg(long, hide = true)]
+    pub unsafe_no_self_fence: bool,
 }
 
 impl Default for LabArgs {
@@ -124,6 +138,8 @@ impl Default for LabArgs {
             dns_stretch_share: 0.09,
             dns_stretch_s: 60,
             dns_pace_ms: 100,
+            db: "auto".into(),
+            unsafe_no_self_fence: false,
         }
     }
 }
@@ -163,6 +179,30 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
     {
         bail!("--dns-stretch-share must be from 0 to 1; --dns-ttl-s and --dns-pace-ms at least 1");
     }
+    let db = match (args.db.as_str(), postgres::pg_bin_dir()) {
+        ("off", _) => None,
+        ("auto", None) => {
+            println!(
+                "PostgreSQL server binaries not found (on PATH or under /usr/lib/postgresql/*/bin): running without the database"
+            );
+            None
+        }
+        ("auto" | "async", Some(bin)) => Some(DbSettings { bin, sync: false }),
+        (_, Some(bin)) => Some(DbSettings { bin, sync: true }),
+        (mode, None) => bail!(
+            "--db {mode} needs PostgreSQL server binaries (on PATH or under /usr/lib/postgresql/*/bin)"
+        ),
+    };
+    if scenario.needs_db && db.is_none() {
+        bail!(
+            "scenario {} is about the database and needs it (--db async or sync, and PostgreSQL installed)",
+            scenario.name
+        );
+    }
+    if args.unsafe_no_self_fence {
+        // Read by the agents this lab starts.
+        std::env::set_var(tern_agent::db::UNSAFE_NO_SELF_FENCE, "1");
+    }
     let binary = match &args.tern_binary {
         Some(b) => b.clone(),
         None => std::env::current_exe().context("find the tern binary")?,
@@ -176,7 +216,16 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
         "tern lab: scenario {} (seed {}), regions us-east 127.0.1.0/24, us-west 127.0.2.0/24, witness 127.0.3.0/24, {} ms one way between regions",
         scenario.name, args.seed, args.delay_ms
     );
-    println!("starting: sample service, edge, agent and controller in each serving region, a controller at the witness, WAN emulator");
+    println!(
+        "starting: {}sample service, edge, agent and controller in each serving region, a controller and an agent at the witness, WAN emulator",
+        match &db {
+            Some(d) => format!(
+                "PostgreSQL ({} replication: primary in us-east, standby in us-west by base backup across the WAN), ",
+                if d.sync { "synchronous" } else { "asynchronous" }
+            ),
+            None => String::new(),
+        }
+    );
 
     let tuning = EdgeTuning {
         retries: !args.no_edge_retries,
@@ -184,7 +233,7 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
         ..EdgeTuning::default()
     };
     let mut deployment = tokio::select! {
-        d = Deployment::start(&binary, dir.path(), default_regions(), delay, tuning) => d?,
+        d = Deployment::start(&binary, dir.path(), default_regions(), delay, tuning, db) => d?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted while starting"),
     };
     let mut interrupted = false;
@@ -354,9 +403,18 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
                         deployment.kill_region(region).await?;
                     }
                     Action::Restore(region) => {
-                        deployment.restart_region(region).await?;
+                        // The WAN heals first: a rejoining database reaches the new primary.
                         deployment.wan.set_region_fault(region, Fault::None);
+                        if let Some(note) = deployment.restart_region(region).await? {
+                            println!("{} {note}", clock.stamp());
+                            events.push(Event { t_ms: clock.ms(), what: note });
+                        }
                         restore_ms = Some(clock.ms());
+                    }
+                    Action::Switchover(to) => {
+                        fault_ms.get_or_insert(clock.ms());
+                        let id = dbrun::switchover(deployment, to).await?;
+                        println!("{} switchover plan {id} committed", clock.stamp());
                     }
                     Action::Partition(region) => {
                         fault_ms.get_or_insert(clock.ms());
@@ -430,6 +488,15 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
     let routing = routing.lock().expect("routing lock").clone();
     let mut facts = control_facts(deployment, &clock).await;
     facts.minority_decisions = minority_decisions;
+    // With the database, payments are the write load: the write oracle
+    // judges them; the HTTP figures are about the rest.
+    let writes = match &deployment.db {
+        Some(_) => Some(dbrun::write_report(deployment, &records, fault_ms).await),
+        None => None,
+    };
+    if deployment.db.is_some() {
+        records.retain(|r| r.payment.is_none());
+    }
     let mut report = report::build(report::Inputs {
         scenario: scenario.name,
         seed: args.seed,
@@ -467,6 +534,11 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
         }));
     }
     report.add_control(facts);
+    if let Some(w) = writes {
+        let w = w.context("the write oracle")?;
+        let sync = deployment.db.as_ref().is_some_and(|d| d.settings.sync);
+        report.add_writes(w, sync);
+    }
     Ok(report)
 }
 

@@ -63,6 +63,21 @@ pub struct Targets {
     /// No failed request at all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_failures: Option<bool>,
+    /// Nothing acknowledged lost (synchronous replication, or a switchover).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_lost_writes: Option<bool>,
+    /// Asynchronous replication: what was lost fits the RPO budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_within_budget: Option<bool>,
+    /// No write accepted by a node whose lease had expired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_fenced_writes: Option<bool>,
+    /// No idempotency key processed twice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_duplicate_keys: Option<bool>,
+    /// Writes taken again by the new primary within 10 s of the fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes_back_within_10s: Option<bool>,
 }
 
 impl Targets {
@@ -99,6 +114,17 @@ impl Targets {
             ),
             ("no extra routing change (no flap)", self.no_extra_flap),
             ("no failed request at all", self.no_failures),
+            ("no acknowledged write lost", self.no_lost_writes),
+            ("lost writes within the RPO budget", self.loss_within_budget),
+            (
+                "no write accepted after its node's lease expired",
+                self.no_fenced_writes,
+            ),
+            ("no idempotency key processed twice", self.no_duplicate_keys),
+            (
+                "writes taken again within 10 s of the fault",
+                self.writes_back_within_10s,
+            ),
         ];
         out.extend(
             optional
@@ -163,7 +189,25 @@ pub struct Report {
     /// The same fault seen by clients that find edges through DNS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_path: Option<crate::dns_report::DnsPathReport>,
+    /// What happened to the payments written to PostgreSQL (with the database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes: Option<crate::db_report::WriteReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseFacts>,
 }
+
+/// The database at the end of a run, as the controllers say.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseFacts {
+    pub replication: String,
+    pub writer: String,
+    pub epoch: u64,
+    /// The failover plans the controllers ran, with their steps' durations.
+    pub plans: Vec<String>,
+}
+
+/// The lab database's RPO budget (`rpo_budget` in its configuration).
+pub const RPO_BUDGET_BYTES: u64 = 1024 * 1024;
 
 /// Length of a [`Bucket`] in milliseconds.
 pub const BUCKET_MS: f64 = 250.0;
@@ -309,6 +353,11 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         minority_decided_nothing: None,
         no_extra_flap: None,
         no_failures: None,
+        no_lost_writes: None,
+        loss_within_budget: None,
+        no_fenced_writes: None,
+        no_duplicate_keys: None,
+        writes_back_within_10s: None,
     };
     Report {
         scenario: scenario.to_string(),
@@ -338,6 +387,8 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         restore_ms: moments.restore_ms,
         end_ms: moments.end_ms,
         dns_path: None,
+        writes: None,
+        database: None,
     }
 }
 
@@ -356,6 +407,32 @@ fn edge_route_changes(routing: &[RoutingSample]) -> usize {
 }
 
 impl Report {
+    /// Adds the write oracle's report and the targets that depend on it.
+    pub fn add_writes(&mut self, w: crate::dbrun::WriteOutcome, sync: bool) {
+        let r = &w.report;
+        let zero_loss = sync || self.scenario == "switchover";
+        self.targets.no_lost_writes = zero_loss.then_some(r.lost_acked_writes == 0);
+        self.targets.loss_within_budget =
+            (!zero_loss).then_some(r.lost_bytes_estimate <= RPO_BUDGET_BYTES);
+        self.targets.no_fenced_writes = Some(r.fenced_writes == Some(0));
+        self.targets.no_duplicate_keys = Some(r.duplicate_keys == 0);
+        if matches!(
+            self.scenario.as_str(),
+            "region-outage" | "partition" | "failback" | "switchover"
+        ) && self.fault_ms.is_some()
+        {
+            self.targets.writes_back_within_10s =
+                Some(r.write_unavailable_ms.is_some_and(|ms| ms < 10_000.0));
+        }
+        self.database = Some(DatabaseFacts {
+            replication: if sync { "sync" } else { "async" }.into(),
+            writer: w.writer,
+            epoch: w.epoch,
+            plans: w.plans,
+        });
+        self.writes = Some(w.report);
+    }
+
     /// Adds what the controllers recorded, and the targets that depend on it.
     pub fn add_control(&mut self, facts: ControlFacts) {
         self.audit = facts
@@ -570,6 +647,17 @@ impl Report {
             for line in &self.audit {
                 let _ = writeln!(out, "  {line}");
             }
+        }
+        if let (Some(w), Some(d)) = (&self.writes, &self.database) {
+            let _ = writeln!(
+                out,
+                "database            {} replication; writer at the end: {} (epoch {})",
+                d.replication, d.writer, d.epoch
+            );
+            for p in &d.plans {
+                let _ = writeln!(out, "  {p}");
+            }
+            out.push_str(&w.table());
         }
         let mark = |ok: bool| if ok { "met" } else { "MISSED" };
         for (name, met) in self.targets.list() {

@@ -397,6 +397,17 @@ impl App {
         response
     }
 
+    /// A database that cannot take the request now (a failover, a fenced
+    /// primary): 503 with `Retry-After`, the sign of a live service declining
+    /// on purpose, which the edge does not count against the region.
+    fn db_unavailable(&self, message: impl Into<String>) -> Reply {
+        let mut reply = self.error(StatusCode::SERVICE_UNAVAILABLE, message);
+        reply
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        reply
+    }
+
     fn error(&self, status: StatusCode, message: impl Into<String>) -> Reply {
         self.reply(
             status,
@@ -625,11 +636,10 @@ impl App {
                     .insert(IDEMPOTENT_REPLAY, HeaderValue::from_static("true"));
                 reply
             }
-            Ok(None) => self.error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("payment {key} is taken but could not be read back"),
-            ),
-            Err(reason) => self.error(StatusCode::SERVICE_UNAVAILABLE, reason),
+            Ok(None) => {
+                self.db_unavailable(format!("payment {key} is taken but could not be read back"))
+            }
+            Err(reason) => self.db_unavailable(reason),
         }
     }
 
@@ -641,7 +651,7 @@ impl App {
         match db.local.get(number).await {
             Ok(Some(payment)) => self.reply(StatusCode::OK, self.payment_json(&payment)),
             Ok(None) => self.error(StatusCode::NOT_FOUND, format!("no payment {id}")),
-            Err(reason) => self.error(StatusCode::SERVICE_UNAVAILABLE, reason),
+            Err(reason) => self.db_unavailable(reason),
         }
     }
 

@@ -31,6 +31,8 @@ pub enum Action {
     KillControllers,
     /// Start every controller again from its own data.
     StartControllers,
+    /// An operator's planned switchover of the lab's database to a region.
+    Switchover(String),
 }
 
 #[derive(Debug, Clone)]
@@ -47,9 +49,18 @@ pub struct Scenario {
     pub failed_region: Option<String>,
     pub steps: Vec<Step>,
     pub duration: Duration,
+    /// The scenario is about the database: it needs PostgreSQL.
+    pub needs_db: bool,
 }
 
-pub const NAMES: &[&str] = &["region-outage", "partition", "flapping", "controller-loss"];
+pub const NAMES: &[&str] = &[
+    "region-outage",
+    "partition",
+    "flapping",
+    "controller-loss",
+    "switchover",
+    "failback",
+];
 
 impl Scenario {
     /// Builds a scenario by name. The seed moves the fault by up to a second
@@ -80,12 +91,57 @@ impl Scenario {
                             label: format!("outage: {region}'s processes are killed"),
                         },
                         Step {
-                            at: at + Duration::from_secs(10),
+                            at: at + Duration::from_secs(12),
                             action: Action::Restore(region.clone()),
                             label: format!("recovery: {region} restarts and its WAN paths heal"),
                         },
                     ],
-                    duration: at + Duration::from_secs(20),
+                    duration: at + Duration::from_secs(22),
+                    needs_db: false,
+                })
+            }
+            "switchover" => {
+                let at = Duration::from_secs(6) + jitter;
+                Ok(Scenario {
+                    name: "switchover",
+                    failed_region: None,
+                    steps: vec![Step {
+                        at,
+                        action: Action::Switchover("us-west".into()),
+                        label: "switchover: the database's writer moves to us-west (planned)"
+                            .into(),
+                    }],
+                    duration: at + Duration::from_secs(12),
+                    needs_db: true,
+                })
+            }
+            "failback" => {
+                let region = "us-east".to_string();
+                let at = Duration::from_secs(6) + jitter;
+                Ok(Scenario {
+                    name: "failback",
+                    failed_region: Some(region.clone()),
+                    steps: vec![
+                        Step {
+                            at,
+                            action: Action::Kill(region.clone()),
+                            label: format!("outage: {region}'s processes and database are killed"),
+                        },
+                        Step {
+                            at: at + Duration::from_secs(14),
+                            action: Action::Restore(region.clone()),
+                            label: format!(
+                                "recovery: {region} restarts; its old primary rejoins as a standby"
+                            ),
+                        },
+                        Step {
+                            at: at + Duration::from_secs(24),
+                            action: Action::Switchover(region.clone()),
+                            label: format!("failback: switchover of the database back to {region}"),
+                        },
+                    ],
+                    duration: at + Duration::from_secs(34),
+                    needs_db: true,
                 })
             }
             "partition" => {
@@ -109,6 +165,7 @@ impl Scenario {
                         },
                     ],
                     duration: at + Duration::from_secs(24),
+                    needs_db: false,
                 })
             }
             "flapping" => {
@@ -131,6 +188,7 @@ impl Scenario {
                         ),
                     }],
                     duration: at + duration + Duration::from_secs(5),
+                    needs_db: false,
                 })
             }
             "controller-loss" => {
@@ -151,6 +209,7 @@ impl Scenario {
                         },
                     ],
                     duration: at + Duration::from_secs(38),
+                    needs_db: false,
                 })
             }
             other => bail!(
@@ -185,6 +244,11 @@ mod tests {
                 assert!(times.windows(2).all(|w| w[0] < w[1]), "{name}");
                 assert!(s.duration > *times.last().unwrap(), "{name}");
                 assert!(s.duration <= Duration::from_secs(60), "{name}");
+                assert_eq!(
+                    s.needs_db,
+                    matches!(*name, "switchover" | "failback"),
+                    "{name}"
+                );
             }
         }
     }

@@ -20,8 +20,62 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 
 use crate::load::EdgePath;
+use crate::postgres::{self, PgServer};
 use crate::process::Proc;
 use crate::wan::Wan;
+
+/// The lab's database cluster.
+pub const CLUSTER: &str = "payments";
+
+/// How the lab runs its database: a primary in the first serving region and
+/// a streaming standby in each other one, made by `pg_basebackup` across the WAN.
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    pub bin: PathBuf,
+    pub sync: bool,
+}
+
+/// A region's database node and its writer proxy.
+pub struct DbNodeRuntime {
+    pub region: String,
+    pub server: PgServer,
+    /// Where the node listens (the lab and its own region reach it here).
+    pub addr: SocketAddr,
+    /// Where the region's writer proxy (in its agent) listens.
+    pub proxy: SocketAddr,
+}
+
+pub struct DbRuntime {
+    pub settings: DbSettings,
+    pub nodes: Vec<DbNodeRuntime>,
+    /// How a process in region `.0` reaches the node of region `.1`.
+    paths: BTreeMap<(String, String), SocketAddr>,
+}
+
+impl DbRuntime {
+    pub fn node(&self, region: &str) -> Option<&DbNodeRuntime> {
+        self.nodes.iter().find(|n| n.region == region)
+    }
+
+    fn node_mut(&mut self, region: &str) -> Option<&mut DbNodeRuntime> {
+        self.nodes.iter_mut().find(|n| n.region == region)
+    }
+
+    /// How `from` reaches the node of `to`.
+    pub fn path(&self, from: &str, to: &str) -> Option<SocketAddr> {
+        if from == to {
+            return self.node(to).map(|n| n.addr);
+        }
+        self.paths.get(&(from.to_string(), to.to_string())).copied()
+    }
+}
+
+/// An address on `ip` that was free a moment ago.
+fn reserve(ip: IpAddr) -> Result<SocketAddr> {
+    let l = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+        .with_context(|| format!("reserve an address on {ip}"))?;
+    Ok(l.local_addr()?)
+}
 
 /// Health and retry settings the lab gives its edges; tuned for detection
 /// under a second with a 70 ms cross-region round trip.
@@ -149,6 +203,7 @@ pub struct Deployment {
     binary: PathBuf,
     dir: PathBuf,
     tuning: EdgeTuning,
+    pub db: Option<DbRuntime>,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -161,6 +216,7 @@ impl Deployment {
         regions: Vec<RegionSpec>,
         one_way_delay: Duration,
         tuning: EdgeTuning,
+        db: Option<DbSettings>,
     ) -> Result<Deployment> {
         let wan = Wan::new();
         let serving_specs: Vec<RegionSpec> = regions
@@ -168,13 +224,24 @@ impl Deployment {
             .filter(|r| r.serves_traffic)
             .cloned()
             .collect();
+        let db = match db {
+            Some(settings) => {
+                Some(start_database(settings, dir, &serving_specs, &wan, one_way_delay).await?)
+            }
+            None => None,
+        };
 
         // Services first: edges need their addresses.
         let mut services = Vec::new();
         for r in &serving_specs {
             let store = dir.join(format!("{}.store", r.name));
             std::fs::write(&store, b"ok").context("create the sample store file")?;
-            let (proc, addr) = start_service(binary, dir, r, SocketAddr::new(r.ip(10), 0)).await?;
+            let db_args = db
+                .as_ref()
+                .and_then(|d| d.node(&r.name))
+                .map(|n| (n.proxy, n.addr));
+            let (proc, addr) =
+                start_service(binary, dir, r, SocketAddr::new(r.ip(10), 0), db_args).await?;
             services.push((proc, addr));
         }
 
@@ -279,6 +346,7 @@ impl Deployment {
             binary: binary.to_path_buf(),
             dir: dir.to_path_buf(),
             tuning,
+            db,
         };
         for k in 0..deployment.controllers.len() {
             deployment.start_controller(k).await?;
@@ -338,6 +406,34 @@ impl Deployment {
         }
         out.push('\n');
         out.push_str(VERDICT_TOML);
+        out.push_str(&self.database_toml(region));
+        out
+    }
+
+    /// The `[database.payments]` table as seen from `region`: every node by
+    /// the address that region reaches it at, and the region's own proxy.
+    fn database_toml(&self, region: &str) -> String {
+        let Some(db) = &self.db else {
+            return String::new();
+        };
+        let mut out = format!(
+            "\n[database.{CLUSTER}]\nreplication = \"{}\"\nrpo_budget = \"1MiB\"\nlease = \"5s\"\nprimary = \"{}\"\n",
+            if db.settings.sync { "sync" } else { "async" },
+            db.nodes[0].region
+        );
+        for n in &db.nodes {
+            // Every file lists every node (the controllers' initial state
+            // must be the same everywhere); a region without a WAN path to a
+            // node (the witness) names it directly and never uses it.
+            let addr = db.path(region, &n.region).unwrap_or(n.addr);
+            out.push_str(&format!(
+                "[[database.{CLUSTER}.node]]\nregion = \"{}\"\naddr = \"{addr}\"\n",
+                n.region
+            ));
+            if n.region == region {
+                out.push_str(&format!("proxy = \"{}\"\n", n.proxy));
+            }
+        }
         out
     }
 
@@ -571,16 +667,88 @@ impl Deployment {
                 p.kill().await;
             }
         }
+        if let Some(node) = self.db.as_mut().and_then(|d| d.node_mut(region)) {
+            node.server.kill().await;
+        }
         Ok(())
     }
 
+    /// Brings a killed region's database node back: as it was when the
+    /// region still holds the writer, otherwise as a standby of the writer
+    /// (`pg_rewind`, or a fresh base backup when rewinding fails). Returns
+    /// what was done, for the timeline.
+    async fn restore_database(&mut self, region: &str) -> Result<Option<String>> {
+        let running = match self.db.as_mut().and_then(|d| d.node_mut(region)) {
+            None => return Ok(None),
+            Some(n) => n.server.is_running(),
+        };
+        if running {
+            return Ok(None);
+        }
+        let writer = self.writer_region().await;
+        let Some(db) = self.db.as_mut() else {
+            return Ok(None);
+        };
+        let writer = match writer {
+            Some(w) if w != region => w,
+            _ => {
+                let n = db.node_mut(region).expect("node");
+                n.server.start().await?;
+                return Ok(Some(format!(
+                    "{region}'s database restarted (it still holds the writer)"
+                )));
+            }
+        };
+        let source = db
+            .path(region, &writer)
+            .ok_or_else(|| anyhow!("no path from {region} to {writer}'s database"))?;
+        let bin = db.settings.bin.clone();
+        let n = db.node_mut(region).expect("node");
+        let tools = tern_agent::pg::PgTools {
+            bin_dir: bin,
+            run_as: n.server.run_as(),
+        };
+        let how = tools
+            .rejoin(
+                &n.server.data,
+                &postgres::conninfo_for(source),
+                Duration::from_secs(120),
+            )
+            .await
+            .with_context(|| format!("rejoin {region}'s old primary as a standby of {writer}"))?;
+        n.server.configure_standby(source, region)?;
+        n.server.start().await?;
+        Ok(Some(format!(
+            "{region}'s old primary rejoined as a standby of {writer} ({how:?})"
+        )))
+    }
+
+    /// The database's writer region, as the controllers say.
+    pub async fn writer_region(&self) -> Option<String> {
+        let client = tern_controller::ControllerClient::new(
+            self.controller_addrs()
+                .into_iter()
+                .map(|(_, a)| a)
+                .collect(),
+            Duration::from_secs(1),
+        );
+        let view = client.clusters().await.ok()?;
+        view.clusters.get(CLUSTER).map(|c| c.writer.region.clone())
+    }
+
     /// Starts a killed region's processes again on the same addresses.
-    pub async fn restart_region(&mut self, region: &str) -> Result<()> {
+    pub async fn restart_region(&mut self, region: &str) -> Result<Option<String>> {
         let i = self.runtime_mut(region)?;
+        let rejoined = self.restore_database(region).await?;
         if self.serving[i].service.is_none() {
             let spec = self.serving[i].spec.clone();
             let addr = self.serving[i].service_addr;
-            let (proc, _) = start_service(&self.binary, &self.dir, &spec, addr).await?;
+            let db_args = self
+                .db
+                .as_ref()
+                .and_then(|d| d.node(region))
+                .map(|n| (n.proxy, n.addr));
+            let (proc, _) = start_service(&self.binary, &self.dir, &spec, addr, db_args).await?;
             self.serving[i].service = Some(proc);
         }
         if let Some(k) = self.controllers.iter().position(|c| c.spec.name == region) {
@@ -594,7 +762,7 @@ impl Deployment {
         if self.serving[i].agent.is_none() {
             self.start_agent(i).await?;
         }
-        Ok(())
+        Ok(rejoined)
     }
 
     /// Stops everything: agents, edges (they drain), services, controllers, then the WAN.
@@ -624,6 +792,11 @@ impl Deployment {
                 p.stop(Duration::from_secs(2)).await;
             }
         }
+        if let Some(db) = self.db.as_mut() {
+            for n in &mut db.nodes {
+                let _ = n.server.stop().await;
+            }
+        }
         self.wan.shutdown();
     }
 
@@ -632,11 +805,97 @@ impl Deployment {
     }
 }
 
+/// Starts the database: the primary in the first serving region, the
+/// schema, WAN links between every pair of regions' nodes, and a standby in
+/// every other serving region made by a base backup across the WAN.
+async fn start_database(
+    settings: DbSettings,
+    dir: &Path,
+    serving: &[RegionSpec],
+    wan: &Wan,
+    one_way_delay: Duration,
+) -> Result<DbRuntime> {
+    let mut addrs = Vec::new();
+    for r in serving {
+        addrs.push((r.clone(), reserve(r.ip(20))?, reserve(r.ip(5))?));
+    }
+    let mut paths = BTreeMap::new();
+    for from in serving {
+        for (to, addr, _) in &addrs {
+            if from.name != to.name {
+                let link = wan
+                    .add_link(
+                        &from.name,
+                        &to.name,
+                        SocketAddr::new(from.ip(100), 0),
+                        *addr,
+                        one_way_delay,
+                    )
+                    .await
+                    .with_context(|| {
+                        format!("WAN link {} -> database in {}", from.name, to.name)
+                    })?;
+                paths.insert((from.name.clone(), to.name.clone()), link);
+            }
+        }
+    }
+    let mut nodes = Vec::new();
+    let (first, first_addr, first_proxy) = addrs[0].clone();
+    let sync_standby = (settings.sync && addrs.len() > 1).then(|| addrs[1].0.name.clone());
+    let mut primary = PgServer::init_primary(
+        &settings.bin,
+        &dir.join(format!("pg-{}", first.name)),
+        &first.name,
+        first_addr,
+        sync_standby.as_deref(),
+    )
+    .await?;
+    primary.start().await?;
+    postgres::create_schema(&primary.conninfo()).await?;
+    nodes.push(DbNodeRuntime {
+        region: first.name.clone(),
+        server: primary,
+        addr: first_addr,
+        proxy: first_proxy,
+    });
+    for (r, addr, proxy) in addrs.iter().skip(1) {
+        let source = paths[&(r.name.clone(), first.name.clone())];
+        let mut standby = PgServer::standby_from(
+            &settings.bin,
+            &dir.join(format!("pg-{}", r.name)),
+            &r.name,
+            *addr,
+            source,
+            &r.name,
+        )
+        .await?;
+        standby.start().await?;
+        nodes.push(DbNodeRuntime {
+            region: r.name.clone(),
+            server: standby,
+            addr: *addr,
+            proxy: *proxy,
+        });
+    }
+    if let Some(name) = &sync_standby {
+        nodes[0]
+            .server
+            .wait_for_standby(name, Duration::from_secs(30))
+            .await?;
+    }
+    Ok(DbRuntime {
+        settings,
+        nodes,
+        paths,
+    })
+}
+
 async fn start_service(
     binary: &Path,
     dir: &Path,
     r: &RegionSpec,
     listen: SocketAddr,
+    db: Option<(SocketAddr, SocketAddr)>,
 ) -> Result<(Proc, SocketAddr)> {
     let store = dir.join(format!("{}.store", r.name));
     let args = vec![
@@ -650,6 +909,15 @@ async fn start_service(
         "--dep".to_string(),
         "cache=always:ok".to_string(),
     ];
+    let mut args = args;
+    if let Some((writer, local)) = db {
+        args.extend([
+            "--db-writer".to_string(),
+            writer.to_string(),
+            "--db-local".to_string(),
+            local.to_string(),
+        ]);
+    }
     let name = format!("service-{}", r.name);
     let (proc, words) = Proc::start(&name, binary, &args, dir, READY_TIMEOUT).await?;
     let addr = words
