@@ -89,6 +89,11 @@ impl Targets {
                 self.minority_decided_nothing,
                 self.no_extra_flap,
                 self.no_failures,
+                self.no_lost_writes,
+                self.loss_within_budget,
+                self.no_fenced_writes,
+                self.no_duplicate_keys,
+                self.writes_back_within_10s,
             ]
             .iter()
             .all(|t| t.unwrap_or(true))
@@ -673,6 +678,49 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_listed_target_counts_in_all_met() {
+        let mut t = Targets {
+            no_failures_outside_failed_region: true,
+            detection_under_1s: true,
+            verdict_committed: Some(true),
+            minority_decided_nothing: Some(true),
+            no_extra_flap: Some(true),
+            no_failures: Some(true),
+            no_lost_writes: Some(true),
+            loss_within_budget: Some(true),
+            no_fenced_writes: Some(true),
+            no_duplicate_keys: Some(true),
+            writes_back_within_10s: Some(true),
+        };
+        assert!(t.all_met());
+        let n = t.list().len();
+        for k in 0..n {
+            let mut broken = t.clone();
+            match k {
+                0 => broken.no_failures_outside_failed_region = false,
+                1 => broken.detection_under_1s = false,
+                2 => broken.verdict_committed = Some(false),
+                3 => broken.minority_decided_nothing = Some(false),
+                4 => broken.no_extra_flap = Some(false),
+                5 => broken.no_failures = Some(false),
+                6 => broken.no_lost_writes = Some(false),
+                7 => broken.loss_within_budget = Some(false),
+                8 => broken.no_fenced_writes = Some(false),
+                9 => broken.no_duplicate_keys = Some(false),
+                _ => broken.writes_back_within_10s = Some(false),
+            }
+            assert!(
+                !broken.all_met(),
+                "target {k} ({}) is not checked",
+                t.list()[k].0
+            );
+            assert_eq!(broken.list().iter().filter(|(_, met)| !met).count(), 1);
+        }
+        t.no_fenced_writes = None;
+        assert!(t.all_met(), "a target that does not apply is not missed");
+    }
 
     fn rec(start_ms: f64, latency_ms: f64, region: &str, ok: bool) -> RequestRecord {
         RequestRecord {
