@@ -172,6 +172,8 @@ impl DbAgent {
                 role: s.role.as_str().to_string(),
                 lsn: s.lsn,
                 received_lsn: (s.role == Role::Standby).then(|| s.lsn + s.lag_bytes.unwrap_or(0)),
+                lag_bytes: s.lag_bytes,
+                lag_ms: s.lag_seconds.map(|l| (l.max(0.0) * 1000.0) as u64),
                 read_only: s.read_only,
             };
             self.controllers.report_replication(&report).await;

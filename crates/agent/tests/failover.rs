@@ -96,7 +96,13 @@ fn unix_ms() -> f64 {
         * 1000.0
 }
 
-fn config(controllers: &[SocketAddr], east: u16, west: u16, sync: bool) -> Config {
+fn config(
+    controllers: &[SocketAddr],
+    east: u16,
+    west: u16,
+    sync: bool,
+    scale_hook: Option<&str>,
+) -> Config {
     let mut s = String::new();
     for (r, serves) in [("east", true), ("west", true), ("witness", false)] {
         s.push_str(&format!(
@@ -126,6 +132,13 @@ fn config(controllers: &[SocketAddr], east: u16, west: u16, sync: bool) -> Confi
          [[database.payments.node]]\nregion = \"west\"\naddr = \"127.0.0.1:{west}\"\nproxy = \"127.0.0.1:0\"\n",
         if sync { "sync" } else { "async" }
     ));
+    if let Some(hook) = scale_hook {
+        let at = s.find("[[database.payments.node]]").unwrap();
+        s.insert_str(
+            at,
+            &format!("scale_hook = {hook:?}\nscale_hook_timeout = \"5s\"\n"),
+        );
+    }
     Config::from_toml("test.toml", &s).expect("test configuration")
 }
 
@@ -169,7 +182,19 @@ impl Lab {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             addrs.push(l.local_addr().unwrap());
         }
-        let cfg = config(&addrs, east.port, west.port, sync);
+        // The scale hook leaves a note of where and in which epoch it ran.
+        let note = dir.path().join("scaled");
+        let hook = format!(
+            "echo \"$TERN_CLUSTER $TERN_REGION $TERN_EPOCH\" > {}",
+            note.display()
+        );
+        let cfg = config(
+            &addrs,
+            east.port,
+            west.port,
+            sync,
+            sync.then_some(hook.as_str()),
+        );
         let mut controllers = Vec::new();
         for (i, a) in addrs.iter().enumerate() {
             let options = NodeOptions {
@@ -455,7 +480,27 @@ async fn nothing_acknowledged_is_lost_in_sync_mode() {
             acked.len()
         );
         lab.east_goes_down().await;
-        lab.wait_writer("west", Duration::from_secs(20)).await;
+        let c = lab.wait_writer("west", Duration::from_secs(20)).await;
+        let steps: Vec<Step> = c
+            .plan
+            .as_ref()
+            .unwrap()
+            .history
+            .iter()
+            .map(|h| h.step)
+            .collect();
+        assert_eq!(
+            steps,
+            vec![Step::WaitLease, Step::Promote, Step::ScaleHook],
+            "seed {seed}"
+        );
+        let note =
+            std::fs::read_to_string(lab._dir.path().join("scaled")).expect("the scale hook ran");
+        assert_eq!(
+            note.trim(),
+            format!("payments west {}", c.writer.epoch),
+            "seed {seed}"
+        );
         let on_west: std::collections::BTreeSet<String> = keys_on(&lab.west.conninfo())
             .await
             .into_iter()

@@ -118,6 +118,13 @@ pub struct ReplicationReport {
     pub lsn: u64,
     /// Standby: received and flushed WAL position.
     pub received_lsn: Option<u64>,
+    /// Replication lag in bytes (primary: its slowest standby's replay;
+    /// standby: received but not yet replayed) and in milliseconds
+    /// (primary: `replay_lag`; standby: since the last replayed commit).
+    #[serde(default)]
+    pub lag_bytes: Option<u64>,
+    #[serde(default)]
+    pub lag_ms: Option<u64>,
     /// New transactions are read-only (the node is fenced).
     pub read_only: bool,
 }

@@ -22,6 +22,8 @@ fn report(region: &str, role: &str, lsn: u64) -> ReplicationReport {
         role: role.into(),
         lsn,
         received_lsn: (role == "standby").then_some(lsn),
+        lag_bytes: None,
+        lag_ms: None,
         read_only: false,
     }
 }

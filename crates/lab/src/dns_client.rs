@@ -325,7 +325,8 @@ pub async fn run_dns_client(
             // connect loop over getaddrinfo's list does.
             let mut avoid = vec![None; edges.len()];
             let mut record =
-                load::one_request(&request_spec, &client, &mut rng, &mut avoid, seq, t0).await;
+                load::one_request(&request_spec, &client, &mut rng, &mut avoid, seq, None, t0)
+                    .await;
             record.latency_ms = started.elapsed().as_secs_f64() * 1_000.0;
             let tried = edges
                 .iter()

@@ -155,6 +155,7 @@ pub async fn run_client(
     let mut rng = fastrand::Rng::with_seed(spec.seed);
     let mut avoid_until: Vec<Option<Instant>> = vec![None; spec.edges.len()];
     let mut seq: u64 = 0;
+    let mut retry_key: Option<(String, u32)> = None;
     let mut next =
         Instant::now() + Duration::from_millis(rng.u64(0..spec.pace.as_millis().max(1) as u64));
     loop {
@@ -170,7 +171,22 @@ pub async fn run_client(
             next = now;
         }
         seq += 1;
-        let record = one_request(&spec, &client, &mut rng, &mut avoid_until, seq, t0).await;
+        let retry = retry_key.as_ref().map(|(k, _): &(String, u32)| k.as_str());
+        let record = one_request(&spec, &client, &mut rng, &mut avoid_until, seq, retry, t0).await;
+        // A payment that was not acknowledged is sent again with the same
+        // key at the client's next payment, up to three times, as a client
+        // that must not pay twice does: the service may have processed it.
+        retry_key = match &record.payment {
+            Some(p) if p.ack.is_none() => {
+                let tries = match &retry_key {
+                    Some((k, n)) if *k == p.key => n + 1,
+                    _ => 1,
+                };
+                (tries < 3).then(|| (p.key.clone(), tries))
+            }
+            Some(_) => None,
+            None => retry_key,
+        };
         if out.send(record).is_err() {
             return;
         }
@@ -184,7 +200,12 @@ struct Planned {
     key: Option<String>,
 }
 
-fn plan_request(spec: &ClientSpec, rng: &mut fastrand::Rng, seq: u64) -> Planned {
+fn plan_request(
+    spec: &ClientSpec,
+    rng: &mut fastrand::Rng,
+    seq: u64,
+    retry_key: Option<&str>,
+) -> Planned {
     let item = rng.u32(0..1000);
     match rng.u32(0..100) {
         0..60 => Planned {
@@ -207,7 +228,10 @@ fn plan_request(spec: &ClientSpec, rng: &mut fastrand::Rng, seq: u64) -> Planned
                 rng.u32(1..10_000),
                 spec.id
             )),
-            key: Some(format!("c{}-{}-{seq}", spec.id, spec.seed)),
+            key: Some(retry_key.map_or_else(
+                || format!("c{}-{}-{seq}", spec.id, spec.seed),
+                str::to_string,
+            )),
         },
     }
 }
@@ -218,9 +242,10 @@ pub(crate) async fn one_request(
     rng: &mut fastrand::Rng,
     avoid_until: &mut [Option<Instant>],
     seq: u64,
+    retry_key: Option<&str>,
     t0: Instant,
 ) -> RequestRecord {
-    let planned = plan_request(spec, rng, seq);
+    let planned = plan_request(spec, rng, seq, retry_key);
     let started = Instant::now();
     let now = started;
     // Nearest first, skipping edges that recently did not answer, unless that

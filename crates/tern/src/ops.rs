@@ -441,13 +441,21 @@ pub fn render_clusters(v: &tern_controller::api::ClustersView) -> String {
         for seen in v.replication.iter().filter(|r| &r.report.cluster == name) {
             let r = &seen.report;
             out.push_str(&format!(
-                "    {}: {}{} WAL {}{} ({} ms ago)\n",
+                "    {}: {}{} WAL {}{}{} ({} ms ago)\n",
                 r.region,
                 r.role,
                 if r.read_only { " (fenced)" } else { "" },
                 r.lsn,
                 r.received_lsn
                     .map_or(String::new(), |x| format!(", received {x}")),
+                match (r.lag_bytes, r.lag_ms) {
+                    (None, None) => String::new(),
+                    (b, ms) => format!(
+                        ", lag {} bytes / {} ms",
+                        b.map_or("?".into(), |b| b.to_string()),
+                        ms.map_or("?".into(), |m| m.to_string())
+                    ),
+                },
                 seen.age_ms
             ));
         }
