@@ -459,6 +459,36 @@ impl Controller {
         }
     }
 
+    /// Merges the replication reports the other controllers hold: for each
+    /// (cluster, region) the freshest report wins.
+    async fn fetch_peer_reports(&self) {
+        let peers: Vec<SocketAddr> = self
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, a)| *a)
+            .collect();
+        let calls = peers.iter().map(|a| {
+            self.client
+                .get::<ClustersView>(*a, "/v1/clusters", self.settings.rpc_timeout)
+        });
+        let views = futures_util::future::join_all(calls).await;
+        let now = Instant::now();
+        let mut mine = self.replication.lock().expect("replication lock");
+        for view in views.into_iter().flatten() {
+            for seen in view.replication {
+                let at = now
+                    .checked_sub(Duration::from_millis(seen.age_ms))
+                    .unwrap_or(now);
+                let key = (seen.report.cluster.clone(), seen.report.region.clone());
+                let newer = mine.get(&key).is_none_or(|(t, _)| *t < at);
+                if newer {
+                    mine.insert(key, (at, seen.report));
+                }
+            }
+        }
+    }
+
     /// While leading with a quorum: starts, grants and retries failover plans.
     async fn drive_plans(&self) {
         let state = self.state();
@@ -477,14 +507,30 @@ impl Controller {
                     lag_bytes,
                     evidence,
                 } => {
-                    let mut attempts = self.plan_attempts.lock().expect("attempts lock");
-                    if attempts
-                        .get(&cluster)
-                        .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-                    {
+                    let throttled = {
+                        let mut attempts = self.plan_attempts.lock().expect("attempts lock");
+                        let recent = attempts
+                            .get(&cluster)
+                            .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+                        if !recent {
+                            attempts.insert(cluster.clone(), Instant::now());
+                        }
+                        recent
+                    };
+                    if throttled {
                         continue;
                     }
-                    attempts.insert(cluster.clone(), Instant::now());
+                    if lag_bytes.is_none() {
+                        // This node may have restarted and lost the reports
+                        // (the dead primary's last one never comes again):
+                        // its peers hold them too.
+                        self.fetch_peer_reports().await;
+                        if let Some(v) = self.leader_view(&state, &cluster) {
+                            if v.lag_bytes.is_some() {
+                                continue; // decided on the next tick, with the figure
+                            }
+                        }
+                    }
                     Command::StartFailover {
                         cluster: cluster.clone(),
                         to,

@@ -360,6 +360,28 @@ async fn no_flap_under_alternating_health_seed(seed: u64) {
 /// removed again; a group is never shrunk below three voters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_are_added_and_removed_by_command() {
+    members_are_added_and_removed_by_command_run().await;
+}
+
+/// A membership change as an operator makes it: through the current leader,
+/// again when leadership moved under the request (503).
+async fn change(
+    g: &Group,
+    change: &tern_controller::api::MembershipChange,
+) -> Result<tern_controller::api::StatusView, CallError> {
+    let mut last = None;
+    for _ in 0..10 {
+        let leader = g.leader().await;
+        match g.client(leader).change_membership(change).await {
+            Err(e @ CallError::Status { status: 503, .. }) => last = Some(e),
+            other => return other,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+async fn members_are_added_and_removed_by_command_run() {
     let mut g = Group::start(99, Timings::default()).await;
     let leader = g.leader().await;
     g.client(leader)
@@ -387,14 +409,15 @@ async fn members_are_added_and_removed_by_command() {
     let node4 = tern_controller::Controller::start(&config, options)
         .await
         .expect("start node 4");
-    let status = g
-        .client(leader)
-        .change_membership(&tern_controller::api::MembershipChange::Add {
+    let status = change(
+        &g,
+        &tern_controller::api::MembershipChange::Add {
             id: 4,
             addr: addr4.to_string(),
-        })
-        .await
-        .expect("add node 4");
+        },
+    )
+    .await
+    .expect("add node 4");
     assert_eq!(
         status.members.iter().filter(|m| m.voter).count(),
         4,
@@ -409,11 +432,12 @@ async fn members_are_added_and_removed_by_command() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let status = g
-        .client(leader)
-        .change_membership(&tern_controller::api::MembershipChange::Remove { id: 4 })
-        .await
-        .expect("remove node 4");
+    let status = change(
+        &g,
+        &tern_controller::api::MembershipChange::Remove { id: 4 },
+    )
+    .await
+    .expect("remove node 4");
     assert_eq!(
         status.members.iter().filter(|m| m.voter).count(),
         3,

@@ -405,11 +405,12 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
                     Action::Restore(region) => {
                         // The WAN heals first: a rejoining database reaches the new primary.
                         deployment.wan.set_region_fault(region, Fault::None);
-                        if let Some(note) = deployment.restart_region(region).await? {
+                        deployment.restart_region(region).await?;
+                        restore_ms = Some(clock.ms());
+                        if let Some(note) = deployment.restore_database(region).await? {
                             println!("{} {note}", clock.stamp());
                             events.push(Event { t_ms: clock.ms(), what: note });
                         }
-                        restore_ms = Some(clock.ms());
                     }
                     Action::Switchover(to) => {
                         fault_ms.get_or_insert(clock.ms());
@@ -496,6 +497,7 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
     };
     if deployment.db.is_some() {
         records.retain(|r| r.payment.is_none());
+        dns_records.retain(|r| r.record.payment.is_none());
     }
     let mut report = report::build(report::Inputs {
         scenario: scenario.name,

@@ -677,7 +677,7 @@ impl Deployment {
     /// region still holds the writer, otherwise as a standby of the writer
     /// (`pg_rewind`, or a fresh base backup when rewinding fails). Returns
     /// what was done, for the timeline.
-    async fn restore_database(&mut self, region: &str) -> Result<Option<String>> {
+    pub async fn restore_database(&mut self, region: &str) -> Result<Option<String>> {
         let running = match self.db.as_mut().and_then(|d| d.node_mut(region)) {
             None => return Ok(None),
             Some(n) => n.server.is_running(),
@@ -691,7 +691,12 @@ impl Deployment {
         };
         let writer = match writer {
             Some(w) if w != region => w,
-            _ => {
+            None => {
+                return Err(anyhow!(
+                    "no controller in quorum says who the writer is; {region}'s database stays down"
+                ))
+            }
+            Some(_) => {
                 let n = db.node_mut(region).expect("node");
                 n.server.start().await?;
                 return Ok(Some(format!(
@@ -723,23 +728,32 @@ impl Deployment {
         )))
     }
 
-    /// The database's writer region, as the controllers say.
+    /// The database's writer region, as a controller in quorum says (a
+    /// controller that just restarted answers with its old state until it
+    /// hears from the leader). Tries for up to 10 s.
     pub async fn writer_region(&self) -> Option<String> {
-        let client = tern_controller::ControllerClient::new(
-            self.controller_addrs()
-                .into_iter()
-                .map(|(_, a)| a)
-                .collect(),
-            Duration::from_secs(1),
-        );
-        let view = client.clusters().await.ok()?;
-        view.clusters.get(CLUSTER).map(|c| c.writer.region.clone())
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            for (_, addr) in self.controller_addrs() {
+                let client =
+                    tern_controller::ControllerClient::new(vec![addr], Duration::from_secs(1));
+                if let Ok(view) = client.clusters().await {
+                    if view.in_quorum {
+                        return view.clusters.get(CLUSTER).map(|c| c.writer.region.clone());
+                    }
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
-    /// Starts a killed region's processes again on the same addresses.
-    pub async fn restart_region(&mut self, region: &str) -> Result<Option<String>> {
+    /// Starts a killed region's processes again on the same addresses (its
+    /// database node is [`Deployment::restore_database`]'s).
+    pub async fn restart_region(&mut self, region: &str) -> Result<()> {
         let i = self.runtime_mut(region)?;
-        let rejoined = self.restore_database(region).await?;
         if self.serving[i].service.is_none() {
             let spec = self.serving[i].spec.clone();
             let addr = self.serving[i].service_addr;
@@ -762,7 +776,7 @@ impl Deployment {
         if self.serving[i].agent.is_none() {
             self.start_agent(i).await?;
         }
-        Ok(rejoined)
+        Ok(())
     }
 
     /// Stops everything: agents, edges (they drain), services, controllers, then the WAN.
