@@ -198,11 +198,13 @@ impl Pg {
         } else {
             "ALTER SYSTEM SET synchronous_standby_names = ''"
         };
-        self.deadline(
-            "set synchronous_standby_names",
-            self.client.batch_execute(sql),
-        )
-        .await?;
+        self.alter_system("set synchronous_standby_names", sql)
+            .await
+    }
+
+    /// One `ALTER SYSTEM` statement, then a configuration reload.
+    async fn alter_system(&self, what: &str, sql: &str) -> Result<()> {
+        self.deadline(what, self.client.batch_execute(sql)).await?;
         self.deadline(
             "reload the configuration",
             self.client.query_one("SELECT pg_reload_conf()", &[]),
@@ -213,18 +215,11 @@ impl Pg {
 
     /// Lifts a fence (after the node has rejoined, or by an operator).
     pub async fn unfence(&self) -> Result<()> {
-        self.deadline(
+        self.alter_system(
             "reset read-only",
-            self.client
-                .batch_execute("ALTER SYSTEM RESET default_transaction_read_only"),
+            "ALTER SYSTEM RESET default_transaction_read_only",
         )
-        .await?;
-        self.deadline(
-            "reload the configuration",
-            self.client.query_one("SELECT pg_reload_conf()", &[]),
-        )
-        .await?;
-        Ok(())
+        .await
     }
 }
 

@@ -310,19 +310,7 @@ impl Controller {
                 .iter()
                 .map(|r| (r.clone(), s.verdict(r).as_str().to_string()))
                 .collect();
-            let leases = s
-                .leases()
-                .clusters()
-                .map(|c| {
-                    let holder = s.leases().holder(c);
-                    LeaseView {
-                        cluster: c.to_string(),
-                        epoch: s.leases().epoch(c),
-                        holder: holder.as_ref().map(|h| h.0.clone()),
-                        expires_at_ms: holder.map(|h| h.2.as_millis() as u64),
-                    }
-                })
-                .collect();
+            let leases = lease_views(s);
             (verdicts, s.routing().clone(), leases)
         });
         StatusView {
@@ -345,19 +333,7 @@ impl Controller {
     pub fn clusters_view(&self) -> ClustersView {
         let (clusters, leases) = self.machine.with(|m| {
             let s = &m.state;
-            let leases = s
-                .leases()
-                .clusters()
-                .map(|c| {
-                    let holder = s.leases().holder(c);
-                    LeaseView {
-                        cluster: c.to_string(),
-                        epoch: s.leases().epoch(c),
-                        holder: holder.as_ref().map(|h| h.0.clone()),
-                        expires_at_ms: holder.map(|h| h.2.as_millis() as u64),
-                    }
-                })
-                .collect();
+            let leases = lease_views(s);
             (s.clusters().clone(), leases)
         });
         let replication = self
@@ -823,6 +799,22 @@ async fn leader_loop(node: Arc<Controller>) {
             node.drive_plans().await;
         }
     }
+}
+
+/// The leases of a control state, as the API shows them.
+fn lease_views(s: &ControlState) -> Vec<LeaseView> {
+    s.leases()
+        .clusters()
+        .map(|c| {
+            let holder = s.leases().holder(c);
+            LeaseView {
+                cluster: c.to_string(),
+                epoch: s.leases().epoch(c),
+                holder: holder.as_ref().map(|h| h.0.clone()),
+                expires_at_ms: holder.map(|h| h.2.as_millis() as u64),
+            }
+        })
+        .collect()
 }
 
 /// What the replicated state keeps of a configured database cluster.

@@ -45,6 +45,13 @@ fn config(dir: &Path, addrs: &[SocketAddr]) -> std::path::PathBuf {
             i + 1
         ));
     }
+    // A database cluster whose nodes no agent runs: the plan commands are
+    // committed and shown, the steps that need an agent wait.
+    s.push_str(
+        "[database.orders]\nprimary = \"east\"\n\
+         [[database.orders.node]]\nregion = \"east\"\naddr = \"127.0.0.1:9\"\n\
+         [[database.orders.node]]\nregion = \"west\"\naddr = \"127.0.0.1:9\"\n",
+    );
     let path = dir.join("tern.toml");
     std::fs::write(&path, s).unwrap();
     path
@@ -139,6 +146,39 @@ fn operator_commands_work_against_any_node_and_say_when_out_of_quorum() {
         cfg_s,
     ]);
     assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+
+    // Failover: gated (east is not down), then forced and audited; a second
+    // plan waits for the first.
+    let o = tern(&[
+        "failover",
+        "orders",
+        "--to",
+        "west",
+        "--controller",
+        &second,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("is not down"), "{}", text(&o));
+    let o = tern(&[
+        "failover",
+        "orders",
+        "--to",
+        "west",
+        "--force",
+        "--no-wait",
+        "--controller",
+        &second,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("plan 1 committed"), "{}", text(&o));
+    let out = text(&tern(&["status", "--config", cfg_s]));
+    assert!(out.contains("orders: writer east epoch 0"), "{out}");
+    assert!(out.contains("plan 1: east -> west"), "{out}");
+    let out = text(&tern(&["events", "--config", cfg_s, "--limit", "10"]));
+    assert!(out.contains("forced a failover of orders to west"), "{out}");
+    let o = tern(&["switchover", "orders", "--to", "west", "--config", cfg_s]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("plan in progress"), "{}", text(&o));
 
     // Two nodes die: the third answers with what it has and says so, and
     // commits nothing.
