@@ -5,18 +5,21 @@
 //! aggregates the batches and commits only verdict changes.
 
 pub mod db;
-pub mod pg;
 pub mod writer_proxy;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use tern_controller::api::{ObservationBatch, RegionResult};
-use tern_controller::ControllerClient;
 use tern_core::config::{Backend, Config, Database};
-use tern_edge::probe::{probe_client, probe_once, ProbeClient};
+use tern_probe::{probe, probe_client, ProbeClient};
+use tern_proto::api::{ObservationBatch, RegionResult};
+use tern_proto::lifecycle::Tasks;
+use tern_proto::ControllerClient;
 use tokio_util::sync::CancellationToken;
+
+/// How long the agent's tasks get to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Agent {
     region: String,
@@ -115,21 +118,11 @@ impl Agent {
                 let region = region.clone();
                 let backend = b.clone();
                 checks.push(tokio::spawn(async move {
-                    let started = Instant::now();
-                    let result = tokio::time::timeout(
-                        timeout,
-                        probe_once(&client, &backend.url, &backend.health.probe),
-                    )
-                    .await;
-                    let latency = started.elapsed();
-                    let outcome = match result {
-                        Ok(Ok(())) => Ok(latency),
-                        Ok(Err(e)) => Err(format!("{}: {e}", backend.url)),
-                        Err(_) => Err(format!(
-                            "{}: no answer within {} ms",
-                            backend.url,
-                            timeout.as_millis()
-                        )),
+                    let p = probe(&client, &backend.url, &backend.health.probe, timeout).await;
+                    let outcome = if p.ok {
+                        Ok(p.elapsed)
+                    } else {
+                        Err(format!("{}: {}", backend.url, p.detail))
                     };
                     (region, outcome)
                 }));
@@ -171,9 +164,12 @@ impl Agent {
     /// Probes and reports every interval until `stop`; runs a database
     /// loop per cluster with a node here.
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut loops = Vec::new();
-        for task in std::mem::take(&mut self.proxy_tasks) {
-            loops.push(tokio::spawn(task.run(stop.clone())));
+        let mut tasks = Tasks::new(&stop);
+        for (task, (cluster, _)) in std::mem::take(&mut self.proxy_tasks)
+            .into_iter()
+            .zip(&self.proxies)
+        {
+            tasks.spawn(format!("writer proxy {cluster}"), task.run(tasks.token()));
         }
         for d in std::mem::take(&mut self.databases) {
             let proxy = self
@@ -181,13 +177,12 @@ impl Agent {
                 .iter()
                 .find(|(c, _)| *c == d.name)
                 .map(|(_, p)| p.clone());
+            let name = format!("database loop {}", d.name);
             let agent = db::DbAgent::new(&self.region, d, self.controllers.clone(), proxy);
-            loops.push(tokio::spawn(agent.run(stop.clone())));
+            tasks.spawn(name, agent.run(tasks.token()));
         }
-        self.probe_loop(stop).await;
-        for l in loops {
-            let _ = l.await;
-        }
+        self.probe_loop(tasks.token()).await;
+        tasks.shutdown(SHUTDOWN_GRACE).await;
     }
 
     async fn probe_loop(&self, stop: CancellationToken) {

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{bin_dir, run_as, workdir, PgNode};
-use tern_agent::pg::{Pg, PgTools, Rejoin, Role};
+use tern_pg::{Pg, PgTools, Rejoin, Role};
 
 const T: Duration = Duration::from_secs(5);
 

@@ -7,14 +7,26 @@
 //! decisions; every node answers reads, forwards writes to the leader, and
 //! says when it is out of quorum (then it commits nothing).
 //!
+//! The node's parts, one module each: [`node`] (what a node holds; status
+//! and cluster views), [`lifecycle`] (start and stop), [`server`] (the
+//! HTTP API),
+//! [`leader`] (the leader loop and verdict engine), [`plans`] (failover
+//! plans), [`commit`] (writes through the leader), [`membership`],
+//! [`store`] (redb) and [`network`] (Raft RPCs). The API's wire shapes and
+//! the client agents, edges and operators use live in `tern-proto`.
+//!
 //! [`ControlState`]: tern_core::control::ControlState
 //! [`VerdictEngine`]: tern_core::verdict::VerdictEngine
 
-pub mod api;
-pub mod client;
-pub mod http;
+pub mod clock;
+pub mod commit;
+pub mod leader;
+pub mod lifecycle;
+pub mod membership;
 pub mod network;
 pub mod node;
+pub mod plans;
+pub mod server;
 pub mod store;
 
 use std::io::Cursor;
@@ -22,10 +34,9 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 use tern_core::control::{Applied, Command};
 
-pub use client::ControllerClient;
+pub use commit::WriteError;
 pub use node::Controller;
-
-pub type NodeId = u64;
+pub use tern_proto::NodeId;
 
 /// One entry of the replicated log: a command and the leader's wall-clock
 /// time when it proposed it (milliseconds since the Unix epoch). Replicas

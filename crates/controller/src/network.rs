@@ -19,8 +19,8 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::http::{CallError, HttpClient};
 use crate::{NodeId, TypeConfig};
+use tern_proto::http::{CallError, HttpClient};
 
 #[derive(Clone)]
 pub struct Network {

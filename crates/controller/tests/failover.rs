@@ -8,10 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::{batch, over_seeds, Group, Rng, Timings};
-use tern_controller::api::ReplicationReport;
-use tern_controller::node::now;
+use tern_controller::clock::now;
 use tern_core::control::{Applied, Command};
 use tern_core::failover::{PlanKind, Step};
+use tern_proto::api::ReplicationReport;
 
 const CLUSTER: &str = "orders";
 

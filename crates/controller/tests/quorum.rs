@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{batch, over_seeds, Group, Rng, Timings};
-use tern_controller::http::CallError;
 use tern_core::control::{Applied, Command};
+use tern_proto::http::CallError;
 
 fn set_weights(east: u32, west: u32) -> Command {
     Command::SetWeights {
@@ -52,7 +52,7 @@ async fn the_minority_decides_nothing_seed(seed: u64) {
     // The minority is told that east is down, and asked to move traffic.
     report(&g, k, "east", false, 6).await;
     match g.client(k).write(&set_weights(0, 1)).await {
-        Err(CallError::Status { status: 503, .. }) => {}
+        Err(CallError::NoQuorum { .. }) => {}
         other => panic!("seed {seed}: a minority node committed or refused a write: {other:?}"),
     }
     let after = g.node(k).state();
@@ -367,13 +367,13 @@ async fn members_are_added_and_removed_by_command() {
 /// again when leadership moved under the request (503).
 async fn change(
     g: &Group,
-    change: &tern_controller::api::MembershipChange,
-) -> Result<tern_controller::api::StatusView, CallError> {
+    change: &tern_proto::api::MembershipChange,
+) -> Result<tern_proto::api::StatusView, CallError> {
     let mut last = None;
     for _ in 0..10 {
         let leader = g.leader().await;
         match g.client(leader).change_membership(change).await {
-            Err(e @ CallError::Status { status: 503, .. }) => last = Some(e),
+            Err(e @ CallError::NoQuorum { .. }) => last = Some(e),
             other => return other,
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -411,7 +411,7 @@ async fn members_are_added_and_removed_by_command_run() {
         .expect("start node 4");
     let status = change(
         &g,
-        &tern_controller::api::MembershipChange::Add {
+        &tern_proto::api::MembershipChange::Add {
             id: 4,
             addr: addr4.to_string(),
         },
@@ -432,12 +432,9 @@ async fn members_are_added_and_removed_by_command_run() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let status = change(
-        &g,
-        &tern_controller::api::MembershipChange::Remove { id: 4 },
-    )
-    .await
-    .expect("remove node 4");
+    let status = change(&g, &tern_proto::api::MembershipChange::Remove { id: 4 })
+        .await
+        .expect("remove node 4");
     assert_eq!(
         status.members.iter().filter(|m| m.voter).count(),
         3,
@@ -445,10 +442,10 @@ async fn members_are_added_and_removed_by_command_run() {
     );
     let refused = g
         .client(leader)
-        .change_membership(&tern_controller::api::MembershipChange::Remove { id: 3 })
+        .change_membership(&tern_proto::api::MembershipChange::Remove { id: 3 })
         .await;
     assert!(
-        matches!(&refused, Err(CallError::Status { message, .. }) if message.contains("at least three")),
+        matches!(&refused, Err(CallError::Refused { message, .. }) if message.contains("at least three")),
         "{refused:?}"
     );
     node4.shutdown().await;

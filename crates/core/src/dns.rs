@@ -8,6 +8,7 @@
 
 use std::net::IpAddr;
 
+pub use crate::config::dns::truncate;
 use crate::config::dns::{DnsPolicy, Network};
 use crate::config::AllUnhealthy;
 
@@ -125,30 +126,6 @@ pub fn ecs_scope(location_dependent: bool, matched: Option<&Network>, source_pre
     match matched {
         Some(n) => n.prefix_len,
         None => source_prefix,
-    }
-}
-
-/// `addr` with every bit past `prefix_len` cleared.
-pub fn truncate(addr: IpAddr, prefix_len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let bits = u32::from(a);
-            let mask = if prefix_len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(prefix_len.min(32)))
-            };
-            IpAddr::V4((bits & mask).into())
-        }
-        IpAddr::V6(a) => {
-            let bits = u128::from(a);
-            let mask = if prefix_len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(prefix_len.min(128)))
-            };
-            IpAddr::V6((bits & mask).into())
-        }
     }
 }
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tern_controller::ControllerClient;
 use tern_core::control::RoutingTable;
+use tern_proto::ControllerClient;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::EdgeState;

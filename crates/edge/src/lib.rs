@@ -18,6 +18,7 @@ pub mod follow;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
+pub mod service;
 pub mod state;
 
 use std::convert::Infallible;
@@ -30,12 +31,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tern_core::config::Config;
+use tern_proto::lifecycle::Tasks;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::state::EdgeState;
+
+/// How long probes, the follower and the admin API get to stop once client
+/// traffic has drained.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
 
 /// Lifecycle of an edge, published on a watch channel so that tests and the
 /// admin endpoint wait for a phase instead of sleeping.
@@ -72,7 +77,7 @@ pub enum EdgeError {
 pub struct Edge {
     state: Arc<EdgeState>,
     /// The controllers to follow, when the configuration names them.
-    controllers: Option<tern_controller::ControllerClient>,
+    controllers: Option<tern_proto::ControllerClient>,
     /// One listening socket per worker, all bound to the same address with
     /// SO_REUSEPORT so that the kernel spreads connections across workers.
     listeners: Vec<std::net::TcpListener>,
@@ -130,7 +135,7 @@ impl Edge {
             follow::load(&state, path);
         }
         let controllers = config.controller.as_ref().map(|c| {
-            tern_controller::ControllerClient::new(
+            tern_proto::ControllerClient::new(
                 c.nodes.iter().map(|n| n.addr).collect(),
                 c.rpc_timeout.max(Duration::from_millis(500)),
             )
@@ -187,28 +192,28 @@ impl Edge {
             phase,
         } = self;
         let settings = state.settings.clone();
-        let tasks = TaskTracker::new();
-        let background = CancellationToken::new();
-        probe::spawn_probes(state.clone(), &tasks, background.clone());
-        dns::probe::spawn_probes(state.clone(), &tasks, background.clone());
+        // Probes, the controllers' follower and the admin API outlive the
+        // drain of client traffic: their token is cancelled only after it.
+        let mut tasks = Tasks::new(&CancellationToken::new());
+        let background = tasks.token();
+        probe::spawn_probes(state.clone(), &mut tasks);
+        dns::probe::spawn_probes(state.clone(), &mut tasks);
         if let Some(dns) = dns {
             // DNS stops with client traffic, before the drain of HTTP requests.
-            tasks.spawn(dns.run(state.clone(), shutdown.clone()));
+            tasks.spawn("dns server", dns.run(state.clone(), shutdown.clone()));
         }
         if let Some(client) = controllers {
             let path = state.settings.routing_state.clone();
-            tasks.spawn(follow::follow(
-                state.clone(),
-                client,
-                path,
-                background.clone(),
-            ));
+            tasks.spawn(
+                "routing follower",
+                follow::follow(state.clone(), client, path, background.clone()),
+            );
         }
         if let Some(admin) = admin {
             let state = state.clone();
             let phase = phase.subscribe();
             let stop = background.clone();
-            tasks.spawn(admin::serve(admin, state, phase, stop));
+            tasks.spawn("admin api", admin::serve(admin, state, phase, stop));
         }
 
         let mut closed = Vec::new();
@@ -246,9 +251,7 @@ impl Edge {
         for rx in drained {
             let _ = rx.await;
         }
-        background.cancel();
-        tasks.close();
-        tasks.wait().await;
+        tasks.shutdown(BACKGROUND_GRACE).await;
         phase.send_replace(Phase::Stopped);
     }
 }

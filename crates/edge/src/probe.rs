@@ -1,47 +1,25 @@
 //! Active health checks: one task per backend sends an HTTP or TCP probe every
-//! interval and feeds the result to the backend's `HealthTracker`.
+//! interval (`tern_probe::probe`) and feeds the result to the backend's
+//! `HealthTracker`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tern_core::config::{BackendUrl, ProbeKind};
 use tern_core::health::HealthState;
-use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tern_probe::{probe, probe_client, ProbeClient};
+use tern_proto::lifecycle::Tasks;
 
 use crate::state::EdgeState;
 
-/// Probe responses larger than this are cut; a health body is small.
-const MAX_PROBE_BODY: usize = 64 * 1024;
-
-pub type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
-
-pub fn probe_client() -> ProbeClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    // Probes keep their own pool, apart from traffic, so a probe never queues
-    // behind requests and its round trip measures the path, not the load.
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(1)
-        .build(connector)
-}
-
 /// Starts one probe loop per backend of every service.
-pub fn spawn_probes(state: Arc<EdgeState>, tracker: &TaskTracker, shutdown: CancellationToken) {
+pub fn spawn_probes(state: Arc<EdgeState>, tasks: &mut Tasks) {
     let client = probe_client();
     for (si, service) in state.services.iter().enumerate() {
         for bi in 0..service.backends.len() {
             let state = state.clone();
             let client = client.clone();
-            let shutdown = shutdown.clone();
-            tracker.spawn(async move {
+            let shutdown = tasks.token();
+            tasks.spawn("backend probe", async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = probe_loop(state, si, bi, client) => {}
@@ -62,18 +40,8 @@ async fn probe_loop(state: Arc<EdgeState>, si: usize, bi: usize, client: ProbeCl
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let started = Instant::now();
-        let result = tokio::time::timeout(
-            check.timeout,
-            probe_once(&client, &backend.config.url, &check.probe),
-        )
-        .await;
-        let elapsed = started.elapsed();
-        let (ok, detail) = match result {
-            Ok(Ok(())) => (true, String::new()),
-            Ok(Err(e)) => (false, e),
-            Err(_) => (false, format!("no answer within {:?}", check.timeout)),
-        };
+        let outcome = probe(&client, &backend.config.url, &check.probe, check.timeout).await;
+        let (ok, detail, elapsed) = (outcome.ok, outcome.detail, outcome.elapsed);
         if ok {
             let mut rtt = backend.rtt.lock().expect("rtt lock");
             // Smooth like TCP's SRTT (alpha 1/4, a little faster than 1/8)
@@ -101,49 +69,6 @@ async fn probe_loop(state: Arc<EdgeState>, si: usize, bi: usize, client: ProbeCl
             state.refresh_serving(service);
         } else if !ok {
             tracing::debug!(service = %service.config.name, backend = %backend.config.url, reason = %detail, "probe failed");
-        }
-    }
-}
-
-pub async fn probe_once(
-    client: &ProbeClient,
-    url: &BackendUrl,
-    probe: &ProbeKind,
-) -> Result<(), String> {
-    match probe {
-        ProbeKind::Tcp => TcpStream::connect(url.authority())
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("connect: {e}")),
-        ProbeKind::Http {
-            path,
-            expect_status,
-            body_contains,
-        } => {
-            let uri = format!("http://{}{}{}", url.authority(), url.base_path, path);
-            let req = http::Request::get(uri)
-                .header(http::header::USER_AGENT, "tern-edge-probe")
-                .body(Empty::new())
-                .map_err(|e| format!("bad probe request: {e}"))?;
-            let resp = client
-                .request(req)
-                .await
-                .map_err(|e| format!("request: {e}"))?;
-            let status = resp.status().as_u16();
-            if !expect_status.contains(status) {
-                return Err(format!("status {status}"));
-            }
-            if let Some(needle) = body_contains {
-                let body = Limited::new(resp.into_body(), MAX_PROBE_BODY)
-                    .collect()
-                    .await
-                    .map_err(|e| format!("body: {e}"))?
-                    .to_bytes();
-                if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
-                    return Err(format!("body lacks \"{needle}\""));
-                }
-            }
-            Ok(())
         }
     }
 }

@@ -1,4 +1,6 @@
-//! What the edge knows about its services and backends at this moment.
+//! What the edge knows at this moment: its services (their per-backend
+//! state is in [`crate::service`]), the committed routing table, and the
+//! DNS authority that answers from the same health.
 //!
 //! Health probes, outlier detection and the request path all update one
 //! [`EdgeState`]. Locks are plain mutexes held for a few field updates and
@@ -6,78 +8,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
-use tern_core::config::{Backend, Config, EdgeSettings, Service};
+use tern_core::config::{Config, EdgeSettings};
 use tern_core::health::{HealthState, HealthTracker};
 use tern_core::outlier::{Ejection, OutlierDetector};
 use tern_core::retry::RetryBudget;
 use tern_core::routing::{self, BackendView, RoutePlan};
 
-use prometheus_client::metrics::histogram::Histogram;
-
 use crate::dns::authority::{Authority, DnsRecordStatus};
-use crate::metrics::{Metrics, RequestCounters};
-
-/// The clock every decision of this edge is made on: time since the edge
-/// started, which the pure core takes as `now`.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    start: Instant,
-    start_wall: SystemTime,
-}
-
-impl Clock {
-    pub fn new() -> Clock {
-        Clock {
-            start: Instant::now(),
-            start_wall: SystemTime::now(),
-        }
-    }
-
-    pub fn now(&self) -> Duration {
-        self.start.elapsed()
-    }
-
-    /// Converts a clock reading to Unix milliseconds for reports.
-    pub fn unix_ms(&self, at: Duration) -> u64 {
-        (self.start_wall + at)
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::new()
-    }
-}
-
-pub struct BackendState {
-    pub config: Backend,
-    pub latency: Histogram,
-    pub health: Mutex<HealthTracker>,
-    /// Smoothed round trip of successful health probes.
-    pub rtt: Mutex<Option<Duration>>,
-}
-
-/// Which regions a service is sending its first-choice traffic to, and since when.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Serving {
-    pub regions: Vec<String>,
-    pub all_unhealthy: bool,
-    pub since: Duration,
-}
-
-pub struct ServiceState {
-    pub config: Service,
-    pub backends: Vec<BackendState>,
-    pub outliers: Mutex<OutlierDetector>,
-    pub retry_budget: Mutex<RetryBudget>,
-    pub serving: Mutex<Serving>,
-    pub requests: RequestCounters,
-}
+use crate::metrics::Metrics;
+pub use crate::service::{BackendState, Clock, ServiceState, Serving};
 
 /// The routing table the controllers committed, as this edge last got it.
 #[derive(Debug, Clone, Default)]
@@ -388,22 +330,6 @@ impl EdgeState {
             services,
             dns: self.dns.as_ref().map(|d| d.status(&self.services)),
         }
-    }
-}
-
-impl ServiceState {
-    /// (backend, healthy, ejected, rtt) for every backend, read under short locks.
-    fn views(&self, now: Duration) -> Vec<(&BackendState, bool, bool, Option<Duration>)> {
-        let outliers = self.outliers.lock().expect("outlier lock");
-        self.backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let healthy = b.health.lock().expect("health lock").state() == HealthState::Up;
-                let rtt = *b.rtt.lock().expect("rtt lock");
-                (b, healthy, outliers.is_ejected(i, now), rtt)
-            })
-            .collect()
     }
 }
 

@@ -12,9 +12,10 @@ use std::time::Duration;
 use common::*;
 use http::StatusCode;
 use tern_controller::node::NodeOptions;
-use tern_controller::{Controller, ControllerClient};
+use tern_controller::Controller;
 use tern_core::config::Config;
 use tern_core::control::Command;
+use tern_proto::ControllerClient;
 
 fn seeds() -> u64 {
     std::env::var("TERN_SEEDS")

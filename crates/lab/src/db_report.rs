@@ -351,6 +351,15 @@ fn list<T: std::fmt::Display>(items: &[T]) -> String {
     }
 }
 
+/// What the oracle says of the writes of a run.
+pub struct WriteOutcome {
+    pub report: WriteReport,
+    /// The writer at the end and the plans the controllers ran, for the timeline.
+    pub writer: String,
+    pub epoch: u64,
+    pub plans: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

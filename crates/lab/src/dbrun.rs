@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use tern_controller::api::ClustersView;
-use tern_controller::ControllerClient;
 use tern_core::control::{Applied, Command};
 use tern_core::failover::{ClusterState, PlanKind, Step};
+use tern_proto::api::ClustersView;
+use tern_proto::ControllerClient;
 
-use crate::db_report::{self, LeaseFact, WriteReport};
+use crate::db_report::{self, LeaseFact, WriteOutcome};
 use crate::load::RequestRecord;
 use crate::postgres;
 use crate::topology::{Deployment, CLUSTER};
@@ -110,15 +110,6 @@ pub fn lease_facts(view: &ClustersView, c: &ClusterState) -> Vec<LeaseFact> {
         }
     }
     facts
-}
-
-/// What the oracle says of the writes of a run.
-pub struct WriteOutcome {
-    pub report: WriteReport,
-    /// The writer at the end and the plans the controllers ran, for the timeline.
-    pub writer: String,
-    pub epoch: u64,
-    pub plans: Vec<String>,
 }
 
 /// Builds the write report: the clients' records against the final

@@ -20,44 +20,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::load::{self, ClientSpec, EdgePath, RequestRecord};
-use crate::topology::RegionSpec;
 use crate::wan::{Fault, Wan};
 
 /// The name DNS clients resolve.
 pub const NAME: &str = "payments.lab";
-
-/// The `[dns]` table of a lab edge: the zone `lab.` with `payments.lab.`
-/// answering every serving region's edge, healthy while that region's
-/// payments backend is, and the regions' subnets as client networks.
-pub fn edge_dns_config(listen: SocketAddr, serving: &[RegionSpec], ttl: Duration) -> String {
-    let mut out = format!("[dns]\nlisten = \"{listen}\"\nworkers = 1\n\n");
-    for r in serving {
-        out.push_str(&format!(
-            "[[dns.network]]\nprefix = \"127.0.{}.0/24\"\nregion = \"{}\"\n\n",
-            r.index, r.name
-        ));
-    }
-    out.push_str(&format!(
-        "[[dns.zone]]\nname = \"lab\"\nns = [{}]\nnegative_ttl = \"5s\"\n\n",
-        serving
-            .iter()
-            .map(|r| format!("\"ns.{}.lab\"", r.name))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
-    out.push_str(&format!(
-        "[[dns.zone.record]]\nname = \"payments\"\ntype = \"A\"\npolicy = \"multivalue\"\nttl = \"{}s\"\nwhen_all_unhealthy = \"fail-open\"\n\n",
-        ttl.as_secs().max(1)
-    ));
-    for r in serving {
-        out.push_str(&format!(
-            "[[dns.zone.record.target]]\naddress = \"{}\"\nregion = \"{}\"\nservice = \"payments\"\n\n",
-            r.ip(1),
-            r.name
-        ));
-    }
-    out
-}
 
 /// How a DNS client treats TTLs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -377,37 +343,5 @@ mod tests {
         assert_eq!(parse_answer(&servfail), None);
         assert_eq!(parse_answer(&q), None);
         assert_eq!(parse_answer(&r[..r.len() - 2]), None);
-    }
-
-    #[test]
-    fn the_edge_dns_table_is_a_valid_configuration() {
-        let regions = crate::topology::default_regions();
-        let serving: Vec<RegionSpec> = regions
-            .iter()
-            .filter(|r| r.serves_traffic)
-            .cloned()
-            .collect();
-        let mut toml = String::new();
-        for r in &regions {
-            toml.push_str(&format!("[[region]]\nname = \"{}\"\n", r.name));
-        }
-        toml.push_str("[edge]\nregion = \"us-east\"\nlisten = \"127.0.1.1:0\"\n[service.payments]\npolicy = \"failover\"\n");
-        for r in &serving {
-            toml.push_str(&format!(
-                "[[service.payments.backend]]\nregion = \"{}\"\nurl = \"http://127.0.{}.10:80\"\n",
-                r.name, r.index
-            ));
-        }
-        toml.push_str(&edge_dns_config(
-            "127.0.1.1:0".parse().unwrap(),
-            &serving,
-            Duration::from_secs(2),
-        ));
-        let cfg = tern_core::config::Config::from_toml("lab.toml", &toml)
-            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        let dns = cfg.dns.unwrap();
-        assert_eq!(dns.zones[0].records[0].name, "payments.lab");
-        assert_eq!(dns.zones[0].records[0].ttl, Duration::from_secs(2));
-        assert_eq!(dns.networks.len(), 2);
     }
 }

@@ -91,7 +91,7 @@ pub fn build(i: DnsInputs<'_>) -> DnsPathReport {
         if lat.is_empty() {
             None
         } else {
-            Some(crate::report::percentiles(&mut lat).p99)
+            Some(crate::stats::percentiles(&mut lat).p99)
         }
     };
     let mut groups = vec![PathGroup {

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::load::RequestRecord;
+pub use crate::stats::{percentiles, Percentiles};
 
 /// Success rate the service must be back above, for [`RTO_WINDOW_MS`], to count as recovered.
 pub const RTO_SUCCESS: f64 = 0.999;
@@ -34,14 +35,6 @@ pub struct RoutingSample {
 pub struct Event {
     pub t_ms: f64,
     pub what: String,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct Percentiles {
-    pub count: usize,
-    pub p50: f64,
-    pub p99: f64,
-    pub max: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -413,7 +406,7 @@ fn edge_route_changes(routing: &[RoutingSample]) -> usize {
 
 impl Report {
     /// Adds the write oracle's report and the targets that depend on it.
-    pub fn add_writes(&mut self, w: crate::dbrun::WriteOutcome, sync: bool) {
+    pub fn add_writes(&mut self, w: crate::db_report::WriteOutcome, sync: bool) {
         let r = &w.report;
         let zero_loss = sync || self.scenario == "switchover";
         self.targets.no_lost_writes = zero_loss.then_some(r.lost_acked_writes == 0);
@@ -556,33 +549,6 @@ pub fn rto(records: &[RequestRecord], fault_ms: f64, end_ms: f64) -> Option<f64>
         t += RTO_STEP_MS;
     }
     None
-}
-
-/// Nearest-rank percentiles.
-pub fn percentiles(values: &mut [f64]) -> Percentiles {
-    if values.is_empty() {
-        return Percentiles {
-            count: 0,
-            p50: 0.0,
-            p99: 0.0,
-            max: 0.0,
-        };
-    }
-    values.sort_by(f64::total_cmp);
-    let rank = |p: f64| {
-        let i = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1;
-        round2(values[i])
-    };
-    Percentiles {
-        count: values.len(),
-        p50: rank(0.50),
-        p99: rank(0.99),
-        max: round2(values[values.len() - 1]),
-    }
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 fn opt_ms(v: Option<f64>) -> String {

@@ -22,7 +22,7 @@ use anyhow::{anyhow, Context, Result};
 use crate::load::EdgePath;
 use crate::postgres::{self, PgServer};
 use crate::process::Proc;
-use crate::wan::Wan;
+use crate::wan::{Fault, Wan};
 
 /// The lab's database cluster.
 pub const CLUSTER: &str = "payments";
@@ -555,11 +555,7 @@ impl Deployment {
             .filter(|r| r.serves_traffic)
             .cloned()
             .collect();
-        out.push_str(&crate::dns_client::edge_dns_config(
-            rt.dns_addr,
-            &serving,
-            t.dns_ttl,
-        ));
+        out.push_str(&edge_dns_config(rt.dns_addr, &serving, t.dns_ttl));
         out
     }
 
@@ -709,7 +705,7 @@ impl Deployment {
             .ok_or_else(|| anyhow!("no path from {region} to {writer}'s database"))?;
         let bin = db.settings.bin.clone();
         let n = db.node_mut(region).expect("node");
-        let tools = tern_agent::pg::PgTools {
+        let tools = tern_pg::PgTools {
             bin_dir: bin,
             run_as: n.server.run_as(),
         };
@@ -735,8 +731,7 @@ impl Deployment {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             for (_, addr) in self.controller_addrs() {
-                let client =
-                    tern_controller::ControllerClient::new(vec![addr], Duration::from_secs(1));
+                let client = tern_proto::ControllerClient::new(vec![addr], Duration::from_secs(1));
                 if let Ok(view) = client.clusters().await {
                     if view.in_quorum {
                         return view.clusters.get(CLUSTER).map(|c| c.writer.region.clone());
@@ -812,6 +807,24 @@ impl Deployment {
             }
         }
         self.wan.shutdown();
+    }
+
+    /// Cuts (or heals) a region from the others: every path between it and
+    /// another region, and other regions' clients from its edge. Its own
+    /// clients still reach it.
+    pub fn partition(&self, region: &str, fault: Fault) {
+        for other in &self.regions {
+            if other.name == region {
+                continue;
+            }
+            self.wan.set_pair_fault(region, &other.name, fault);
+            self.wan
+                .set_pair_fault(&other.client_label(), region, fault);
+            if let Some(r) = self.regions.iter().find(|r| r.name == region) {
+                self.wan
+                    .set_pair_fault(&r.client_label(), &other.name, fault);
+            }
+        }
     }
 
     pub fn log_dir(&self) -> &Path {
@@ -939,4 +952,73 @@ async fn start_service(
         .and_then(|w| w.parse().ok())
         .ok_or_else(|| anyhow!("{name} printed no listen address"))?;
     Ok((proc, addr))
+}
+/// The `[dns]` table of a lab edge: the zone `lab.` with `payments.lab.`
+/// answering every serving region's edge, healthy while that region's
+/// payments backend is, and the regions' subnets as client networks.
+pub fn edge_dns_config(listen: SocketAddr, serving: &[RegionSpec], ttl: Duration) -> String {
+    let mut out = format!("[dns]\nlisten = \"{listen}\"\nworkers = 1\n\n");
+    for r in serving {
+        out.push_str(&format!(
+            "[[dns.network]]\nprefix = \"127.0.{}.0/24\"\nregion = \"{}\"\n\n",
+            r.index, r.name
+        ));
+    }
+    out.push_str(&format!(
+        "[[dns.zone]]\nname = \"lab\"\nns = [{}]\nnegative_ttl = \"5s\"\n\n",
+        serving
+            .iter()
+            .map(|r| format!("\"ns.{}.lab\"", r.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    out.push_str(&format!(
+        "[[dns.zone.record]]\nname = \"payments\"\ntype = \"A\"\npolicy = \"multivalue\"\nttl = \"{}s\"\nwhen_all_unhealthy = \"fail-open\"\n\n",
+        ttl.as_secs().max(1)
+    ));
+    for r in serving {
+        out.push_str(&format!(
+            "[[dns.zone.record.target]]\naddress = \"{}\"\nregion = \"{}\"\nservice = \"payments\"\n\n",
+            r.ip(1),
+            r.name
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_edge_dns_table_is_a_valid_configuration() {
+        let regions = default_regions();
+        let serving: Vec<RegionSpec> = regions
+            .iter()
+            .filter(|r| r.serves_traffic)
+            .cloned()
+            .collect();
+        let mut toml = String::new();
+        for r in &regions {
+            toml.push_str(&format!("[[region]]\nname = \"{}\"\n", r.name));
+        }
+        toml.push_str("[edge]\nregion = \"us-east\"\nlisten = \"127.0.1.1:0\"\n[service.payments]\npolicy = \"failover\"\n");
+        for r in &serving {
+            toml.push_str(&format!(
+                "[[service.payments.backend]]\nregion = \"{}\"\nurl = \"http://127.0.{}.10:80\"\n",
+                r.name, r.index
+            ));
+        }
+        toml.push_str(&edge_dns_config(
+            "127.0.1.1:0".parse().unwrap(),
+            &serving,
+            Duration::from_secs(2),
+        ));
+        let cfg = tern_core::config::Config::from_toml("lab.toml", &toml)
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let dns = cfg.dns.unwrap();
+        assert_eq!(dns.zones[0].records[0].name, "payments.lab");
+        assert_eq!(dns.zones[0].records[0].ttl, Duration::from_secs(2));
+        assert_eq!(dns.networks.len(), 2);
+    }
 }

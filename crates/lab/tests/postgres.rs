@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tern_lab::postgres::{self, pg_bin_dir, PgServer};
-use tern_lab::sample::{bind_with_database, PaymentsDb, SampleConfig, DB_DEADLINE};
+use tern_sample::{bind_with_database, PaymentsDb, SampleConfig, DB_DEADLINE};
 use tokio_util::sync::CancellationToken;
 
 fn bin() -> PathBuf {

@@ -76,14 +76,7 @@ enum Command {
     /// Bring up a multi-region deployment on this machine and run a failure scenario.
     Lab(tern_lab::LabArgs),
     /// Run the lab's sample service (started by `tern lab`).
-    #[command(
-        disable_help_flag = true,
-        after_help = tern_lab::sample::SampleArgs::USAGE
-    )]
-    SampleService {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
-        args: Vec<String>,
-    },
+    SampleService(tern_sample::SampleArgs),
 }
 
 fn main() -> ExitCode {
@@ -101,7 +94,7 @@ fn main() -> ExitCode {
     // The lab prints its own progress; its log lines would only interleave.
     // Operator commands print their answers; openraft's own log is chatty.
     init_tracing(match command {
-        Command::Edge { .. } | Command::Agent { .. } | Command::SampleService { .. } => "info",
+        Command::Edge { .. } | Command::Agent { .. } | Command::SampleService(_) => "info",
         Command::Controller(_) => "info,openraft=error",
         _ => "warn",
     });
@@ -180,24 +173,15 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::SampleService { args } => {
-            let args = match tern_lab::sample::SampleArgs::parse(args) {
-                Ok(a) => a,
+        Command::SampleService(args) => runtime().block_on(async move {
+            match tern_sample::run(args, shutdown_on_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("tern sample-service: {e}");
-                    return ExitCode::from(EX_USAGE);
+                    eprintln!("tern sample-service: {e:#}");
+                    ExitCode::FAILURE
                 }
-            };
-            runtime().block_on(async move {
-                match tern_lab::sample::run(args, shutdown_on_signal()).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("tern sample-service: {e:#}");
-                        ExitCode::FAILURE
-                    }
-                }
-            })
-        }
+            }
+        }),
     }
 }
 

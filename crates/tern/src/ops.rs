@@ -8,12 +8,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use tern_controller::api::{MembershipChange, StatusView};
-use tern_controller::http::CallError;
 use tern_controller::node::NodeOptions;
-use tern_controller::{Controller, ControllerClient};
+use tern_controller::Controller;
 use tern_core::control::{Applied, Command};
 use tern_core::failover::{PlanKind, Step};
+use tern_proto::api::{MembershipChange, StatusView};
+use tern_proto::http::CallError;
+use tern_proto::ControllerClient;
 
 use crate::{load, shutdown_on_signal, EX_CONFIG, EX_USAGE};
 
@@ -174,7 +175,7 @@ async fn start_plan(args: PlanArgs, kind: PlanKind, what: &str) -> ExitCode {
         evidence: vec![format!("requested with {what}")],
     };
     let id = match client.write(&command).await {
-        Ok(tern_controller::api::WriteAnswer {
+        Ok(tern_proto::api::WriteAnswer {
             applied: Applied::Plan(id),
             ..
         }) => id,
@@ -182,11 +183,7 @@ async fn start_plan(args: PlanArgs, kind: PlanKind, what: &str) -> ExitCode {
             eprintln!("{what}: the controllers answered without a plan");
             return ExitCode::FAILURE;
         }
-        Err(CallError::Status {
-            status: 409,
-            message,
-            ..
-        }) => {
+        Err(CallError::Refused { message, .. }) => {
             eprintln!("{what}: {message}");
             return ExitCode::FAILURE;
         }
@@ -424,7 +421,7 @@ pub fn render_status(s: &StatusView) -> String {
     out
 }
 
-pub fn render_clusters(v: &tern_controller::api::ClustersView) -> String {
+pub fn render_clusters(v: &tern_proto::api::ClustersView) -> String {
     let mut out = String::new();
     if v.clusters.is_empty() {
         return out;
@@ -569,11 +566,7 @@ pub async fn route(cmd: RouteCommand) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(CallError::Status {
-            status: 409,
-            message,
-            ..
-        }) => {
+        Err(CallError::Refused { message, .. }) => {
             eprintln!("tern route set: {message}");
             ExitCode::FAILURE
         }

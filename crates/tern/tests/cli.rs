@@ -177,5 +177,5 @@ fn sample_service_without_arguments_exits_64_with_usage() {
     let out = tern(&["sample-service"]);
     assert_code(&out, EX_USAGE, "tern sample-service");
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("usage: tern sample-service"), "{stderr}");
+    assert!(stderr.contains("Usage: tern sample-service"), "{stderr}");
 }

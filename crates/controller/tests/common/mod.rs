@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_controller::api::{ObservationBatch, RegionResult, StatusView};
 use tern_controller::node::NodeOptions;
-use tern_controller::{Controller, ControllerClient, NodeId};
+use tern_controller::{Controller, NodeId};
 use tern_core::config::Config;
+use tern_proto::api::{ObservationBatch, RegionResult, StatusView};
+use tern_proto::ControllerClient;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 

@@ -11,72 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use super::raw::S;
+use super::raw::{RawAgent, RawController, RawDatabase, RawVerdict, S};
 use super::{join, valid_name, Checker};
 use crate::lease::LeaseSettings;
 use crate::verdict::VerdictSettings;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawController {
-    pub heartbeat: Option<S<String>>,
-    pub election_timeout: Option<S<String>>,
-    pub rpc_timeout: Option<S<String>>,
-    #[serde(default)]
-    pub node: Vec<S<RawNode>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawNode {
-    pub id: S<i64>,
-    pub region: S<String>,
-    pub addr: S<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawVerdict {
-    pub interval: Option<S<String>>,
-    pub timeout: Option<S<String>>,
-    pub fall: Option<S<i64>>,
-    pub rise: Option<S<i64>>,
-    pub hold_down: Option<S<String>>,
-    pub degraded_latency: Option<S<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawAgent {
-    pub region: S<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDatabase {
-    pub replication: Option<S<String>>,
-    pub rpo_budget: Option<S<String>>,
-    pub lease: Option<S<String>>,
-    pub drift_margin: Option<S<String>>,
-    /// The region whose node is the primary when the cluster is first seen.
-    pub primary: Option<S<String>>,
-    pub scale_hook: Option<S<String>>,
-    pub scale_hook_timeout: Option<S<String>>,
-    pub step_timeout: Option<S<String>>,
-    #[serde(default)]
-    pub node: Vec<S<RawDbNode>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDbNode {
-    pub region: S<String>,
-    pub addr: S<String>,
-    pub proxy: Option<S<String>>,
-    pub data_dir: Option<S<String>>,
-}
 
 /// The controllers: a Raft group of three or more nodes.
 #[derive(Debug, Clone, PartialEq)]

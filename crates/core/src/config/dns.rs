@@ -14,89 +14,9 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use super::raw::{RawHealth, S};
+use super::raw::{RawDns, RawHealth, RawRecord, RawTarget, RawZone, S};
 use super::{join, validate_health, AllUnhealthy, Checker, HealthCheck, ProbeKind, Service};
 use crate::units::format_duration;
-
-// ---- stage one: the file's shape ----
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDns {
-    pub listen: S<String>,
-    pub workers: Option<S<i64>>,
-    #[serde(default)]
-    pub network: Vec<S<RawNetwork>>,
-    #[serde(default)]
-    pub zone: Vec<S<RawZone>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawNetwork {
-    pub prefix: S<String>,
-    pub region: S<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawZone {
-    pub name: S<String>,
-    #[serde(default)]
-    pub ns: Vec<S<String>>,
-    pub hostmaster: Option<S<String>>,
-    pub serial: Option<S<i64>>,
-    pub refresh: Option<S<String>>,
-    pub retry: Option<S<String>>,
-    pub expire: Option<S<String>>,
-    pub negative_ttl: Option<S<String>>,
-    pub ttl: Option<S<String>>,
-    #[serde(default)]
-    pub record: Vec<S<RawRecord>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRecord {
-    pub name: S<String>,
-    #[serde(rename = "type")]
-    pub kind: S<String>,
-    pub ttl: Option<S<String>>,
-    #[serde(default)]
-    pub values: Vec<S<String>>,
-    pub policy: Option<S<String>>,
-    pub when_all_unhealthy: Option<S<String>>,
-    #[serde(default)]
-    pub target: Vec<S<RawTarget>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTarget {
-    pub address: S<String>,
-    pub region: S<String>,
-    pub weight: Option<S<i64>>,
-    pub service: Option<S<String>>,
-    pub health: Option<S<RawTargetHealth>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTargetHealth {
-    pub port: S<i64>,
-    pub kind: Option<S<String>>,
-    pub path: Option<S<String>>,
-    pub interval: Option<S<String>>,
-    pub timeout: Option<S<String>>,
-    pub fall: Option<S<i64>>,
-    pub rise: Option<S<i64>>,
-    pub expect_status: Option<S<String>>,
-    pub body_contains: Option<S<String>>,
-}
-
-// ---- stage two: the model ----
 
 /// The edge's DNS server.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,8 +41,7 @@ pub struct Network {
 
 impl Network {
     pub fn contains(&self, addr: IpAddr) -> bool {
-        addr.is_ipv4() == self.addr.is_ipv4()
-            && crate::dns::truncate(addr, self.prefix_len) == self.addr
+        addr.is_ipv4() == self.addr.is_ipv4() && truncate(addr, self.prefix_len) == self.addr
     }
 }
 
@@ -876,7 +795,7 @@ fn parse_prefix(text: &str) -> Result<(IpAddr, u8), String> {
     if len > max {
         return Err(bad());
     }
-    let network = crate::dns::truncate(addr, len);
+    let network = truncate(addr, len);
     if network != addr {
         return Err(format!(
             "\"{text}\" has host bits set; did you mean \"{network}/{len}\"?"
@@ -983,6 +902,30 @@ fn show_value(v: &StaticValue) -> String {
             preference,
             exchange,
         } => format!("{preference} {exchange}"),
+    }
+}
+
+/// `addr` with every bit past `prefix_len` cleared.
+pub fn truncate(addr: IpAddr, prefix_len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let mask = if prefix_len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix_len.min(32)))
+            };
+            IpAddr::V4((bits & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let mask = if prefix_len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix_len.min(128)))
+            };
+            IpAddr::V6((bits & mask).into())
+        }
     }
 }
 

@@ -1,5 +1,9 @@
 //! Stage one of loading: the file's shape, as written, with source spans.
 //!
+//! This module is the whole shape of the file, every table of it; the
+//! modules that validate a table (`control`, `dns`, the rest in `config`)
+//! read these structs and depend on nothing else here.
+//!
 //! Every struct denies unknown fields, and values that stage two validates keep
 //! their span so that an error can point at the exact line.
 
@@ -7,8 +11,6 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use toml::Spanned;
-
-pub use super::control::{RawAgent, RawController, RawDatabase, RawVerdict};
 
 pub type S<T> = Spanned<T>;
 
@@ -20,7 +22,7 @@ pub struct RawConfig {
     pub edge: Option<S<RawEdge>>,
     #[serde(default)]
     pub service: BTreeMap<S<String>, S<RawService>>,
-    pub dns: Option<S<super::dns::RawDns>>,
+    pub dns: Option<S<RawDns>>,
     pub controller: Option<S<RawController>>,
     pub verdict: Option<S<RawVerdict>>,
     pub agent: Option<S<RawAgent>>,
@@ -93,6 +95,144 @@ pub struct RawBackend {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
+    pub kind: Option<S<String>>,
+    pub path: Option<S<String>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub fall: Option<S<i64>>,
+    pub rise: Option<S<i64>>,
+    pub expect_status: Option<S<String>>,
+    pub body_contains: Option<S<String>>,
+}
+
+// ---- [controller], [verdict], [agent], [database.NAME] ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawController {
+    pub heartbeat: Option<S<String>>,
+    pub election_timeout: Option<S<String>>,
+    pub rpc_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub node: Vec<S<RawNode>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub id: S<i64>,
+    pub region: S<String>,
+    pub addr: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerdict {
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub fall: Option<S<i64>>,
+    pub rise: Option<S<i64>>,
+    pub hold_down: Option<S<String>>,
+    pub degraded_latency: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub region: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub replication: Option<S<String>>,
+    pub rpo_budget: Option<S<String>>,
+    pub lease: Option<S<String>>,
+    pub drift_margin: Option<S<String>>,
+    /// The region whose node is the primary when the cluster is first seen.
+    pub primary: Option<S<String>>,
+    pub scale_hook: Option<S<String>>,
+    pub scale_hook_timeout: Option<S<String>>,
+    pub step_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub node: Vec<S<RawDbNode>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDbNode {
+    pub region: S<String>,
+    pub addr: S<String>,
+    pub proxy: Option<S<String>>,
+    pub data_dir: Option<S<String>>,
+}
+
+// ---- [dns] ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub listen: S<String>,
+    pub workers: Option<S<i64>>,
+    #[serde(default)]
+    pub network: Vec<S<RawNetwork>>,
+    #[serde(default)]
+    pub zone: Vec<S<RawZone>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub prefix: S<String>,
+    pub region: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawZone {
+    pub name: S<String>,
+    #[serde(default)]
+    pub ns: Vec<S<String>>,
+    pub hostmaster: Option<S<String>>,
+    pub serial: Option<S<i64>>,
+    pub refresh: Option<S<String>>,
+    pub retry: Option<S<String>>,
+    pub expire: Option<S<String>>,
+    pub negative_ttl: Option<S<String>>,
+    pub ttl: Option<S<String>>,
+    #[serde(default)]
+    pub record: Vec<S<RawRecord>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecord {
+    pub name: S<String>,
+    #[serde(rename = "type")]
+    pub kind: S<String>,
+    pub ttl: Option<S<String>>,
+    #[serde(default)]
+    pub values: Vec<S<String>>,
+    pub policy: Option<S<String>>,
+    pub when_all_unhealthy: Option<S<String>>,
+    #[serde(default)]
+    pub target: Vec<S<RawTarget>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub address: S<String>,
+    pub region: S<String>,
+    pub weight: Option<S<i64>>,
+    pub service: Option<S<String>>,
+    pub health: Option<S<RawTargetHealth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTargetHealth {
+    pub port: S<i64>,
     pub kind: Option<S<String>>,
     pub path: Option<S<String>>,
     pub interval: Option<S<String>>,

@@ -27,7 +27,7 @@ use tern_core::dns::{client_network, ecs_scope, select, truncate, Selection, Tar
 use tern_core::health::{HealthState, HealthTracker};
 
 use crate::metrics::{DnsRecordCounters, DnsResponseCounters, Metrics};
-use crate::state::ServiceState;
+use crate::service::ServiceState;
 
 /// The largest UDP response the server sends, whatever a client advertises:
 /// the DNS flag day 2020 value, which avoids IP fragmentation.

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::authority::{Authority, Dependencies, Outcome, Transport, UDP_PAYLOAD_MAX};
-use crate::state::ServiceState;
+use crate::service::ServiceState;
 
 /// A worker clears its cache past this many entries (a flood of distinct
 /// names must not grow it without bound).

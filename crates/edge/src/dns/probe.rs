@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use tern_core::config::BackendUrl;
 use tern_core::health::HealthState;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tern_probe::{probe as run_probe, probe_client, ProbeClient};
+use tern_proto::lifecycle::Tasks;
 
 use super::authority::TargetHealth;
-use crate::probe::{probe_client, probe_once, ProbeClient};
 use crate::state::EdgeState;
 
 /// Starts one probe loop per DNS target with a health check of its own.
-pub fn spawn_probes(state: Arc<EdgeState>, tracker: &TaskTracker, shutdown: CancellationToken) {
+pub fn spawn_probes(state: Arc<EdgeState>, tasks: &mut Tasks) {
     let Some(authority) = state.dns.as_ref() else {
         return;
     };
@@ -28,8 +27,8 @@ pub fn spawn_probes(state: Arc<EdgeState>, tracker: &TaskTracker, shutdown: Canc
             }
             let state = state.clone();
             let client = client.clone();
-            let shutdown = shutdown.clone();
-            tracker.spawn(async move {
+            let shutdown = tasks.token();
+            tasks.spawn("dns target probe", async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = probe_loop(state, pi, ti, client) => {}
@@ -64,13 +63,8 @@ async fn probe_loop(state: Arc<EdgeState>, pi: usize, ti: usize, client: ProbeCl
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let result =
-            tokio::time::timeout(check.timeout, probe_once(&client, &url, &check.probe)).await;
-        let (ok, detail) = match result {
-            Ok(Ok(())) => (true, String::new()),
-            Ok(Err(e)) => (false, e),
-            Err(_) => (false, format!("no answer within {:?}", check.timeout)),
-        };
+        let outcome = run_probe(&client, &url, &check.probe, check.timeout).await;
+        let (ok, detail) = (outcome.ok, outcome.detail);
         let now = state.clock.now();
         let transition = probe.tracker.lock().expect("health lock").observe(ok, now);
         if let Some(t) = transition {

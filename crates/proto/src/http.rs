@@ -1,5 +1,7 @@
 //! JSON over HTTP/1.1 with a deadline on every call: the transport between
 //! controllers, and between controllers and agents, edges and operators.
+//! Failures come back typed ([`CallError`]), decoded from the
+//! [`ApiError`] body every endpoint answers a failure with.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,14 +15,25 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// Why a call failed.
+use crate::api::{ApiError, ErrorKind};
+
+/// Why a call failed. The variants drive what a caller does next:
+/// [`CallError::Refused`] is final, [`CallError::NoQuorum`] and
+/// [`CallError::Unreachable`] are worth trying at another controller.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// No answer: refused, reset, or past the deadline. The peer may be down
     /// or cut off.
     #[error("{addr} unreachable: {reason}")]
     Unreachable { addr: SocketAddr, reason: String },
-    /// The peer answered with an error status and this message.
+    /// The controllers' state machine refused the command
+    /// ([`ErrorKind::Refused`]); the message says why.
+    #[error("{addr} refused: {message}")]
+    Refused { addr: SocketAddr, message: String },
+    /// The peer has no working majority behind it ([`ErrorKind::NoQuorum`]).
+    #[error("{addr} has no quorum: {message}")]
+    NoQuorum { addr: SocketAddr, message: String },
+    /// The peer answered with another error status and this message.
     #[error("{addr} answered {status}: {message}")]
     Status {
         addr: SocketAddr,
@@ -34,6 +47,15 @@ pub enum CallError {
 impl CallError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, CallError::Unreachable { .. })
+    }
+
+    /// Whether another controller might answer better (no answer here, or
+    /// no quorum behind this one).
+    pub fn is_retryable_elsewhere(&self) -> bool {
+        matches!(
+            self,
+            CallError::Unreachable { .. } | CallError::NoQuorum { .. }
+        )
     }
 }
 
@@ -89,6 +111,19 @@ impl HttpClient {
         .await
     }
 
+    /// POST with one extra header.
+    pub async fn post_with_header<B: Serialize, R: DeserializeOwned>(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        body: &B,
+        deadline: Duration,
+        header: (&'static str, &'static str),
+    ) -> Result<R, CallError> {
+        self.post_headers(addr, path, body, deadline, &[header])
+            .await
+    }
+
     pub async fn get<R: DeserializeOwned>(
         &self,
         addr: SocketAddr,
@@ -136,14 +171,25 @@ impl HttpClient {
             .await
             .map_err(|_| unreachable(format!("no answer within {} ms", deadline.as_millis())))??;
         if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            return Err(CallError::Status {
-                addr,
-                status: status.as_u16(),
-                message,
+            return Err(match serde_json::from_slice::<ApiError>(&body) {
+                Ok(ApiError {
+                    error: message,
+                    kind: ErrorKind::Refused,
+                }) => CallError::Refused { addr, message },
+                Ok(ApiError {
+                    error: message,
+                    kind: ErrorKind::NoQuorum,
+                }) => CallError::NoQuorum { addr, message },
+                Ok(ApiError { error: message, .. }) => CallError::Status {
+                    addr,
+                    status: status.as_u16(),
+                    message,
+                },
+                Err(_) => CallError::Status {
+                    addr,
+                    status: status.as_u16(),
+                    message: String::from_utf8_lossy(&body).into_owned(),
+                },
             });
         }
         serde_json::from_slice(&body).map_err(|e| CallError::Decode {
@@ -174,7 +220,14 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> http::Response<Full<
         .expect("a valid response")
 }
 
-/// An error response: `{"error": message}`.
-pub fn error(status: StatusCode, message: impl Into<String>) -> http::Response<Full<Bytes>> {
-    json(status, &serde_json::json!({ "error": message.into() }))
+/// An error response: an [`ApiError`] body with the kind's status.
+pub fn error(kind: ErrorKind, message: impl Into<String>) -> http::Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(kind.status()).expect("a valid status");
+    json(
+        status,
+        &ApiError {
+            error: message.into(),
+            kind,
+        },
+    )
 }

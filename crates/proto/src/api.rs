@@ -14,6 +14,10 @@
 //! - `POST /v1/replication`: a [`ReplicationReport`] from an agent; kept in
 //!   memory by every node it reaches (not committed), for the RPO gate.
 //! - `POST /raft/{append,vote,snapshot}`: Raft between controllers.
+//!
+//! Every failure is answered with an [`ApiError`] body whose `kind` says
+//! what the caller may do next (a refusal is final, no quorum is worth
+//! trying elsewhere), so callers never branch on HTTP status codes.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +26,43 @@ use tern_core::control::{Applied, AuditEntry, RoutingTable};
 use tern_core::failover::Clusters;
 
 use crate::NodeId;
+
+/// Why an endpoint did not do what was asked: the `kind` of an [`ApiError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The replicated state machine refused the command (a lease held by
+    /// another region, a stale epoch, a plan step of another plan...). Final:
+    /// sending it again elsewhere gets the same answer. HTTP 409.
+    Refused,
+    /// Not committed: this node knows no leader with a working majority.
+    /// Another controller may do better. HTTP 503.
+    NoQuorum,
+    /// The request does not decode or names nothing known. HTTP 400.
+    BadRequest,
+    /// No such endpoint or object. HTTP 404.
+    NotFound,
+}
+
+impl ErrorKind {
+    /// The HTTP status this kind is answered with.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::Refused => 409,
+            ErrorKind::NoQuorum => 503,
+            ErrorKind::BadRequest => 400,
+            ErrorKind::NotFound => 404,
+        }
+    }
+}
+
+/// The body of every error answer: `{"error": "...", "kind": "refused"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// A sentence for the operator.
+    pub error: String,
+    pub kind: ErrorKind,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusView {

@@ -55,7 +55,7 @@ impl ControllerClient {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok(v);
                 }
-                Err(e) if e.is_unreachable() || is_no_quorum(&e) => last = Some(e),
+                Err(e) if e.is_retryable_elsewhere() => last = Some(e),
                 Err(e) => return Err(e),
             }
         }
@@ -142,7 +142,9 @@ impl ControllerClient {
             .count()
     }
 
-    /// Commits a command; a refusal comes back as `CallError::Status` 409.
+    /// Commits a command; a refusal by the state machine comes back as
+    /// [`CallError::Refused`], no majority anywhere as
+    /// [`CallError::NoQuorum`] or [`CallError::Unreachable`].
     pub async fn write(&self, command: &Command) -> Result<WriteAnswer, CallError> {
         // Writes may wait for an election: give them longer.
         let t = self.timeout * 4;
@@ -158,8 +160,4 @@ impl ControllerClient {
         self.any(|h, a| async move { h.post(a, "/v1/members", change, t).await })
             .await
     }
-}
-
-fn is_no_quorum(e: &CallError) -> bool {
-    matches!(e, CallError::Status { status: 503, .. })
 }

@@ -96,8 +96,8 @@ impl PgPool {
         config
             .host(addr.ip().to_string())
             .port(addr.port())
-            .user(crate::postgres::USER)
-            .dbname(crate::postgres::USER)
+            .user(crate::DB_USER)
+            .dbname(crate::DB_USER)
             .application_name(application_name)
             .connect_timeout(DB_DEADLINE);
         PgPool {

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use tern_lab::sample::{
+use tern_sample::{
     bind, Dependency, DependencyCheck, SampleArgs, SampleConfig, MAX_BODY, SHUTDOWN_GRACE,
 };
 use tokio::net::TcpListener;

@@ -1,7 +1,15 @@
-//! The agent's PostgreSQL adapter: what a node is (primary or standby), how
-//! far behind it is, and the actions the failover plan needs from it:
-//! promote a standby, fence a primary (no new writes: read-only by default
-//! and every client session ended).
+//! tern's PostgreSQL adapter: what a node is (primary or standby), how far
+//! behind it is, and the actions the failover plan needs from it: promote a
+//! standby, fence a primary (no new writes: read-only by default and every
+//! client session ended), and make an old primary a standby again.
+//!
+//! [`Pg`] is a connection to one node with a deadline on every statement:
+//! [`Pg::status`] answers a [`PgStatus`]; [`Pg::promote`], [`Pg::fence`],
+//! [`Pg::unfence`] and [`Pg::set_synchronous`] act on it. [`PgTools`] runs
+//! the server's own tools (`pg_rewind`, `pg_basebackup`) for
+//! [`PgTools::rejoin`]. Every failure is a [`PgError`] that says whether
+//! the node did not answer in time, refused a statement, or a tool failed.
+//! WAL positions are `u64` byte offsets ([`parse_lsn`]).
 //!
 //! Fencing here is the reachable-primary fence of a failover; a node that
 //! must be sure no write gets through is stopped instead (`pg_ctl stop`),
@@ -11,8 +19,59 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
 use tokio_postgres::{Client, NoTls};
+
+/// Why an action on a PostgreSQL node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The node did not answer within the deadline (it may be hung, cut
+    /// off or overloaded): nothing is known of what it did.
+    #[error("{what}: no answer within {} ms", .timeout.as_millis())]
+    Timeout { what: String, timeout: Duration },
+    /// The node answered with an error, or the connection broke.
+    #[error("{what}: {source}")]
+    Postgres {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A server tool (`pg_rewind`, `pg_basebackup`) failed or could not run.
+    #[error("{tool}: {reason}")]
+    Tool { tool: String, reason: String },
+    /// A file of the data directory could not be read or changed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node answered something this adapter does not understand.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+impl PgError {
+    /// Whether the node gave no answer in time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, PgError::Timeout { .. })
+    }
+}
+
+pub type Result<T, E = PgError> = std::result::Result<T, E>;
+
+fn pg_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> PgError + '_ {
+    move |source| PgError::Postgres {
+        what: what.to_string(),
+        source,
+    }
+}
+
+fn timeout_err(what: &str, timeout: Duration) -> PgError {
+    PgError::Timeout {
+        what: what.to_string(),
+        timeout,
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -51,13 +110,12 @@ pub struct PgStatus {
 
 /// Parses a PostgreSQL LSN such as `16/B374D848`.
 pub fn parse_lsn(text: &str) -> Result<u64> {
-    let (hi, lo) = text
-        .split_once('/')
-        .ok_or_else(|| anyhow!("not an LSN: {text:?}"))?;
-    let hi = u64::from_str_radix(hi, 16).with_context(|| format!("not an LSN: {text:?}"))?;
-    let lo = u64::from_str_radix(lo, 16).with_context(|| format!("not an LSN: {text:?}"))?;
+    let bad = || PgError::Unexpected(format!("not an LSN: {text:?}"));
+    let (hi, lo) = text.split_once('/').ok_or_else(bad)?;
+    let hi = u64::from_str_radix(hi, 16).map_err(|_| bad())?;
+    let lo = u64::from_str_radix(lo, 16).map_err(|_| bad())?;
     if hi > u32::MAX as u64 || lo > u32::MAX as u64 {
-        return Err(anyhow!("not an LSN: {text:?}"));
+        return Err(bad());
     }
     Ok(hi << 32 | lo)
 }
@@ -73,8 +131,8 @@ impl Pg {
         let (client, connection) =
             tokio::time::timeout(timeout, tokio_postgres::connect(conninfo, NoTls))
                 .await
-                .map_err(|_| anyhow!("no connection to PostgreSQL within {timeout:?}"))?
-                .context("connect to PostgreSQL")?;
+                .map_err(|_| timeout_err("connect to PostgreSQL", timeout))?
+                .map_err(pg_err("connect to PostgreSQL"))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PostgreSQL connection ended");
@@ -90,8 +148,8 @@ impl Pg {
     ) -> Result<T> {
         tokio::time::timeout(self.timeout, f)
             .await
-            .map_err(|_| anyhow!("{what}: no answer within {:?}", self.timeout))?
-            .with_context(|| what.to_string())
+            .map_err(|_| timeout_err(what, self.timeout))?
+            .map_err(pg_err(what))
     }
 
     pub async fn status(&self) -> Result<PgStatus> {
@@ -152,13 +210,11 @@ impl Pg {
                 .query_one("SELECT pg_promote(true, $1)", &[&secs]),
         )
         .await
-        .map_err(|_| anyhow!("promotion: no answer within {wait:?}"))?
-        .context("promote")?;
+        .map_err(|_| timeout_err("promote", wait + self.timeout))?
+        .map_err(pg_err("promote"))?;
         let done: bool = row.get(0);
         if !done {
-            return Err(anyhow!(
-                "the standby did not finish promoting within {wait:?}"
-            ));
+            return Err(timeout_err("promote (pg_promote answered false)", wait));
         }
         Ok(())
     }
@@ -253,14 +309,20 @@ impl PgTools {
     async fn run(&self, name: &str, args: &[&str], timeout: Duration) -> Result<()> {
         let out = tokio::time::timeout(timeout, self.command(name).args(args).output())
             .await
-            .map_err(|_| anyhow!("{name}: not done within {timeout:?}"))?
-            .with_context(|| format!("run {name}"))?;
+            .map_err(|_| timeout_err(name, timeout))?
+            .map_err(|e| PgError::Tool {
+                tool: name.to_string(),
+                reason: format!("could not run: {e}"),
+            })?;
         if !out.status.success() {
-            return Err(anyhow!(
-                "{name} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            return Err(PgError::Tool {
+                tool: name.to_string(),
+                reason: format!(
+                    "failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
         }
         Ok(())
     }
@@ -278,8 +340,8 @@ impl PgTools {
         let source_pg = Pg::connect(source, timeout.min(Duration::from_secs(10))).await?;
         tokio::time::timeout(timeout, source_pg.client.batch_execute("CHECKPOINT"))
             .await
-            .map_err(|_| anyhow!("checkpoint on the new primary: not done within {timeout:?}"))?
-            .context("checkpoint on the new primary")?;
+            .map_err(|_| timeout_err("checkpoint on the new primary", timeout))?
+            .map_err(pg_err("checkpoint on the new primary"))?;
         let target = format!("--target-pgdata={data}");
         let server = format!("--source-server={source}");
         let rewind = self
@@ -293,14 +355,15 @@ impl PgTools {
             Ok(()) => Ok(Rejoin::Rewind),
             Err(e) => {
                 tracing::warn!(error = %e, "pg_rewind failed; taking a fresh base backup");
-                for entry in std::fs::read_dir(data_dir).with_context(|| format!("read {data}"))? {
-                    let path = entry?.path();
+                let io = |what: String| move |source| PgError::Io { what, source };
+                for entry in std::fs::read_dir(data_dir).map_err(io(format!("read {data}")))? {
+                    let path = entry.map_err(io(format!("read {data}")))?.path();
                     if path.is_dir() {
                         std::fs::remove_dir_all(&path)
                     } else {
                         std::fs::remove_file(&path)
                     }
-                    .with_context(|| format!("clear {}", path.display()))?;
+                    .map_err(io(format!("clear {}", path.display())))?;
                 }
                 self.run(
                     "pg_basebackup",

@@ -1,4 +1,5 @@
-//! The lab's sample service: a small HTTP/1.1 payments-and-items app run in each region.
+//! tern's sample service: a small HTTP/1.1 payments-and-items app, the stand-in for a
+//! team's application that the lab runs in each region and the benchmarks load.
 //!
 //! The lab starts one process per region (`tern sample-service`, built from [`SampleArgs`] and
 //! [`run`]); tests use [`bind`] and [`SampleServer::serve`] in-process. The service answers
@@ -43,6 +44,9 @@ use tokio_util::sync::CancellationToken;
 mod db;
 
 pub use db::{DB_DEADLINE, DB_POOL_SIZE};
+
+/// The PostgreSQL role (and database) payments are kept under.
+pub const DB_USER: &str = "postgres";
 
 /// Largest request body accepted by `PUT /items/{id}` and `POST /payments`.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -140,21 +144,44 @@ pub struct PaymentsDb {
 }
 
 /// The command-line arguments of `tern sample-service`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct SampleArgs {
+    /// Address to listen on (IP:PORT; port 0 picks one, printed once bound).
+    #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
+    /// The region this instance serves (named in every `x-served-by` header).
+    #[arg(long, value_name = "NAME", value_parser = non_empty)]
     pub region: String,
+    /// A dependency checked by `/health`: NAME=tcp:ADDR, NAME=file:PATH or
+    /// NAME=always:ok|fail, optionally followed by ,critical. Repeatable.
+    #[arg(long = "dep", visible_alias = "dependency", value_name = "SPEC", value_parser = Dependency::parse)]
     pub dependencies: Vec<Dependency>,
-    /// `--db-writer`: keep payments in PostgreSQL, written through this address.
+    /// Keep payments in PostgreSQL, written through this address (the
+    /// region's writer proxy).
+    #[arg(long, value_name = "ADDR")]
     pub db_writer: Option<SocketAddr>,
-    /// `--db-local`: read payments from this address (default: the writer).
+    /// Read payments from this address (the region's own node; default: the writer).
+    #[arg(long, value_name = "ADDR", requires = "db_writer")]
     pub db_local: Option<SocketAddr>,
 }
 
-impl SampleArgs {
-    pub const USAGE: &'static str =
-        "usage: tern sample-service --listen ADDR --region NAME [--dep NAME=KIND:VALUE[,critical]]... [--db-writer ADDR [--db-local ADDR]]";
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
 
+/// `tern sample-service` on its own, for [`SampleArgs::parse`].
+#[derive(clap::Parser)]
+#[command(name = "tern sample-service", no_binary_name = true)]
+struct SampleCli {
+    #[command(flatten)]
+    args: SampleArgs,
+}
+
+impl SampleArgs {
     /// Where payments live: PostgreSQL when `--db-writer` was given.
     pub fn payments_db(&self) -> Option<PaymentsDb> {
         self.db_writer.map(|writer| PaymentsDb {
@@ -163,69 +190,18 @@ impl SampleArgs {
         })
     }
 
-    /// Parses `--listen ADDR --region NAME [--dep SPEC]... [--db-writer ADDR [--db-local
-    /// ADDR]]` (also `--flag=value`), without the program and subcommand names. Errors name
-    /// the offending argument.
+    /// Parses the arguments without the program and subcommand names (as
+    /// clap does for `tern sample-service`); the error is clap's message,
+    /// which names the offending argument.
     pub fn parse<I, S>(args: I) -> Result<SampleArgs, String>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut listen = None;
-        let mut region = None;
-        let mut dependencies = Vec::new();
-        let mut db_writer = None;
-        let mut db_local = None;
-        let mut args = args.into_iter().map(Into::into);
-        while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) if flag.starts_with("--") => {
-                    (flag.to_owned(), Some(value.to_owned()))
-                }
-                _ => (arg.clone(), None),
-            };
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| format!("{flag} needs a value\n{}", Self::USAGE))
-            };
-            match flag.as_str() {
-                "--listen" => {
-                    let v = value()?;
-                    listen = Some(
-                        v.parse()
-                            .map_err(|_| format!("--listen: {v:?} is not an IP:PORT address"))?,
-                    );
-                }
-                "--region" => region = Some(value()?),
-                "--dep" | "--dependency" => dependencies.push(Dependency::parse(&value()?)?),
-                "--db-writer" | "--db-local" => {
-                    let v = value()?;
-                    let addr = v
-                        .parse()
-                        .map_err(|_| format!("{flag}: {v:?} is not an IP:PORT address"))?;
-                    if flag == "--db-writer" {
-                        db_writer = Some(addr);
-                    } else {
-                        db_local = Some(addr);
-                    }
-                }
-                _ => return Err(format!("unexpected argument {arg:?}\n{}", Self::USAGE)),
-            }
-        }
-        if db_local.is_some() && db_writer.is_none() {
-            return Err(format!("--db-local needs --db-writer\n{}", Self::USAGE));
-        }
-        Ok(SampleArgs {
-            listen: listen.ok_or_else(|| format!("--listen is required\n{}", Self::USAGE))?,
-            region: region
-                .filter(|r| !r.is_empty())
-                .ok_or_else(|| format!("--region is required\n{}", Self::USAGE))?,
-            dependencies,
-            db_writer,
-            db_local,
-        })
+        use clap::Parser as _;
+        SampleCli::try_parse_from(args.into_iter().map(Into::into))
+            .map(|c| c.args)
+            .map_err(|e| e.to_string())
     }
 }
 

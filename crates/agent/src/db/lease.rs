@@ -1,0 +1,92 @@
+//! Keeping the primary's lease: renew it while this region holds it, take
+//! it when this region is the writer and nobody holds it, and count it
+//! from when the renewal was *sent*, so the local deadline is never later
+//! than the controllers'.
+
+use std::time::Instant;
+
+use tern_core::control::{Applied, Command};
+use tern_core::failover::{ClusterState, Step};
+use tern_pg::{PgStatus, Role};
+use tern_proto::api::ClustersView;
+use tern_proto::http::CallError;
+
+use super::DbAgent;
+
+impl DbAgent {
+    pub(super) fn holder(view: &ClustersView, cluster: &str) -> Option<(String, u64)> {
+        view.leases
+            .iter()
+            .find(|l| l.cluster == cluster)
+            .and_then(|l| l.holder.clone().map(|h| (h, l.epoch)))
+    }
+
+    /// Renews the lease this region holds, or takes it when this region is
+    /// the writer and nobody holds it.
+    pub(super) async fn keep_lease(
+        &mut self,
+        view: &ClustersView,
+        c: &ClusterState,
+        status: Option<&PgStatus>,
+    ) {
+        let name = self.db.name.clone();
+        let holder = Self::holder(view, &name);
+        let period = self.db.lease.duration;
+        let due = self.last_renewal.is_none_or(|t| t.elapsed() >= period / 4);
+        let mine = holder.as_ref().is_some_and(|(h, _)| *h == self.region);
+        let promoting = c
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.active() && p.step == Step::Promote && p.to == self.region);
+        let eligible = c.may_acquire(&self.region)
+            && (promoting || status.is_some_and(|s| s.role == Role::Primary));
+        let command = match &holder {
+            Some((_, epoch)) if mine && self.lease.is_some() => {
+                if !due {
+                    return;
+                }
+                Command::RenewLease {
+                    cluster: name.clone(),
+                    holder: self.region.clone(),
+                    epoch: *epoch,
+                }
+            }
+            // Not believed held (a restart, or a refused renewal): acquiring
+            // renews a still-valid lease in its epoch, or takes a new epoch
+            // once the table allows it.
+            _ if eligible && due => Command::AcquireLease {
+                cluster: name.clone(),
+                holder: self.region.clone(),
+            },
+            _ => {
+                if !mine {
+                    self.lease = None;
+                }
+                return;
+            }
+        };
+        let sent = Instant::now();
+        self.last_renewal = Some(sent);
+        match self.controllers.write(&command).await {
+            Ok(answer) => {
+                if let Applied::Lease(l) = answer.applied {
+                    if self.lease.is_none_or(|(e, _)| e != l.epoch) {
+                        tracing::info!(cluster = %name, epoch = l.epoch, "lease held");
+                    }
+                    self.lease = Some((l.epoch, sent + period));
+                }
+            }
+            Err(CallError::Refused { message, .. }) => {
+                tracing::warn!(cluster = %name, "lease refused: {message}");
+                self.lease = None;
+            }
+            Err(e) => tracing::debug!(cluster = %name, "lease not renewed: {e}"),
+        }
+    }
+
+    /// Whether this agent holds a lease it may still write under.
+    pub(super) fn lease_valid(&self) -> bool {
+        self.lease
+            .is_some_and(|(_, until)| Instant::now() + self.fence_margin < until)
+    }
+}

@@ -1,0 +1,178 @@
+//! The steps of a failover plan that fall to this region: fence (the old
+//! primary), catch up and promote (the target), and the scale hook.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tern_core::config::Replication;
+use tern_core::control::Command;
+use tern_core::failover::{ClusterState, Step};
+use tern_pg::{PgStatus, Role};
+
+use super::DbAgent;
+
+impl DbAgent {
+    /// Carries out the current step of a plan when it falls to this region.
+    pub(super) async fn plan_steps(&mut self, c: &ClusterState, s: &PgStatus) {
+        let Some(plan) = c.plan.as_ref().filter(|p| p.active()) else {
+            return;
+        };
+        let key = (plan.id, plan.step);
+        if self.done.get(&key) == Some(&plan.attempts) {
+            return;
+        }
+        let name = self.db.name.clone();
+        let outcome: Option<(bool, String, Option<u64>)> = match plan.step {
+            Step::Fence if plan.from == self.region => {
+                let Some(pg) = &self.pg else { return };
+                match pg.fence().await {
+                    Ok(ended) => {
+                        // The position after the fence: what the standby must reach.
+                        let lsn = pg.status().await.map(|s| s.lsn).ok();
+                        self.lease = None;
+                        Some((
+                            true,
+                            format!("{} fenced, {ended} sessions ended", self.region),
+                            lsn,
+                        ))
+                    }
+                    Err(e) => Some((false, format!("fence failed: {e:#}"), None)),
+                }
+            }
+            Step::CatchUp if plan.to == self.region => {
+                let target = plan.fence_lsn.unwrap_or(0);
+                if s.role == Role::Standby && s.lsn >= target {
+                    Some((
+                        true,
+                        format!("{} replayed {} >= {target}", self.region, s.lsn),
+                        Some(s.lsn),
+                    ))
+                } else {
+                    return;
+                }
+            }
+            Step::Promote if plan.to == self.region => {
+                if self.lease.is_none_or(|(e, _)| Some(e) != plan.epoch) {
+                    // The lease comes first (renewed by keep_lease this round or the next).
+                    return;
+                }
+                if s.role == Role::Primary {
+                    Some((
+                        true,
+                        format!("{} already primary", self.region),
+                        Some(s.lsn),
+                    ))
+                } else {
+                    let Some(pg) = &self.pg else { return };
+                    let started = Instant::now();
+                    match pg.promote(Duration::from_secs(30)).await {
+                        Ok(()) => {
+                            // The new primary has no standby yet: waiting for
+                            // one would stop every write. Synchronous commits
+                            // resume once a standby streams again.
+                            let note = if self.db.replication == Replication::Sync {
+                                match pg.set_synchronous(false).await {
+                                    Ok(()) => {
+                                        ", synchronous commits suspended until a standby streams"
+                                    }
+                                    Err(_) => ", synchronous commits still on (could not suspend)",
+                                }
+                            } else {
+                                ""
+                            };
+                            Some((
+                                true,
+                                format!(
+                                    "{} promoted in {} ms at WAL {}{note}",
+                                    self.region,
+                                    started.elapsed().as_millis(),
+                                    s.lsn
+                                ),
+                                Some(s.lsn),
+                            ))
+                        }
+                        Err(e) => Some((false, format!("promotion failed: {e:#}"), None)),
+                    }
+                }
+            }
+            Step::ScaleHook if plan.to == self.region => {
+                let epoch = plan.epoch.unwrap_or(0);
+                Some(self.scale_hook(epoch).await)
+            }
+            _ => None,
+        };
+        let Some((ok, detail, lsn)) = outcome else {
+            return;
+        };
+        self.done.insert(key, plan.attempts);
+        let command = Command::PlanStep {
+            cluster: name.clone(),
+            plan_id: plan.id,
+            step: plan.step,
+            ok,
+            detail: detail.clone(),
+            lsn,
+        };
+        tracing::info!(cluster = %name, plan = plan.id, step = plan.step.as_str(), ok, "{detail}");
+        if let Err(e) = self.controllers.write(&command).await {
+            tracing::warn!(cluster = %name, "step report not committed: {e}");
+            // Reported again next round.
+            self.done.remove(&key);
+        }
+    }
+
+    pub(super) async fn scale_hook(&self, epoch: u64) -> (bool, String, Option<u64>) {
+        let Some(hook) = &self.db.scale_hook else {
+            return (true, "no scale hook configured".into(), None);
+        };
+        let timeout = self.db.scale_hook_timeout;
+        let started = Instant::now();
+        let child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(hook)
+            .env("TERN_CLUSTER", &self.db.name)
+            .env("TERN_REGION", &self.region)
+            .env("TERN_EPOCH", epoch.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => return (false, format!("scale hook did not start: {e}"), None),
+        };
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Err(_) => (
+                false,
+                format!("scale hook killed after {} ms", timeout.as_millis()),
+                None,
+            ),
+            Ok(Err(e)) => (false, format!("scale hook: {e}"), None),
+            Ok(Ok(out)) => {
+                let tail = String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .chain(String::from_utf8_lossy(&out.stdout).lines())
+                    .last()
+                    .unwrap_or("")
+                    .chars()
+                    .take(200)
+                    .collect::<String>();
+                (
+                    out.status.success(),
+                    format!(
+                        "scale hook {} in {} ms{}",
+                        out.status,
+                        started.elapsed().as_millis(),
+                        if tail.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {tail}")
+                        }
+                    ),
+                    None,
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! What the leader does with its input. Commands from operators and agents
+//! are committed here or forwarded once to the leader (a plan start gets
+//! the lag the leader knows). The leader loop: while this node leads, a
+//! verdict engine per term (seeded from the committed verdicts) turns the
+//! agents' observations into decisions, and only decisions are committed,
+//! only with a quorum. Each tick also drives the failover plans
+//! ([`crate::plans`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use tern_core::control::Command;
+use tern_core::verdict::{Observation, VerdictEngine};
+use tern_proto::api::{ObservationBatch, WriteAnswer};
+use tern_proto::http::CallError;
+
+use crate::clock::now;
+use crate::commit::{WriteError, FORWARDED};
+use crate::node::Controller;
+
+impl Controller {
+    /// Commits a command through the leader: here if this node leads,
+    /// otherwise forwarded once. Fails when no quorum commits it in time.
+    pub async fn write(
+        &self,
+        command: Command,
+        forwarded: bool,
+    ) -> Result<WriteAnswer, WriteError> {
+        if self.is_leader() {
+            return self.write_local(self.with_lag(command)).await;
+        }
+        if forwarded {
+            return Err(WriteError::NoQuorum(format!(
+                "controller {} does not lead and does not forward twice",
+                self.id
+            )));
+        }
+        let leader = self.leader_addr().ok_or_else(|| {
+            WriteError::NoQuorum(format!(
+                "controller {} knows no leader; it is out of quorum and commits nothing",
+                self.id
+            ))
+        })?;
+        let deadline = self.write_deadline() + self.settings.rpc_timeout;
+        self.client
+            .post_with_header::<_, WriteAnswer>(
+                leader,
+                "/v1/write",
+                &command,
+                deadline,
+                (FORWARDED, "1"),
+            )
+            .await
+            .map_err(|e| match e {
+                CallError::Refused { message, .. } => WriteError::Refused(message),
+                other => WriteError::NoQuorum(format!(
+                    "the leader could not commit it ({other}); this node may be out of quorum"
+                )),
+            })
+    }
+
+    /// Feeds an agent's observations to the leader's verdict engine.
+    pub(crate) async fn observe(
+        &self,
+        batch: ObservationBatch,
+        forwarded: bool,
+    ) -> Result<(), WriteError> {
+        if !self.is_leader() {
+            if forwarded {
+                return Err(WriteError::NoQuorum("not the leader".into()));
+            }
+            let leader = self
+                .leader_addr()
+                .ok_or_else(|| WriteError::NoQuorum("no leader known".into()))?;
+            return self
+                .client
+                .post_with_header::<_, serde_json::Value>(
+                    leader,
+                    "/v1/observations",
+                    &batch,
+                    self.settings.rpc_timeout,
+                    (FORWARDED, "1"),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| WriteError::NoQuorum(e.to_string()));
+        }
+        let at = now();
+        let decisions = {
+            let mut engine = self.engine.lock().expect("engine lock");
+            let Some((_, engine)) = engine.as_mut() else {
+                return Err(WriteError::NoQuorum(
+                    "the leader is still taking over".into(),
+                ));
+            };
+            let mut decisions = Vec::new();
+            for r in &batch.results {
+                let obs = Observation {
+                    vantage: batch.vantage.clone(),
+                    target: r.region.clone(),
+                    ok: r.ok,
+                    latency: r.latency_ms.map(Duration::from_millis),
+                    at,
+                };
+                decisions.extend(engine.observe(&obs));
+            }
+            decisions
+        };
+        self.commit_decisions(decisions).await;
+        Ok(())
+    }
+
+    async fn commit_decisions(&self, decisions: Vec<tern_core::verdict::Decision>) {
+        if decisions.is_empty() {
+            return;
+        }
+        if !self.in_quorum() {
+            // A leader cut off from its majority decides nothing; the engine
+            // starts again from the committed verdicts if it keeps leading.
+            tracing::warn!(
+                "out of quorum: {} verdict decisions dropped",
+                decisions.len()
+            );
+            self.engine.lock().expect("engine lock").take();
+            return;
+        }
+        for d in decisions {
+            let target = d.target.clone();
+            if let Err(e) = self.write_local(Command::Verdict(d)).await {
+                tracing::warn!("verdict on {target} not committed: {e}");
+                self.engine.lock().expect("engine lock").take();
+                return;
+            }
+        }
+    }
+}
+
+/// While this node leads: starts a verdict engine per term (from the
+/// committed verdicts), records the leadership change, and ticks the
+/// engine so that silent vantage points go stale.
+pub(crate) async fn leader_loop(node: Arc<Controller>) {
+    let stop = node.stop.clone();
+    let tick = (node.verdict.interval / 4).max(Duration::from_millis(50));
+    let mut announced_term = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let m = node.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            node.engine.lock().expect("engine lock").take();
+            continue;
+        }
+        let term = m.current_term;
+        let fresh = {
+            let engine = node.engine.lock().expect("engine lock");
+            engine.as_ref().map(|(t, _)| *t) != Some(term)
+        };
+        if fresh {
+            if !node.in_quorum() {
+                continue;
+            }
+            if announced_term != term {
+                let leader = format!("controller {} ({})", node.id, node.region);
+                match node.write_local(Command::LeaderChanged { leader }).await {
+                    Ok(_) => announced_term = term,
+                    Err(e) => {
+                        tracing::warn!("leader change not committed: {e}");
+                        continue;
+                    }
+                }
+            }
+            let at = now();
+            let mut engine = VerdictEngine::new(
+                node.verdict.settings,
+                node.vantages.clone(),
+                &node.regions,
+                at,
+            );
+            node.machine.with(|mach| {
+                for r in &node.regions {
+                    engine.seed(r, mach.state.verdict(r), at);
+                }
+            });
+            *node.engine.lock().expect("engine lock") = Some((term, engine));
+            continue;
+        }
+        let decisions = {
+            let mut engine = node.engine.lock().expect("engine lock");
+            match engine.as_mut() {
+                Some((_, e)) => e.tick(now()),
+                None => Vec::new(),
+            }
+        };
+        node.commit_decisions(decisions).await;
+        if node.in_quorum() {
+            node.drive_plans().await;
+        }
+    }
+}

@@ -1,0 +1,586 @@
+//! One run of a scenario: start the deployment, wait until it is ready,
+//! drive load from every region while the scenario's steps break and heal
+//! it ([`drive`]), then hand the clients' records and the nodes' contents
+//! to the oracle and write the report.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{LabArgs, Outcome};
+use crate::clock::Clock;
+use crate::control::{audit_len, control_facts, wait_for_control};
+use crate::dns_client::{self, DnsRequestRecord};
+use crate::load::{self, ClientSpec, RequestRecord};
+use crate::report::{self, Event, Moments, Report, RoutingSample};
+use crate::scenario::{Action, Scenario, Step};
+use crate::topology::{default_regions, DbSettings, Deployment, EdgeTuning};
+use crate::wan::Fault;
+use crate::watch::{monitor_routing, wait_until_probed};
+use crate::{db_report, dbrun, dns_report, html, postgres, process};
+
+/// Runs one scenario end to end.
+pub async fn run(args: LabArgs) -> Result<Outcome> {
+    let scenario = Scenario::by_name(&args.scenario, args.seed, args.fault)?;
+    if args.clients_per_region == 0 || args.pace_ms == 0 {
+        bail!("--clients-per-region and --pace-ms must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&args.dns_stretch_share)
+        || args.dns_ttl_s == 0
+        || args.dns_pace_ms == 0
+    {
+        bail!("--dns-stretch-share must be from 0 to 1; --dns-ttl-s and --dns-pace-ms at least 1");
+    }
+    let db = match (args.db.as_str(), postgres::pg_bin_dir()) {
+        ("off", _) => None,
+        ("auto", None) => {
+            println!(
+                "PostgreSQL server binaries not found (on PATH or under /usr/lib/postgresql/*/bin): running without the database"
+            );
+            None
+        }
+        ("auto" | "async", Some(bin)) => Some(DbSettings { bin, sync: false }),
+        (_, Some(bin)) => Some(DbSettings { bin, sync: true }),
+        (mode, None) => bail!(
+            "--db {mode} needs PostgreSQL server binaries (on PATH or under /usr/lib/postgresql/*/bin)"
+        ),
+    };
+    if scenario.needs_db && db.is_none() {
+        bail!(
+            "scenario {} is about the database and needs it (--db async or sync, and PostgreSQL installed)",
+            scenario.name
+        );
+    }
+    if args.unsafe_no_self_fence {
+        // Read by the agents this lab starts.
+        std::env::set_var(tern_proto::UNSAFE_NO_SELF_FENCE, "1");
+    }
+    let binary = match &args.tern_binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().context("find the tern binary")?,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("tern-lab-")
+        .tempdir()
+        .context("create the lab directory")?;
+    let delay = Duration::from_millis(args.delay_ms);
+    println!(
+        "tern lab: scenario {} (seed {}), regions us-east 127.0.1.0/24, us-west 127.0.2.0/24, witness 127.0.3.0/24, {} ms one way between regions",
+        scenario.name, args.seed, args.delay_ms
+    );
+    println!(
+        "starting: {}sample service, edge, agent and controller in each serving region, a controller and an agent at the witness, WAN emulator",
+        match &db {
+            Some(d) => format!(
+                "PostgreSQL ({} replication: primary in us-east, standby in us-west by base backup across the WAN), ",
+                if d.sync { "synchronous" } else { "asynchronous" }
+            ),
+            None => String::new(),
+        }
+    );
+
+    let tuning = EdgeTuning {
+        retries: !args.no_edge_retries,
+        dns_ttl: Duration::from_secs(args.dns_ttl_s),
+        ..EdgeTuning::default()
+    };
+    let mut deployment = tokio::select! {
+        d = Deployment::start(&binary, dir.path(), default_regions(), delay, tuning, db) => d?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted while starting"),
+    };
+    let mut interrupted = false;
+    let result = tokio::select! {
+        r = drive(&mut deployment, &scenario, &args) => r,
+        _ = tokio::signal::ctrl_c() => {
+            interrupted = true;
+            Err(anyhow::anyhow!("interrupted; stopping every process of the lab"))
+        }
+    };
+    if let (Err(e), false) = (&result, interrupted) {
+        eprintln!("tern lab: the run failed ({e:#}); last log lines of each process:");
+        for rt in &deployment.serving {
+            for name in [
+                format!("edge-{}", rt.spec.name),
+                format!("service-{}", rt.spec.name),
+                format!("agent-{}", rt.spec.name),
+                format!("controller-{}", rt.spec.name),
+            ] {
+                let path = deployment.log_dir().join(format!("{name}.log"));
+                eprintln!("--- last lines of {name} ---\n{}", process::tail(&path, 8));
+            }
+        }
+    }
+    deployment.shutdown().await;
+    if args.keep_dir {
+        let kept = dir.keep();
+        println!("lab directory kept: {}", kept.display());
+    }
+    let report = result?;
+    print!("\n{}", report.table());
+    if let Some(path) = &args.report_json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    if let Some(path) = &args.report_html {
+        std::fs::write(path, html::render(&report))
+            .with_context(|| format!("write {}", path.display()))?;
+        println!("timeline written to {}", path.display());
+    }
+    Ok(Outcome {
+        report,
+        check: args.check,
+    })
+}
+
+/// The load of a run while it goes: the clients' records as they arrive
+/// and the edges' routing as the monitor sees it.
+struct Load {
+    stop: CancellationToken,
+    records: mpsc::UnboundedReceiver<RequestRecord>,
+    dns_records: mpsc::UnboundedReceiver<DnsRequestRecord>,
+    /// HTTP clients started, and DNS clients by how they treat TTLs.
+    http_clients: usize,
+    dns_clients: BTreeMap<&'static str, usize>,
+    routing: Arc<Mutex<Vec<RoutingSample>>>,
+    /// Each edge's current first-choice regions, for the progress line.
+    current: Arc<Mutex<BTreeMap<String, Vec<String>>>>,
+    monitor: JoinHandle<()>,
+}
+
+/// Starts the HTTP clients, the DNS clients and the routing monitor.
+fn start_load(
+    deployment: &Deployment,
+    client_paths: &[(String, Vec<load::EdgePath>)],
+    admins: &[(String, SocketAddr)],
+    args: &LabArgs,
+    clock: &Arc<Clock>,
+) -> Load {
+    let t0 = clock.t0();
+    let stop = CancellationToken::new();
+    let (tx, records) = mpsc::unbounded_channel::<RequestRecord>();
+    let mut id = 0;
+    for (region, edges) in client_paths {
+        for _ in 0..args.clients_per_region {
+            id += 1;
+            let spec = ClientSpec {
+                id,
+                region: region.clone(),
+                edges: edges.clone(),
+                pace: Duration::from_millis(args.pace_ms),
+                edge_timeout: Duration::from_millis(1_000),
+                avoid_for: Duration::from_secs(3),
+                seed: args.seed.wrapping_mul(1_000).wrapping_add(id as u64),
+            };
+            tokio::spawn(load::run_client(spec, t0, stop.clone(), tx.clone()));
+        }
+    }
+    drop(tx);
+    let (dns_tx, dns_records) = mpsc::unbounded_channel::<DnsRequestRecord>();
+    let dns_clients = spawn_dns_clients(deployment, client_paths, args, t0, &stop, dns_tx);
+    let routing: Arc<Mutex<Vec<RoutingSample>>> = Arc::default();
+    let current: Arc<Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
+    let monitor = tokio::spawn(monitor_routing(
+        admins.to_vec(),
+        clock.clone(),
+        routing.clone(),
+        current.clone(),
+        stop.clone(),
+    ));
+    Load {
+        stop,
+        records,
+        dns_records,
+        http_clients: id,
+        dns_clients,
+        routing,
+        current,
+        monitor,
+    }
+}
+
+/// When the scenario's faults began and healed, and what the controller
+/// cut off by a partition decided meanwhile: what the steps leave behind
+/// for the oracle.
+#[derive(Default)]
+struct Faults {
+    fault_ms: Option<f64>,
+    restore_ms: Option<f64>,
+    /// Audit-log length of the cut-off controller when the partition began.
+    minority_at_cut: Option<(SocketAddr, usize)>,
+    minority_decisions: Option<usize>,
+}
+
+/// Carries out one step of the scenario.
+async fn apply_step(
+    deployment: &mut Deployment,
+    step: &Step,
+    clock: &Clock,
+    faults: &mut Faults,
+    events: &mut Vec<Event>,
+) -> Result<()> {
+    match &step.action {
+        Action::Cut(region, fault) => {
+            faults.fault_ms.get_or_insert(clock.ms());
+            deployment.wan.set_region_fault(region, *fault);
+        }
+        Action::Kill(region) => {
+            faults.fault_ms.get_or_insert(clock.ms());
+            deployment.kill_region(region).await?;
+        }
+        Action::Restore(region) => {
+            // The WAN heals first: a rejoining database reaches the new primary.
+            deployment.wan.set_region_fault(region, Fault::None);
+            deployment.restart_region(region).await?;
+            faults.restore_ms = Some(clock.ms());
+            if let Some(note) = deployment.restore_database(region).await? {
+                println!("{} {note}", clock.stamp());
+                events.push(Event {
+                    t_ms: clock.ms(),
+                    what: note,
+                });
+            }
+        }
+        Action::Switchover(to) => {
+            faults.fault_ms.get_or_insert(clock.ms());
+            let id = dbrun::switchover(deployment, to).await?;
+            println!("{} switchover plan {id} committed", clock.stamp());
+        }
+        Action::Partition(region) => {
+            faults.fault_ms.get_or_insert(clock.ms());
+            let addr = deployment
+                .controller_addrs()
+                .into_iter()
+                .find(|(r, _)| r == region)
+                .map(|(_, a)| a);
+            if let Some(addr) = addr {
+                if let Some(n) = audit_len(addr).await {
+                    faults.minority_at_cut = Some((addr, n));
+                }
+            }
+            deployment.partition(region, Fault::Blackhole);
+        }
+        Action::Heal(region) => {
+            if let Some((addr, before)) = faults.minority_at_cut {
+                faults.minority_decisions = audit_len(addr).await.map(|n| n.saturating_sub(before));
+            }
+            deployment.partition(region, Fault::None);
+            faults.restore_ms = Some(clock.ms());
+        }
+        Action::Flap {
+            region,
+            period,
+            duration,
+        } => {
+            faults.fault_ms.get_or_insert(clock.ms());
+            faults.restore_ms = Some(clock.ms() + duration.as_secs_f64() * 1_000.0);
+            let store = deployment.store_file(region);
+            let (period, until) = (*period, Instant::now() + *duration);
+            tokio::spawn(async move {
+                let mut healthy = true;
+                while Instant::now() < until {
+                    tokio::time::sleep(period).await;
+                    healthy = !healthy;
+                    let _ = if healthy {
+                        std::fs::write(&store, b"ok")
+                    } else {
+                        std::fs::remove_file(&store)
+                    };
+                }
+                let _ = std::fs::write(&store, b"ok");
+            });
+        }
+        Action::KillControllers => {
+            faults.fault_ms.get_or_insert(clock.ms());
+            deployment.kill_controllers().await;
+        }
+        Action::StartControllers => {
+            deployment.start_controllers().await?;
+            faults.restore_ms = Some(clock.ms());
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the deployment is ready, runs the load through the
+/// scenario's steps, and judges the run.
+async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs) -> Result<Report> {
+    let admins: Vec<(String, SocketAddr)> = deployment
+        .serving
+        .iter()
+        .map(|rt| (rt.spec.name.clone(), rt.admin_addr))
+        .collect();
+    wait_until_probed(&admins).await?;
+    wait_for_control(deployment, &admins).await?;
+
+    let client_paths = deployment.client_paths(Duration::from_micros(500)).await?;
+    let clock = Arc::new(Clock::start());
+    let t0 = clock.t0();
+    let mut load = start_load(deployment, &client_paths, &admins, args, &clock);
+
+    let mut records: Vec<RequestRecord> = Vec::new();
+    let mut dns_records: Vec<DnsRequestRecord> = Vec::new();
+    let mut events = vec![Event {
+        t_ms: 0.0,
+        what: "load starts".into(),
+    }];
+    println!(
+        "{} steady: load from {} clients in each serving region",
+        clock.stamp(),
+        args.clients_per_region
+    );
+    let mut faults = Faults::default();
+    let mut steps = scenario.steps.iter().peekable();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let mut last_count = 0usize;
+    let end = t0 + scenario.duration;
+    loop {
+        let next_step_at = steps.peek().map(|s| t0 + s.at).unwrap_or(end).min(end);
+        tokio::select! {
+            Some(r) = load.records.recv() => records.push(r),
+            Some(r) = load.dns_records.recv() => dns_records.push(r),
+            _ = ticker.tick() => {
+                let failed = records.iter().filter(|r| !r.ok).count();
+                let edges = load.current.lock().expect("routing lock").iter()
+                    .map(|(e, to)| format!("{e}->{}", if to.is_empty() { "none".to_string() } else { to.join("+") }))
+                    .collect::<Vec<_>>().join(", ");
+                println!(
+                    "{} {:>4} req/s, {failed} failed so far; edges route: {edges}",
+                    clock.stamp(),
+                    records.len() - last_count
+                );
+                last_count = records.len();
+            }
+            _ = tokio::time::sleep_until(next_step_at.into()) => {
+                if Instant::now() >= end && steps.peek().is_none() {
+                    break;
+                }
+                let Some(step) = steps.next() else { continue };
+                println!("{} {}", clock.stamp(), step.label);
+                apply_step(deployment, step, &clock, &mut faults, &mut events).await?;
+                events.push(Event { t_ms: clock.ms(), what: step.label.clone() });
+            }
+        }
+    }
+    load.stop.cancel();
+    let end_ms = clock.ms();
+    // Clients finish the request in hand; collect those records too.
+    while let Some(r) = load.records.recv().await {
+        records.push(r);
+    }
+    while let Some(r) = load.dns_records.recv().await {
+        dns_records.push(r);
+    }
+    let _ = load.monitor.await;
+    events.push(Event {
+        t_ms: end_ms,
+        what: "load stops".into(),
+    });
+    records.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
+    let routing = load.routing.lock().expect("routing lock").clone();
+    judge(
+        deployment,
+        scenario,
+        args,
+        &clock,
+        Judged {
+            records,
+            dns_records,
+            routing,
+            events,
+            faults,
+            end_ms,
+            http_clients: load.http_clients,
+            dns_clients: load.dns_clients,
+        },
+    )
+    .await
+}
+
+/// What a run leaves for the oracle.
+struct Judged {
+    records: Vec<RequestRecord>,
+    dns_records: Vec<DnsRequestRecord>,
+    routing: Vec<RoutingSample>,
+    events: Vec<Event>,
+    faults: Faults,
+    end_ms: f64,
+    http_clients: usize,
+    dns_clients: BTreeMap<&'static str, usize>,
+}
+
+/// Hands the run's records, the nodes' contents and the controllers' audit
+/// log to the oracle.
+async fn judge(
+    deployment: &Deployment,
+    scenario: &Scenario,
+    args: &LabArgs,
+    clock: &Clock,
+    run: Judged,
+) -> Result<Report> {
+    let Judged {
+        mut records,
+        mut dns_records,
+        routing,
+        events,
+        faults,
+        end_ms,
+        http_clients,
+        dns_clients,
+    } = run;
+    let Faults {
+        fault_ms,
+        restore_ms,
+        minority_decisions,
+        ..
+    } = faults;
+    let mut facts = control_facts(deployment, clock).await;
+    facts.minority_decisions = minority_decisions;
+    // With the database, payments are the write load: the write oracle
+    // judges them; the HTTP figures are about the rest.
+    let writes = match &deployment.db {
+        Some(_) => Some(dbrun::write_report(deployment, &records, fault_ms).await),
+        None => None,
+    };
+    if deployment.db.is_some() {
+        records.retain(|r| r.payment.is_none());
+        dns_records.retain(|r| r.record.payment.is_none());
+    }
+    let mut report = report::build(report::Inputs {
+        scenario: scenario.name,
+        seed: args.seed,
+        failed_region: scenario.failed_region.as_deref(),
+        one_way_delay_ms: args.delay_ms,
+        records: &records,
+        routing: &routing,
+        moments: Moments {
+            fault_ms,
+            restore_ms,
+            end_ms,
+        },
+        events,
+    });
+    if !dns_clients.is_empty() {
+        let tuning = EdgeTuning::default();
+        report.dns_path = Some(dns_report::build(dns_report::DnsInputs {
+            settings: dns_report::DnsPathSettings {
+                ttl_s: args.dns_ttl_s,
+                stretch_s: args.dns_stretch_s,
+                stretch_share: args.dns_stretch_share,
+                check_interval_ms: tuning.interval_ms,
+                check_fall: tuning.fall,
+                pace_ms: args.dns_pace_ms,
+            },
+            dns: &dns_records,
+            http: &records,
+            http_clients,
+            dns_clients,
+            failed_region: scenario.failed_region.as_deref(),
+            fault_ms,
+            restore_ms,
+            end_ms,
+            http_detection_ms: report.detection_ms,
+        }));
+    }
+    report.add_control(facts);
+    if let Some(w) = writes {
+        let w: db_report::WriteOutcome = w.context("the write oracle")?;
+        let sync = deployment.db.as_ref().is_some_and(|d| d.settings.sync);
+        report.add_writes(w, sync);
+    }
+    Ok(report)
+}
+
+/// Starts the clients that find edges through DNS; returns how many of each
+/// kind (honouring TTLs, keeping answers longer) it started.
+fn spawn_dns_clients(
+    deployment: &Deployment,
+    client_paths: &[(String, Vec<load::EdgePath>)],
+    args: &LabArgs,
+    t0: Instant,
+    stop: &CancellationToken,
+    out: mpsc::UnboundedSender<DnsRequestRecord>,
+) -> BTreeMap<&'static str, usize> {
+    use dns_client::{DnsClientSpec, DnsServer, StubResolver, TtlBehaviour};
+    let mut started = BTreeMap::new();
+    let total = args.dns_clients_per_region * client_paths.len();
+    if total == 0 {
+        return started;
+    }
+    // The share, rounded, but at least one client when the share is above 0.
+    let mut stretchers = (args.dns_stretch_share * total as f64).round() as usize;
+    if args.dns_stretch_share > 0.0 {
+        stretchers = stretchers.max(1);
+    }
+    let mut rng = fastrand::Rng::with_seed(args.seed ^ 0xd45);
+    let mut picks: Vec<usize> = (0..total).collect();
+    rng.shuffle(&mut picks);
+    let stretching: std::collections::BTreeSet<usize> =
+        picks.into_iter().take(stretchers).collect();
+    let mut n = 0;
+    for (region, edges) in client_paths {
+        let Some(spec) = deployment.regions.iter().find(|r| &r.name == region) else {
+            continue;
+        };
+        // The region's own DNS server first, then the others.
+        let mut servers: Vec<DnsServer> = deployment
+            .serving
+            .iter()
+            .map(|rt| DnsServer {
+                region: rt.spec.name.clone(),
+                addr: rt.dns_addr,
+            })
+            .collect();
+        servers.sort_by_key(|s| s.region != *region);
+        let paths: Vec<(std::net::IpAddr, load::EdgePath)> = edges
+            .iter()
+            .filter_map(|p| {
+                let rt = deployment
+                    .serving
+                    .iter()
+                    .find(|rt| rt.spec.name == p.region)?;
+                Some((rt.spec.ip(1), p.clone()))
+            })
+            .collect();
+        for _ in 0..args.dns_clients_per_region {
+            let behaviour = if stretching.contains(&n) {
+                TtlBehaviour::Stretches(Duration::from_secs(args.dns_stretch_s))
+            } else {
+                TtlBehaviour::Honours
+            };
+            n += 1;
+            *started.entry(behaviour.group()).or_insert(0) += 1;
+            let seed = args.seed.wrapping_mul(7_919).wrapping_add(n as u64);
+            let client = DnsClientSpec {
+                id: 10_000 + n,
+                region: region.clone(),
+                resolver: StubResolver::new(
+                    servers.clone(),
+                    spec.ip(200),
+                    behaviour,
+                    deployment.wan.clone(),
+                    spec.client_label(),
+                    seed,
+                ),
+                paths: paths.clone(),
+                pace: Duration::from_millis(args.dns_pace_ms),
+                edge_timeout: Duration::from_millis(1_000),
+                seed,
+            };
+            tokio::spawn(dns_client::run_dns_client(
+                client,
+                t0,
+                stop.clone(),
+                out.clone(),
+            ));
+        }
+    }
+    started
+}
