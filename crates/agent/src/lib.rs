@@ -18,6 +18,10 @@ use tern_proto::lifecycle::Tasks;
 use tern_proto::ControllerClient;
 use tokio_util::sync::CancellationToken;
 
+/// Whether this build honours the test-only safety switches (the
+/// `fault-injection` feature; only the tests' builds have it).
+pub const FAULT_INJECTION: bool = cfg!(feature = "fault-injection");
+
 /// How long the agent's tasks get to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 

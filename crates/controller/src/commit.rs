@@ -11,7 +11,6 @@ use openraft::ServerState;
 use tern_core::control::Command;
 use tern_proto::api::WriteAnswer;
 
-use crate::clock::now;
 use crate::node::Controller;
 use crate::Request;
 
@@ -43,8 +42,10 @@ impl Controller {
     }
 
     pub(crate) async fn write_local(&self, command: Command) -> Result<WriteAnswer, WriteError> {
+        let term = self.raft.metrics().borrow().current_term;
         let request = Request {
-            at_ms: now().as_millis() as u64,
+            at_ms: self.cluster_now().as_millis() as u64,
+            term,
             command,
         };
         let result = tokio::time::timeout(self.write_deadline(), self.raft.client_write(request))

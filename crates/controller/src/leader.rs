@@ -15,7 +15,6 @@ use tern_core::verdict::{Observation, VerdictEngine};
 use tern_proto::api::{ObservationBatch, WriteAnswer};
 use tern_proto::http::CallError;
 
-use crate::clock::now;
 use crate::commit::{WriteError, FORWARDED};
 use crate::node::Controller;
 
@@ -86,7 +85,7 @@ impl Controller {
                 .map(|_| ())
                 .map_err(|e| WriteError::NoQuorum(e.to_string()));
         }
-        let at = now();
+        let at = self.cluster_now();
         let decisions = {
             let mut engine = self.engine.lock().expect("engine lock");
             let Some((_, engine)) = engine.as_mut() else {
@@ -172,7 +171,7 @@ pub(crate) async fn leader_loop(node: Arc<Controller>) {
                     }
                 }
             }
-            let at = now();
+            let at = node.cluster_now();
             let mut engine = VerdictEngine::new(
                 node.verdict.settings,
                 node.vantages.clone(),
@@ -187,10 +186,11 @@ pub(crate) async fn leader_loop(node: Arc<Controller>) {
             *node.engine.lock().expect("engine lock") = Some((term, engine));
             continue;
         }
+        let now = node.cluster_now();
         let decisions = {
             let mut engine = node.engine.lock().expect("engine lock");
             match engine.as_mut() {
-                Some((_, e)) => e.tick(now()),
+                Some((_, e)) => e.tick(now),
                 None => Vec::new(),
             }
         };

@@ -38,12 +38,18 @@ pub use commit::WriteError;
 pub use node::Controller;
 pub use tern_proto::NodeId;
 
-/// One entry of the replicated log: a command and the leader's wall-clock
-/// time when it proposed it (milliseconds since the Unix epoch). Replicas
-/// apply it with that time, so they all reach the same state.
+/// One entry of the replicated log: a command, the leader's cluster time
+/// when it proposed it (milliseconds since the Unix epoch, see [`clock`])
+/// and the leader's term. Replicas apply it with that time and term, so
+/// they all reach the same state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub at_ms: u64,
+    /// The Raft term of the leader that proposed it: the first entry of a
+    /// higher term extends every lease before anything else applies
+    /// (`ControlState::apply_in_term`).
+    #[serde(default)]
+    pub term: u64,
     pub command: Command,
 }
 

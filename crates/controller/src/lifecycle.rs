@@ -21,6 +21,7 @@ use tern_proto::NodeId;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{ClusterClock, WallClock};
 use crate::network::Network;
 use crate::node::{cluster_spec, Controller, NodeOptions};
 use crate::store;
@@ -32,6 +33,15 @@ impl Controller {
     /// Opens the node's storage, binds its address and starts Raft, the API
     /// server and the leader loop.
     pub async fn start(config: &Config, options: NodeOptions) -> Result<Arc<Controller>> {
+        Controller::start_with_clock(config, options, WallClock::new()).await
+    }
+
+    /// [`Controller::start`] on a given wall clock (which a test may step).
+    pub async fn start_with_clock(
+        config: &Config,
+        options: NodeOptions,
+        wall: Arc<WallClock>,
+    ) -> Result<Arc<Controller>> {
         let settings = config
             .controller
             .clone()
@@ -79,7 +89,12 @@ impl Controller {
                 .filter(|d| !d.nodes.is_empty())
                 .map(|d| (d.name.clone(), cluster_spec(d))),
         );
-        let (log, machine) = store::open(&options.data_dir.join("controller.redb"), initial)?;
+        let clock = Arc::new(ClusterClock::new(wall));
+        let (log, machine) = store::open(
+            &options.data_dir.join("controller.redb"),
+            initial,
+            clock.clone(),
+        )?;
 
         let raft_config = openraft::Config {
             cluster_name: "tern".into(),
@@ -147,6 +162,7 @@ impl Controller {
             databases: config.databases.clone(),
             replication: Mutex::new(BTreeMap::new()),
             plan_attempts: Mutex::new(BTreeMap::new()),
+            clock,
             stop: stop.clone(),
             tasks: Mutex::new(None),
         });

@@ -21,7 +21,7 @@ use tern_proto::lifecycle::Tasks;
 use tern_proto::NodeId;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::clock::now;
+use crate::clock::{ClusterClock, WallClock};
 use crate::store::StateMachine;
 use crate::TypeConfig;
 
@@ -61,6 +61,8 @@ pub struct Controller {
     /// When the leader last tried to start a plan, per cluster (a refused
     /// start is tried again once a second, not every tick).
     pub(crate) plan_attempts: Mutex<BTreeMap<String, Instant>>,
+    /// Cluster time as this node reads it (`crate::clock`).
+    pub(crate) clock: Arc<ClusterClock>,
     /// Cancelled when the node stops; the server and leader loop watch it.
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: Mutex<Option<Tasks>>,
@@ -68,6 +70,27 @@ pub struct Controller {
 impl Controller {
     pub fn raft(&self) -> &Raft<TypeConfig> {
         &self.raft
+    }
+
+    /// Cluster time now: the leader's term clock while this node leads,
+    /// otherwise an estimate that trails the leader's.
+    pub fn cluster_now(&self) -> Duration {
+        let (leading, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        let state_time = self.machine.with(|m| m.state.time());
+        if leading {
+            self.clock.leader_now(term, state_time)
+        } else {
+            self.clock.follower_now(state_time)
+        }
+    }
+
+    /// This node's wall clock (tests step it to play a clock step).
+    pub fn wall_clock(&self) -> &Arc<WallClock> {
+        self.clock.wall()
     }
 
     /// A copy of the applied control state.
@@ -142,7 +165,7 @@ impl Controller {
             verdicts,
             routing,
             leases,
-            now_ms: now().as_millis() as u64,
+            now_ms: self.cluster_now().as_millis() as u64,
         }
     }
 
@@ -165,7 +188,7 @@ impl Controller {
             .collect();
         ClustersView {
             in_quorum: self.in_quorum(),
-            now_ms: now().as_millis() as u64,
+            now_ms: self.cluster_now().as_millis() as u64,
             clusters,
             leases,
             replication,

@@ -11,7 +11,6 @@ use tern_core::control::{Applied, Command, ControlState};
 use tern_core::failover::{leader_action, LeaderAction, LeaderView, PlanKind, Step};
 use tern_proto::api::{ClustersView, WriteAnswer};
 
-use crate::clock::now;
 use crate::node::Controller;
 
 impl Controller {
@@ -134,7 +133,9 @@ impl Controller {
                 continue;
             };
             let c = &state.clusters()[&cluster];
-            let Some(action) = leader_action(c, &cluster, state.leases(), &view, now()) else {
+            let Some(action) =
+                leader_action(c, &cluster, state.leases(), &view, self.cluster_now())
+            else {
                 continue;
             };
             let command = match action {

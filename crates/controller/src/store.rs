@@ -21,6 +21,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tern_core::control::ControlState;
 
+use crate::clock::ClusterClock;
 use crate::{NodeId, Request, Response, TypeConfig};
 
 type Node = openraft::BasicNode;
@@ -57,7 +58,13 @@ struct StoredSnapshot {
 
 /// Opens (or creates) the node's database. `initial` is the state a fresh
 /// node starts from; a restarted node reads its own.
-pub fn open(path: &Path, initial: ControlState) -> anyhow::Result<(LogStore, StateMachine)> {
+/// Opens (or creates) the store at `path`; a new store starts from
+/// `initial`. `clock` is told each time the state's cluster time advances.
+pub fn open(
+    path: &Path,
+    initial: ControlState,
+    clock: Arc<ClusterClock>,
+) -> anyhow::Result<(LogStore, StateMachine)> {
     // A node restarted within one process may still be letting go of the
     // file lock for a moment; another process holding it is an error.
     let mut attempts = 0;
@@ -91,8 +98,12 @@ pub fn open(path: &Path, initial: ControlState) -> anyhow::Result<(LogStore, Sta
             state: initial,
         },
     };
+    clock.applied(machine.state.time());
     let machine = Arc::new(RwLock::new(machine));
-    Ok((LogStore { db: db.clone() }, StateMachine { db, machine }))
+    Ok((
+        LogStore { db: db.clone() },
+        StateMachine { db, machine, clock },
+    ))
 }
 
 fn read_meta<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> anyhow::Result<Option<T>> {
@@ -258,6 +269,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 pub struct StateMachine {
     db: Arc<Database>,
     machine: Arc<RwLock<Machine>>,
+    clock: Arc<ClusterClock>,
 }
 
 impl StateMachine {
@@ -325,10 +337,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         m.membership = StoredMembership::new(Some(entry.log_id), mem);
                         Response::nothing()
                     }
-                    EntryPayload::Normal(Request { at_ms, command }) => Response {
+                    EntryPayload::Normal(Request {
+                        at_ms,
+                        term,
+                        command,
+                    }) => Response {
                         outcome: m
                             .state
-                            .apply(command, std::time::Duration::from_millis(at_ms))
+                            .apply_in_term(term, command, std::time::Duration::from_millis(at_ms))
                             .map_err(|e| e.to_string()),
                     },
                 };
@@ -338,7 +354,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         write_meta(&self.db, MACHINE, &next)
             .map_err(err(ErrorSubject::StateMachine, ErrorVerb::Write))?;
+        let time = next.state.time();
         *self.machine.write().expect("machine lock") = next;
+        self.clock.applied(time);
         Ok(responses)
     }
 
@@ -371,7 +389,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             },
         )
         .map_err(err(subject(), ErrorVerb::Write))?;
+        let time = machine.state.time();
         *self.machine.write().expect("machine lock") = machine;
+        self.clock.applied(time);
         Ok(())
     }
 

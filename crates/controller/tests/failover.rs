@@ -8,7 +8,6 @@ mod common;
 use std::time::Duration;
 
 use common::{batch, over_seeds, Group, Rng, Timings};
-use tern_controller::clock::now;
 use tern_core::control::{Applied, Command};
 use tern_core::failover::{PlanKind, Step};
 use tern_proto::api::ReplicationReport;
@@ -247,7 +246,7 @@ async fn plan_resumes_after_a_leader_change_seed(seed: u64) {
         "seed {seed}: granted at {:?}, old lease expired at {last_expiry:?}",
         grant.finished_at
     );
-    assert!(now() >= grant.finished_at);
+    assert!(g.node(0).cluster_now() >= grant.finished_at);
     let plans = state
         .audit()
         .iter()

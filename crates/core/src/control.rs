@@ -141,6 +141,13 @@ pub struct ControlState {
     #[serde(default)]
     clusters: Clusters,
     audit: Vec<AuditEntry>,
+    /// Cluster time of the last applied command: no command is applied at
+    /// an earlier time (see `ControlState::apply`).
+    #[serde(default, with = "crate::units::serde_ms")]
+    time: Duration,
+    /// The highest leadership term a command was applied in.
+    #[serde(default)]
+    term: u64,
 }
 
 impl ControlState {
@@ -174,6 +181,8 @@ impl ControlState {
             leases: LeaseTable::new(leases),
             clusters: Clusters::new(),
             audit: Vec::new(),
+            time: Duration::ZERO,
+            term: 0,
         };
         state.routing = RoutingTable {
             version: 1,
@@ -213,6 +222,11 @@ impl ControlState {
 
     pub fn leases(&self) -> &LeaseTable {
         &self.leases
+    }
+
+    /// Cluster time of the last applied command.
+    pub fn time(&self) -> Duration {
+        self.time
     }
 
     /// The audit log, oldest first.
@@ -305,8 +319,32 @@ impl ControlState {
         Some(version)
     }
 
-    /// Applies one command stamped with the leader's time `at`.
+    /// Applies a command proposed by the leader of `term`. The first command
+    /// of a higher term first treats every lease as possibly valid for a
+    /// whole period from `at` ([`LeaseTable::on_leader_change`]): a new
+    /// leader's clock may run ahead of its predecessor's, and whatever it
+    /// commits first (a lease request that arrived before its
+    /// `LeaderChanged` entry, say) must not find a lease expired early.
+    pub fn apply_in_term(
+        &mut self,
+        term: u64,
+        command: Command,
+        at: Duration,
+    ) -> Result<Applied, ControlError> {
+        if term > self.term {
+            self.term = term;
+            let at = at.max(self.time);
+            self.leases.on_leader_change(at);
+        }
+        self.apply(command, at)
+    }
+
+    /// Applies one command stamped with the leader's cluster time `at`
+    /// (an `at` earlier than the last command's counts as the last's).
     pub fn apply(&mut self, command: Command, at: Duration) -> Result<Applied, ControlError> {
+        // Cluster time never runs backward, whoever proposed the command.
+        let at = at.max(self.time);
+        self.time = at;
         match command {
             Command::Verdict(d) => {
                 if self.verdict(&d.target) == d.to {
@@ -678,6 +716,44 @@ mod tests {
         s.apply(verdict("east", Verdict::Down, Verdict::Up), t(4))
             .unwrap();
         assert_eq!(s.routing().services["api"].weights["east"], 3);
+    }
+
+    // Broke when only the LeaderChanged entry extended leases: a new leader
+    // whose clock ran ahead granted a lease request it committed first.
+    #[test]
+    fn the_first_command_of_a_new_term_finds_no_lease_expired_early() {
+        let acquire = |h: &str| Command::AcquireLease {
+            cluster: "payments".into(),
+            holder: h.into(),
+        };
+        // (term of west's request, its time in s, granted?)
+        let cases = [
+            (1, 2, false),        // same term, before east's 5 s lease ran out
+            (1, 7, true),         // same term, after expiry plus the margin
+            (2, 3600, false),     // a new leader an hour ahead: a whole period first
+            (2, 3600 + 7, false), // the new term started at the first request of it
+        ];
+        for (term, at, granted) in cases {
+            let mut s = state();
+            s.apply_in_term(1, acquire("east"), t(0)).unwrap();
+            let r = s.apply_in_term(term, acquire("west"), t(at));
+            assert_eq!(r.is_ok(), granted, "term {term} at {at} s: {r:?}");
+        }
+        // In the new term, the lease runs out a period after the term began.
+        let mut s = state();
+        s.apply_in_term(1, acquire("east"), t(0)).unwrap();
+        assert!(s.apply_in_term(2, acquire("west"), t(3600)).is_err());
+        assert!(s.apply_in_term(2, acquire("west"), t(3600 + 5)).is_err());
+        assert!(s.apply_in_term(2, acquire("west"), t(3600 + 7)).is_ok());
+    }
+
+    #[test]
+    fn cluster_time_never_runs_backward() {
+        let mut s = state();
+        s.apply(set(&[("east", 3)], false), t(10)).unwrap();
+        s.apply(set(&[("east", 2)], false), t(4)).unwrap();
+        assert_eq!(s.time(), t(10));
+        assert_eq!(s.audit().last().unwrap().at, t(10));
     }
 
     #[test]

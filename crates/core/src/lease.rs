@@ -9,8 +9,9 @@
 //! renewal that arrives after expiry is refused, because the holder must by
 //! then have fenced itself.
 //!
-//! Times are readings of the deciding controller's clock. A newly elected
-//! leader cannot know how far its clock is from its predecessor's, so
+//! Times are cluster time (the controller's `clock` module): monotonic
+//! within a leadership term, never moving backward. A newly elected leader
+//! cannot know how far its clock is from its predecessor's, so
 //! [`LeaseTable::on_leader_change`] treats every lease as possibly valid for
 //! a whole lease period from the moment it took over.
 
@@ -207,8 +208,8 @@ impl LeaseTable {
         let s = self.settings();
         for c in self.clusters.values_mut() {
             if c.holder.is_some() {
-                c.expires_at = now + s.duration;
-                c.safe_at = c.expires_at + s.drift_margin;
+                c.expires_at = c.expires_at.max(now + s.duration);
+                c.safe_at = c.safe_at.max(c.expires_at + s.drift_margin);
             }
         }
     }

@@ -164,6 +164,12 @@ fn main() -> ExitCode {
         Command::Route { command } => runtime().block_on(ops::route(command)),
         Command::Failover { plan, force } => runtime().block_on(ops::failover(plan, force)),
         Command::Switchover(plan) => runtime().block_on(ops::switchover(plan)),
+        Command::Lab(args) if args.unsafe_no_self_fence && !tern_agent::FAULT_INJECTION => {
+            eprintln!(
+                "tern lab: --unsafe-no-self-fence exists only in test builds (feature fault-injection); this build always fences"
+            );
+            ExitCode::from(EX_USAGE)
+        }
         Command::Lab(args) => runtime().block_on(async move {
             match tern_lab::run(args).await {
                 Ok(outcome) => ExitCode::from(outcome.exit_code()),

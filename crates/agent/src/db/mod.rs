@@ -31,6 +31,20 @@ mod lease;
 mod steps;
 mod target;
 
+/// Whether this process was asked not to fence ([`UNSAFE_NO_SELF_FENCE`]
+/// set to `1`). Honoured only by builds with the `fault-injection`
+/// feature (the test builds); a normal build refuses it, loudly.
+fn fault_injection_asked() -> bool {
+    let asked = std::env::var(UNSAFE_NO_SELF_FENCE).is_ok_and(|v| v == "1");
+    if asked && !cfg!(feature = "fault-injection") {
+        tracing::error!(
+            "{UNSAFE_NO_SELF_FENCE}=1 ignored: this build of tern has no fault injection; the agent fences as always"
+        );
+        return false;
+    }
+    asked
+}
+
 pub struct DbAgent {
     region: String,
     db: Database,
@@ -61,7 +75,7 @@ impl DbAgent {
             region: region.to_string(),
             controllers,
             proxy,
-            self_fence: std::env::var(UNSAFE_NO_SELF_FENCE).map_or(true, |v| v != "1"),
+            self_fence: !fault_injection_asked(),
             tick: (lease / 10).clamp(Duration::from_millis(100), Duration::from_millis(500)),
             fence_margin: (lease / 5).max(Duration::from_millis(300)),
             pg: None,
@@ -74,7 +88,9 @@ impl DbAgent {
     }
 
     /// An agent that never fences its node: only for showing that the
-    /// tests and the lab's oracle catch what that lets through.
+    /// tests and the lab's oracle catch what that lets through. Exists only
+    /// in builds with the `fault-injection` feature, which tests turn on.
+    #[cfg(feature = "fault-injection")]
     pub fn without_self_fence(mut self) -> DbAgent {
         self.self_fence = false;
         self
