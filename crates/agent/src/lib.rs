@@ -14,13 +14,17 @@ use anyhow::{anyhow, Result};
 use tern_core::config::{Backend, Config, Database};
 use tern_probe::{probe, probe_client, ProbeClient};
 use tern_proto::api::{ObservationBatch, RegionResult};
-use tern_proto::lifecycle::Tasks;
+use tern_proto::lifecycle::{Exit, Tasks};
 use tern_proto::ControllerClient;
 use tokio_util::sync::CancellationToken;
 
 /// Whether this build honours the test-only safety switches (the
 /// `fault-injection` feature; only the tests' builds have it).
 pub const FAULT_INJECTION: bool = cfg!(feature = "fault-injection");
+
+fn db_loop_name(d: &Database) -> String {
+    format!("database loop {}", d.name)
+}
 
 /// How long the agent's tasks get to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -60,12 +64,15 @@ impl Agent {
                 "the configuration has no service backends to watch"
             ));
         }
-        let databases = config
+        let databases: Vec<Database> = config
             .databases
             .iter()
             .filter(|d| d.node(&region).is_some())
             .cloned()
             .collect();
+        for d in &databases {
+            db::check_node(d, &region)?;
+        }
         Ok(Agent {
             region,
             interval: config.verdict.interval,
@@ -166,7 +173,9 @@ impl Agent {
     }
 
     /// Probes and reports every interval until `stop`; runs a database
-    /// loop per cluster with a node here.
+    /// loop per cluster with a node here, and the writer proxies. A
+    /// database loop that panics is started again after a second; its
+    /// fence watchdog has already stopped the node and closed the proxy.
     pub async fn run(mut self, stop: CancellationToken) {
         let mut tasks = Tasks::new(&stop);
         for (task, (cluster, _)) in std::mem::take(&mut self.proxy_tasks)
@@ -175,18 +184,44 @@ impl Agent {
         {
             tasks.spawn(format!("writer proxy {cluster}"), task.run(tasks.token()));
         }
-        for d in std::mem::take(&mut self.databases) {
-            let proxy = self
-                .proxies
-                .iter()
-                .find(|(c, _)| *c == d.name)
-                .map(|(_, p)| p.clone());
-            let name = format!("database loop {}", d.name);
-            let agent = db::DbAgent::new(&self.region, d, self.controllers.clone(), proxy);
-            tasks.spawn(name, agent.run(tasks.token()));
+        let databases = std::mem::take(&mut self.databases);
+        for d in &databases {
+            self.spawn_db_loop(&mut tasks, d);
         }
-        self.probe_loop(tasks.token()).await;
+        let probes = self.probe_loop(tasks.token());
+        tokio::pin!(probes);
+        loop {
+            tokio::select! {
+                () = &mut probes => break,
+                Some(exit) = tasks.next_exit(), if !tasks.is_empty() => {
+                    if stop.is_cancelled() {
+                        continue;
+                    }
+                    let crashed = databases.iter().find(|d| exit.task() == db_loop_name(d));
+                    match (crashed, &exit) {
+                        (Some(d), Exit::Panicked { message, .. }) => {
+                            tracing::error!(cluster = %d.name, "the database loop panicked ({message}); its node is fenced and its writer proxy closed; starting it again in 1 s");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            self.spawn_db_loop(&mut tasks, d);
+                        }
+                        _ => tracing::warn!("{exit}"),
+                    }
+                }
+            }
+        }
         tasks.shutdown(SHUTDOWN_GRACE).await;
+    }
+
+    fn spawn_db_loop(&self, tasks: &mut Tasks, d: &Database) {
+        let proxy = self
+            .proxies
+            .iter()
+            .find(|(c, _)| *c == d.name)
+            .map(|(_, p)| p.clone());
+        match db::DbAgent::new(&self.region, d.clone(), self.controllers.clone(), proxy) {
+            Ok(agent) => tasks.spawn(db_loop_name(d), agent.run(tasks.token())),
+            Err(e) => tracing::error!("{e}"),
+        }
     }
 
     async fn probe_loop(&self, stop: CancellationToken) {

@@ -18,6 +18,14 @@
 //! Epochs only move forward: a target older than one already applied is
 //! rejected, so a late or replayed decision cannot lead clients back to a
 //! fenced primary.
+//!
+//! **Invariant:** a connection never outlives the writer's lease as this
+//! proxy last saw it renewed. A target can carry a deadline
+//! ([`WriterProxy::set_valid_until`], moved forward by the agent each time it
+//! sees the lease renewed); once it passes, the proxy refuses new
+//! connections and cuts open ones, as for a change of target, so a proxy
+//! whose agent is cut off, hung or gone stops leading clients to a primary
+//! whose lease may have run out.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -124,6 +132,9 @@ struct Current {
     target: Target,
     /// The highest epoch ever applied, kept while the target is closed.
     highest_epoch: u64,
+    /// A writable target is usable until then (`None`: no deadline). Moving
+    /// it does not change the generation.
+    valid_until: Option<tokio::time::Instant>,
 }
 
 struct Shared {
@@ -179,6 +190,7 @@ impl WriterProxy {
             generation: 0,
             target: initial,
             highest_epoch,
+            valid_until: None,
         });
         let (live, _) = watch::channel(BTreeMap::new());
         let shared = Arc::new(Shared {
@@ -237,6 +249,7 @@ impl WriterProxy {
             }
             let previous = std::mem::replace(&mut cur.target, target.clone());
             cur.generation += 1;
+            cur.valid_until = None;
             outcome = Ok(Some((previous, cur.generation)));
             true
         });
@@ -270,6 +283,27 @@ impl WriterProxy {
 
     pub fn target(&self) -> Target {
         self.shared.current.borrow().target.clone()
+    }
+
+    /// Sets how long the current target may be used, when it is the
+    /// primary of `epoch`: past `until`, new connections are refused and
+    /// open ones cut (the generation stays, so moving the deadline forward
+    /// cuts nothing). Answers whether it applied.
+    pub fn set_valid_until(&self, epoch: u64, until: tokio::time::Instant) -> bool {
+        self.shared
+            .current
+            .send_if_modified(|cur| match &cur.target {
+                Target::Writable(w) if w.epoch == epoch && cur.valid_until != Some(until) => {
+                    cur.valid_until = Some(until);
+                    true
+                }
+                _ => false,
+            })
+    }
+
+    /// The current target's deadline, if it has one.
+    pub fn valid_until(&self) -> Option<tokio::time::Instant> {
+        self.shared.current.borrow().valid_until
     }
 
     pub fn stats(&self) -> ProxyStats {
@@ -409,6 +443,16 @@ async fn serve(
             return;
         }
     };
+    if let Some(until) = made_under.valid_until {
+        if tokio::time::Instant::now() >= until {
+            let message = format!(
+                "tern writer proxy: no writable primary for cluster {}: the lease of epoch {} has not been seen renewed in time (the writer may be cut off; failing closed)",
+                shared.cluster, primary.epoch
+            );
+            refuse(&shared, client, peer, &message, &stop).await;
+            return;
+        }
+    }
     let generation = made_under.generation;
     let live = LiveGuard::new(&shared, generation);
     // A change between the snapshot above and the registration is still
@@ -416,7 +460,7 @@ async fn serve(
     // biased select looks at it before relaying a single byte.
     let ended = tokio::select! {
         biased;
-        () = target_changed(&mut current, generation) => Relay::Cut,
+        () = target_invalid(&mut current, generation) => Relay::Cut,
         () = stop.cancelled() => Relay::Stopped,
         r = relay(&mut client, &primary) => r,
     };
@@ -442,10 +486,32 @@ async fn serve(
     }
 }
 
-async fn target_changed(current: &mut watch::Receiver<Current>, generation: u64) {
-    // The sender lives as long as the shared state this task holds, so an
-    // error (sender gone) cannot happen; treating it as a change is safe.
-    let _ = current.wait_for(|c| c.generation != generation).await;
+/// Resolves once the target a connection was made under is no longer
+/// usable: the generation changed, or its deadline passed.
+async fn target_invalid(current: &mut watch::Receiver<Current>, generation: u64) {
+    loop {
+        let (changed, until) = {
+            let c = current.borrow_and_update();
+            (c.generation != generation, c.valid_until)
+        };
+        if changed || until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+            return;
+        }
+        // The sender lives as long as the shared state this task holds, so
+        // an error (sender gone) cannot happen; treating it as a change is
+        // safe.
+        match until {
+            Some(u) => tokio::select! {
+                r = current.changed() => if r.is_err() { return },
+                () = tokio::time::sleep_until(u) => {}
+            },
+            None => {
+                if current.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn relay(client: &mut TcpStream, primary: &WriterTarget) -> Relay {

@@ -97,10 +97,23 @@ fn unix_ms() -> f64 {
         * 1000.0
 }
 
+/// A node's table of the configuration: where it listens, and what its
+/// agent needs to stop and start it.
+fn node_toml(region: &str, node: &PgNode) -> String {
+    format!(
+        "[[database.payments.node]]\nregion = \"{region}\"\naddr = \"127.0.0.1:{}\"\nproxy = \"127.0.0.1:0\"\n\
+         data_dir = {:?}\nbin_dir = {:?}\nserver_args = {:?}\n",
+        node.port,
+        node.data.display().to_string(),
+        common::bin_dir().display().to_string(),
+        node.server_args(),
+    )
+}
+
 fn config(
     controllers: &[SocketAddr],
-    east: u16,
-    west: u16,
+    east: &PgNode,
+    west: &PgNode,
     sync: bool,
     scale_hook: Option<&str>,
 ) -> Config {
@@ -128,10 +141,10 @@ fn config(
     );
     s.push_str(&format!(
         "[database.payments]\nreplication = \"{}\"\nrpo_budget = \"16MiB\"\nlease = \"{LEASE_MS}ms\"\n\
-         drift_margin = \"{DRIFT_MS}ms\"\nprimary = \"east\"\nstep_timeout = \"5s\"\n\
-         [[database.payments.node]]\nregion = \"east\"\naddr = \"127.0.0.1:{east}\"\nproxy = \"127.0.0.1:0\"\n\
-         [[database.payments.node]]\nregion = \"west\"\naddr = \"127.0.0.1:{west}\"\nproxy = \"127.0.0.1:0\"\n",
-        if sync { "sync" } else { "async" }
+         drift_margin = \"{DRIFT_MS}ms\"\nprimary = \"east\"\nstep_timeout = \"5s\"\n{}{}",
+        if sync { "sync" } else { "async" },
+        node_toml("east", east),
+        node_toml("west", west),
     ));
     if let Some(hook) = scale_hook {
         let at = s.find("[[database.payments.node]]").unwrap();
@@ -141,6 +154,16 @@ fn config(
         );
     }
     Config::from_toml("test.toml", &s).expect("test configuration")
+}
+
+/// Faults a test injects into east's agent.
+#[derive(Default, Clone, Copy)]
+struct Faults {
+    /// East's agent reads its node through a port nothing listens on: every
+    /// SQL status read fails while the node runs.
+    east_sql_blind: bool,
+    /// East's database loop panics this long after it starts.
+    east_panic_after: Option<Duration>,
 }
 
 struct Lab {
@@ -154,10 +177,17 @@ struct Lab {
     east_stop: CancellationToken,
     stop: CancellationToken,
     west_proxy: WriterProxy,
+    east_proxy: WriterProxy,
+    /// When the agents were started.
+    agents_started: tokio::time::Instant,
 }
 
 impl Lab {
     async fn start(sync: bool, fence: bool) -> Lab {
+        Lab::start_with(sync, fence, Faults::default()).await
+    }
+
+    async fn start_with(sync: bool, fence: bool, faults: Faults) -> Lab {
         let dir = workdir();
         let east = PgNode::primary(dir.path(), "east");
         let setup = connect(&east.conninfo()).await.unwrap();
@@ -189,13 +219,16 @@ impl Lab {
             "echo \"$TERN_CLUSTER $TERN_REGION $TERN_EPOCH\" > {}",
             note.display()
         );
-        let cfg = config(
-            &addrs,
-            east.port,
-            west.port,
-            sync,
-            sync.then_some(hook.as_str()),
-        );
+        let cfg = config(&addrs, &east, &west, sync, sync.then_some(hook.as_str()));
+        let mut east_db = cfg.databases[0].clone();
+        if faults.east_sql_blind {
+            let node = east_db
+                .nodes
+                .iter_mut()
+                .find(|n| n.region == "east")
+                .unwrap();
+            node.addr = "127.0.0.1:9".parse().unwrap();
+        }
         let mut controllers = Vec::new();
         for (i, a) in addrs.iter().enumerate() {
             let options = NodeOptions {
@@ -231,12 +264,18 @@ impl Lab {
                 .unwrap();
         tokio::spawn(east_task.run(east_stop.clone()));
         tokio::spawn(west_task.run(stop.clone()));
-        let mut east_agent = DbAgent::new("east", db.clone(), east_client, Some(east_proxy));
+        let mut east_agent = DbAgent::new("east", east_db, east_client, Some(east_proxy.clone()))
+            .expect("east's agent");
         if !fence {
             east_agent = east_agent.without_self_fence();
         }
+        if let Some(after) = faults.east_panic_after {
+            east_agent = east_agent.panic_after(after);
+        }
+        let agents_started = tokio::time::Instant::now();
         tokio::spawn(east_agent.run(east_stop.clone()));
-        let west_agent = DbAgent::new("west", db, client.clone(), Some(west_proxy.clone()));
+        let west_agent = DbAgent::new("west", db, client.clone(), Some(west_proxy.clone()))
+            .expect("west's agent");
         tokio::spawn(west_agent.run(stop.clone()));
         Lab {
             _dir: dir,
@@ -248,6 +287,8 @@ impl Lab {
             east_stop,
             stop,
             west_proxy,
+            east_proxy,
+            agents_started,
         }
     }
 
@@ -442,12 +483,17 @@ async fn one_writer_per_epoch_seed(seed: u64, fence: bool) -> usize {
         !acked.is_empty(),
         "seed {seed}: the application never wrote"
     );
+    // East's agent stops (its watchdog fences east if it may still take
+    // writes); east's own rows are read with the server up again.
+    lab.east_stop.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut lab = lab;
+    lab.east.ensure_running();
     let late = keys_on(&lab.east.conninfo())
         .await
         .into_iter()
         .filter(|(_, at)| *at > expired_ms as f64)
         .count();
-    lab.east_stop.cancel();
     lab.shutdown().await;
     late
 }
@@ -518,4 +564,90 @@ async fn nothing_acknowledged_is_lost_in_sync_mode() {
         );
         lab.shutdown().await;
     }
+}
+
+/// Waits until `node` no longer answers (it was stopped), up to `within`.
+async fn wait_fenced(node: &PgNode, within: Duration) -> Duration {
+    let started = tokio::time::Instant::now();
+    while node.is_ready() {
+        assert!(
+            started.elapsed() < within,
+            "east still runs after {within:?} without a valid lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+// Broke when a failed status read fenced nothing: east's agent cannot read
+// its node over SQL, yet the node is stopped before its lease runs out,
+// because whether it may take writes is read from its data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_answer_sql_is_fenced_all_the_same() {
+    let faults = Faults {
+        east_sql_blind: true,
+        ..Faults::default()
+    };
+    let lab = Lab::start_with(false, true, faults).await;
+    lab.wait_writer("east", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        lab.east.is_ready(),
+        "east was fenced while it held its lease"
+    );
+    for l in &lab.east_links {
+        l.cut.store(true, Ordering::SeqCst);
+    }
+    // Fenced a margin before the lease (counted from the last renewal's
+    // send, at most a renewal interval before the cut) runs out.
+    let took = wait_fenced(&lab.east, Duration::from_millis(LEASE_MS)).await;
+    assert!(
+        took < Duration::from_millis(LEASE_MS),
+        "fenced after {took:?}"
+    );
+    lab.east_stop.cancel();
+    lab.shutdown().await;
+}
+
+// Broke when a panic in the database loop was swallowed while the writer
+// proxy kept relaying: the loop panics, its watchdog stops the node at once
+// and closes the proxy, long before the lease would run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_database_loop_fences_the_node_and_closes_the_proxy() {
+    let faults = Faults {
+        east_panic_after: Some(Duration::from_secs(3)),
+        ..Faults::default()
+    };
+    let lab = Lab::start_with(false, true, faults).await;
+    lab.wait_writer("east", Duration::from_secs(20)).await;
+    assert!(lab.east.is_ready());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !matches!(lab.east_proxy.target(), Target::Writable(_)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "east's proxy never led to east"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_fenced(&lab.east, Duration::from_secs(10)).await;
+    // The panic comes 3 s after the start; the lease would last up to
+    // LEASE_MS more from the last renewal: the fence must not wait for it.
+    let after_panic = lab
+        .agents_started
+        .elapsed()
+        .saturating_sub(Duration::from_secs(3));
+    assert!(
+        after_panic < Duration::from_millis(LEASE_MS / 2),
+        "fenced {after_panic:?} after the panic: it waited for the lease"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while !matches!(lab.east_proxy.target(), Target::Closed { .. }) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "east's proxy still leads to east after its loop panicked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lab.east_stop.cancel();
+    lab.shutdown().await;
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{bin_dir, run_as, workdir, PgNode};
-use tern_pg::{Pg, PgTools, Rejoin, Role};
+use tern_pg::{LocalNode, Pg, PgTools, Rejoin, Role, Stopped};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -76,56 +76,85 @@ async fn a_standby_reports_its_lag_and_is_promoted() {
         .unwrap();
 }
 
+fn local(node: &PgNode) -> LocalNode {
+    LocalNode::new(&node.data, &bin_dir(), node.server_args()).with_run_as(run_as())
+}
+
+async fn connect(node: &PgNode) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (c, conn) = tokio_postgres::connect(&node.conninfo(), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(c)
+}
+
+// Broke when the fence was `default_transaction_read_only` and ended
+// sessions: a session that asked for `BEGIN READ WRITE` still wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fenced_primary_takes_no_new_writes() {
+async fn a_session_cannot_ask_its_way_past_the_fence() {
     let dir = workdir();
     let primary = PgNode::primary(dir.path(), "primary");
-    let connect = || async {
-        let (c, conn) = tokio_postgres::connect(&primary.conninfo(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        c
-    };
-    let writer = connect().await;
+    let writer = connect(&primary).await.unwrap();
     writer
         .batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
         .await
         .unwrap();
-
-    let agent = Pg::connect(&primary.conninfo(), T).await.unwrap();
-    let ended = agent.fence().await.unwrap();
-    assert!(ended >= 1, "the open write session was not ended");
-    // The session that was writing is gone...
+    let node = local(&primary);
+    assert!(node.may_accept_writes());
+    assert_eq!(
+        node.stop(Duration::from_secs(5)).await.unwrap(),
+        Stopped::Fast
+    );
+    assert!(!node.may_accept_writes());
+    // The session that was writing asks for a read-write transaction: no.
     assert!(writer
-        .batch_execute("INSERT INTO t VALUES (2)")
+        .batch_execute("BEGIN READ WRITE; INSERT INTO t VALUES (2); COMMIT")
         .await
         .is_err());
-    // ...and a new one cannot write.
-    let late = connect().await;
-    let err = late
-        .batch_execute("INSERT INTO t VALUES (3)")
-        .await
-        .expect_err("a fenced primary accepted a write");
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
-        "{err}"
+    // Nobody gets in to ask.
+    assert!(
+        connect(&primary).await.is_err(),
+        "a fenced node took a session"
     );
-    assert!(agent.status().await.unwrap().read_only);
-    let n: i64 = late
+    // Started again (the agent does so under a valid lease), it writes.
+    node.start(Duration::from_secs(30)).await.unwrap();
+    let again = connect(&primary).await.unwrap();
+    again
+        .batch_execute("BEGIN READ WRITE; INSERT INTO t VALUES (3); COMMIT")
+        .await
+        .unwrap();
+    let n: i64 = again
         .query_one("SELECT count(*) FROM t", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 2, "a write got past the fence");
+    node.stop(Duration::from_secs(5)).await.unwrap();
+}
 
-    agent.unfence().await.unwrap();
-    let again = connect().await;
-    again
-        .batch_execute("INSERT INTO t VALUES (4)")
+// Broke when a failed fence was not escalated: a server that does not stop
+// (here frozen with SIGSTOP, as a hung host would be) is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_escalates_until_nothing_of_the_server_runs() {
+    let dir = workdir();
+    let primary = PgNode::primary(dir.path(), "primary");
+    let writer = connect(&primary).await.unwrap();
+    writer
+        .batch_execute("CREATE TABLE t (id int)")
         .await
         .unwrap();
+    let node = local(&primary);
+    let pid = node.postmaster().expect("a postmaster");
+    // SAFETY: signalling the test's own server.
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let how = node.stop(Duration::from_millis(300)).await.unwrap();
+    assert_eq!(how, Stopped::Killed);
+    assert!(!node.is_running());
+    assert!(!tern_pg::local::alive(pid));
+    assert!(writer
+        .batch_execute("BEGIN READ WRITE; INSERT INTO t VALUES (1); COMMIT")
+        .await
+        .is_err());
 }
 
 /// After a failover the old primary crashes with writes the new primary
@@ -183,11 +212,20 @@ async fn an_old_primary_rejoins_as_a_standby_of_the_new_one() {
         bin_dir: bin_dir(),
         run_as: run_as(),
     };
-    let how = tools
+    let report = tools
         .rejoin(&old.data, &new.conninfo(), Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(how, Rejoin::Rewind);
+    assert_eq!(report.how, Rejoin::Rewind);
+    // What the old primary alone had is reported and kept, not destroyed.
+    assert!(report.diverged_at.is_some(), "{report:?}");
+    assert!(
+        !report.diverged_transactions.is_empty(),
+        "the write only the old primary took is not reported: {report:?}"
+    );
+    let kept = report.kept.clone().expect("the diverged WAL is kept");
+    let dump = std::fs::read_to_string(kept.join("waldump.txt")).unwrap();
+    assert!(dump.contains("INSERT"), "{dump}");
     old.start();
     let o = Pg::connect(&old.conninfo(), T).await.unwrap();
     assert_eq!(o.status().await.unwrap().role, Role::Standby);
@@ -211,4 +249,53 @@ async fn an_old_primary_rejoins_as_a_standby_of_the_new_one() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+// Broke when a failed pg_rewind deleted the old primary's data directory
+// before the base backup: it is moved aside instead, and kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rewind_keeps_the_old_data_directory() {
+    let dir = workdir();
+    // Without data checksums or wal_log_hints, pg_rewind refuses.
+    let mut old = PgNode::primary_with(dir.path(), "old", false);
+    let new = PgNode::standby(dir.path(), "new", &old);
+    let c = connect(&old).await.unwrap();
+    c.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let s = Pg::connect(&new.conninfo(), T).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.status().await.unwrap().lsn
+        < Pg::connect(&old.conninfo(), T)
+            .await
+            .unwrap()
+            .status()
+            .await
+            .unwrap()
+            .lsn
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never replicated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.promote(Duration::from_secs(10)).await.unwrap();
+    c.batch_execute("INSERT INTO t VALUES (99)").await.unwrap();
+    old.kill();
+    let tools = PgTools {
+        bin_dir: bin_dir(),
+        run_as: run_as(),
+    };
+    let report = tools
+        .rejoin(&old.data, &new.conninfo(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let Rejoin::BaseBackup { kept_at, .. } = &report.how else {
+        panic!("pg_rewind should have failed: {report:?}")
+    };
+    assert!(
+        kept_at.join("PG_VERSION").exists() && kept_at.join("pg_wal").exists(),
+        "the old data directory is gone: {report:?}"
+    );
+    old.start();
+    let o = Pg::connect(&old.conninfo(), T).await.unwrap();
+    assert_eq!(o.status().await.unwrap().role, Role::Standby);
 }

@@ -307,3 +307,45 @@ async fn an_unreachable_primary_is_answered_with_an_error() {
     let stats = proxy.handle.stats();
     assert_eq!((stats.refused, stats.unreachable), (1, 1));
 }
+
+// Broke when the proxy's target ignored the lease's expiry: a proxy whose
+// agent stopped hearing of renewals kept relaying to the old writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_past_its_lease_cuts_connections_and_refuses_new_ones() {
+    let dir = workdir();
+    let primary = PgNode::primary(dir.path(), "primary");
+    let proxy = Proxy::start(writable(&primary, 3)).await;
+    let until = tokio::time::Instant::now() + Duration::from_millis(800);
+    assert!(proxy.handle.set_valid_until(3, until));
+    // Another epoch's deadline does not apply.
+    assert!(!proxy
+        .handle
+        .set_valid_until(2, until + Duration::from_secs(60)));
+    let client = proxy.connect().await.unwrap();
+    server_port(&client).await.unwrap();
+    // Moving the deadline forward keeps the connection.
+    let later = tokio::time::Instant::now() + Duration::from_millis(1200);
+    assert!(proxy.handle.set_valid_until(3, later));
+    tokio::time::sleep_until(until + Duration::from_millis(100)).await;
+    server_port(&client)
+        .await
+        .expect("a deadline moved forward cut the connection");
+    // Then nobody renews it: the connection is cut, new ones refused.
+    tokio::time::sleep_until(later + Duration::from_millis(100)).await;
+    assert!(
+        server_port(&client).await.is_err(),
+        "a connection outlived the writer's lease"
+    );
+    let err = proxy
+        .connect()
+        .await
+        .expect_err("connected past the writer's lease");
+    assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err:?}");
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("not been seen renewed"),
+        "{err:?}"
+    );
+}

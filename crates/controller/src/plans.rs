@@ -4,66 +4,55 @@
 //! commands that start, grant and time out plans (`tern_core::failover`
 //! decides; this module only gathers facts and commits).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tern_core::control::{Applied, Command, ControlState};
-use tern_core::failover::{leader_action, LeaderAction, LeaderView, PlanKind, Step};
+use tern_core::failover::{
+    leader_action, leader_view, LeaderAction, LeaderView, NodeReport, NodeRole, PlanKind, Step,
+};
 use tern_proto::api::{ClustersView, WriteAnswer};
 
 use crate::node::Controller;
 
 impl Controller {
     /// What the leader knows of a cluster beyond the committed state: which
-    /// regions could take the writer and the last known lag toward the first.
-    pub(crate) fn leader_view(&self, state: &ControlState, cluster: &str) -> Option<LeaderView> {
+    /// regions could take the writer and the last known lag toward `target`
+    /// (or the best candidate), from the agents' replication reports
+    /// (`tern_core::failover::leader_view` decides).
+    pub(crate) fn leader_view(
+        &self,
+        state: &ControlState,
+        cluster: &str,
+        target: Option<&str>,
+    ) -> Option<LeaderView> {
         let c = state.clusters().get(cluster)?;
         let writer_down = !state.verdict(&c.writer.region).serves();
-        let candidates: Vec<String> = c
-            .spec
-            .regions
+        let reports: BTreeMap<String, NodeReport> = self
+            .replication
+            .lock()
+            .expect("replication lock")
             .iter()
-            .filter(|r| **r != c.writer.region && state.verdict(r).serves())
-            .cloned()
+            .filter(|((name, _), _)| name == cluster)
+            .map(|((_, region), (at, r))| {
+                let role = match r.role.as_str() {
+                    "primary" => NodeRole::Primary,
+                    "standby" => NodeRole::Standby,
+                    _ => NodeRole::Down,
+                };
+                let report = NodeReport {
+                    role,
+                    lsn: r.lsn,
+                    received_lsn: r.received_lsn,
+                    streamed_epoch: r.streamed_epoch,
+                    age: at.elapsed(),
+                };
+                (region.clone(), report)
+            })
             .collect();
-        let reports = self.replication.lock().expect("replication lock");
-        let primary = reports.get(&(cluster.to_string(), c.writer.region.clone()));
-        let target = candidates
-            .first()
-            .and_then(|t| reports.get(&(cluster.to_string(), t.clone())));
-        let mut evidence = Vec::new();
-        let lag_bytes = match (primary, target) {
-            (Some((pa, p)), Some((ta, t))) if p.role == "primary" && t.role == "standby" => {
-                let received = t.received_lsn.unwrap_or(t.lsn).max(t.lsn);
-                evidence.push(format!(
-                    "primary {} last reported WAL at {} ({} ms ago)",
-                    p.region,
-                    p.lsn,
-                    pa.elapsed().as_millis()
-                ));
-                evidence.push(format!(
-                    "standby {} has received {} ({} ms ago)",
-                    t.region,
-                    received,
-                    ta.elapsed().as_millis()
-                ));
-                Some(p.lsn.saturating_sub(received))
-            }
-            _ => {
-                evidence.push(format!(
-                    "no usable reports: primary {}, standby {}",
-                    primary.map_or("none".to_string(), |(_, r)| r.role.clone()),
-                    target.map_or("none".to_string(), |(_, r)| r.role.clone())
-                ));
-                None
-            }
-        };
-        Some(LeaderView {
-            writer_down,
-            candidates,
-            lag_bytes,
-            evidence,
-        })
+        let serving = |r: &str| state.verdict(r).serves();
+        Some(leader_view(c, writer_down, &serving, &reports, target))
     }
 
     /// An operator's plan comes without a lag figure: the leader adds the
@@ -77,7 +66,7 @@ impl Controller {
                 lag_bytes: None,
                 mut evidence,
             } => {
-                let view = self.leader_view(&self.state(), &cluster);
+                let view = self.leader_view(&self.state(), &cluster, Some(&to));
                 let lag_bytes = view.as_ref().and_then(|v| v.lag_bytes);
                 if let Some(v) = view {
                     evidence.extend(v.evidence);
@@ -129,7 +118,7 @@ impl Controller {
         let state = self.state();
         let names: Vec<String> = state.clusters().keys().cloned().collect();
         for cluster in names {
-            let Some(view) = self.leader_view(&state, &cluster) else {
+            let Some(view) = self.leader_view(&state, &cluster, None) else {
                 continue;
             };
             let c = &state.clusters()[&cluster];
@@ -162,7 +151,7 @@ impl Controller {
                         // (the dead primary's last one never comes again):
                         // its peers hold them too.
                         self.fetch_peer_reports().await;
-                        if let Some(v) = self.leader_view(&state, &cluster) {
+                        if let Some(v) = self.leader_view(&state, &cluster, None) {
                             if v.lag_bytes.is_some() {
                                 continue; // decided on the next tick, with the figure
                             }

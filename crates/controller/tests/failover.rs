@@ -24,6 +24,9 @@ fn report(region: &str, role: &str, lsn: u64) -> ReplicationReport {
         lag_bytes: None,
         lag_ms: None,
         read_only: false,
+        // A standby here streams from the writer of the epoch the test
+        // granted first (east's epoch 1).
+        streamed_epoch: (role == "standby").then_some(1),
     }
 }
 
@@ -88,7 +91,7 @@ async fn promotion_refused_over_the_budget() {
     let refusals: Vec<_> = state
         .audit()
         .iter()
-        .filter(|a| a.kind == "failover-refused")
+        .filter(|a| a.kind == "failover-refused" && a.summary.contains(CLUSTER))
         .collect();
     assert_eq!(
         refusals.len(),
@@ -257,4 +260,144 @@ async fn plan_resumes_after_a_leader_change_seed(seed: u64) {
         "seed {seed}: one plan, not restarted by the new leader"
     );
     g.stop_all().await;
+}
+
+fn report_of(
+    cluster: &str,
+    region: &str,
+    role: &str,
+    lsn: u64,
+    streamed_epoch: Option<u64>,
+) -> ReplicationReport {
+    ReplicationReport {
+        cluster: cluster.into(),
+        region: region.into(),
+        role: role.into(),
+        lsn,
+        received_lsn: (role == "standby").then_some(lsn),
+        lag_bytes: None,
+        lag_ms: None,
+        read_only: false,
+        streamed_epoch,
+    }
+}
+
+/// Every vantage point reports `region` up or down, for a while.
+async fn region_is(g: &Group, region: &str, ok: bool) {
+    for _ in 0..8 {
+        let client = g.client(g.leader().await);
+        for vantage in ["east", "west", "witness"] {
+            let _ = client.observe(&batch(vantage, region, ok)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_state(
+    g: &Group,
+    what: &str,
+    done: impl Fn(&tern_core::control::ControlState) -> bool,
+) -> tern_core::control::ControlState {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let state = g.node(g.leader().await).state();
+        if done(&state) {
+            return state;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// Broke when a candidate was any serving region and sync mode let an
+// unknown lag through: after a failover to west and no rejoin, west's loss
+// "promoted" the stale old primary in east (a primary already, counted as
+// promoted), losing every write acknowledged since the first failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_failover_in_sync_mode_does_not_promote_the_stale_old_primary() {
+    const LEDGER: &str = "ledger";
+    let g = Group::start(9, Timings::default()).await;
+    g.leader().await;
+    let lease = write_until_ok(
+        &g,
+        &Command::AcquireLease {
+            cluster: LEDGER.into(),
+            holder: "east".into(),
+        },
+    )
+    .await;
+    assert!(matches!(lease, Applied::Lease(_)), "{lease:?}");
+    let client = g.all();
+    client
+        .report_replication(&report_of(LEDGER, "east", "primary", 1000, None))
+        .await;
+    client
+        .report_replication(&report_of(LEDGER, "west", "standby", 1000, Some(1)))
+        .await;
+    // East dies; west, a standby of epoch 1's writer, is promoted.
+    region_is(&g, "east", false).await;
+    let state = wait_state(&g, "the first plan reaches promote", |s| {
+        s.clusters()[LEDGER]
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.step == Step::Promote)
+    })
+    .await;
+    let plan = state.clusters()[LEDGER].plan.clone().unwrap();
+    write_until_ok(
+        &g,
+        &Command::PlanStep {
+            cluster: LEDGER.into(),
+            plan_id: plan.id,
+            step: Step::Promote,
+            ok: true,
+            detail: "west promoted".into(),
+            lsn: Some(1000),
+        },
+    )
+    .await;
+    wait_state(&g, "west writes in epoch 2", |s| {
+        s.clusters()[LEDGER].writer.region == "west"
+    })
+    .await;
+    // East comes back as it was: a primary of epoch 1 that never rejoined.
+    client
+        .report_replication(&report_of(LEDGER, "west", "primary", 9000, None))
+        .await;
+    client
+        .report_replication(&report_of(LEDGER, "east", "primary", 1500, None))
+        .await;
+    region_is(&g, "east", true).await;
+    wait_state(&g, "east up again", |s| s.verdict("east").serves()).await;
+    // Then west dies.
+    region_is(&g, "west", false).await;
+    let state = wait_state(&g, "the refusal is audited", |s| {
+        s.audit().iter().any(|a| {
+            a.kind == "failover-refused" && a.summary.contains("no standby is known to stream")
+        })
+    })
+    .await;
+    let c = &state.clusters()[LEDGER];
+    assert_eq!(
+        c.writer.region, "west",
+        "the stale old primary took the writer"
+    );
+    assert_eq!(
+        c.plan.as_ref().map(|p| p.id),
+        Some(plan.id),
+        "a second plan started: {:?}",
+        c.plan
+    );
+    let refusal = state
+        .audit()
+        .iter()
+        .find(|a| a.kind == "failover-refused" && a.summary.contains(LEDGER))
+        .unwrap();
+    assert!(
+        refusal
+            .evidence
+            .iter()
+            .any(|e| e.contains("east is no candidate") && e.contains("a primary")),
+        "{refusal:?}"
+    );
 }

@@ -87,6 +87,17 @@ pub enum Command {
         plan_id: u64,
         step: Step,
     },
+    /// An agent acted on its own node outside a plan (fenced it, started
+    /// it again, made it a standby of the writer): recorded in the audit
+    /// log with its evidence, changing nothing else.
+    NodeEvent {
+        cluster: String,
+        region: String,
+        /// `fence`, `unfence`, `rejoin`, `start`.
+        action: String,
+        summary: String,
+        evidence: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -549,6 +560,28 @@ impl ControlState {
                 self.leases = leases;
                 self.record_notes(at, notes);
                 Ok(Applied::Step(result?))
+            }
+            Command::NodeEvent {
+                cluster,
+                region,
+                action,
+                summary,
+                evidence,
+            } => {
+                self.cluster_mut(&cluster)?;
+                let kind = match action.as_str() {
+                    "fence" => "node-fence",
+                    "unfence" => "node-unfence",
+                    "rejoin" => "node-rejoin",
+                    _ => "node",
+                };
+                self.record(
+                    at,
+                    kind,
+                    format!("{cluster} in {region}: {summary}"),
+                    evidence,
+                );
+                Ok(Applied::Nothing)
             }
             Command::PlanTimedOut {
                 cluster,

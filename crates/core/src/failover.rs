@@ -249,10 +249,15 @@ impl ClusterState {
                         self.writer.region
                     ))
                 } else if self.spec.sync {
-                    // Acknowledged commits are on the standby; a figure over
-                    // the budget means synchronous commits were suspended
-                    // (after a promotion) and the standby is behind.
+                    // Acknowledged commits are on a standby that streams
+                    // from the writer; a figure over the budget means
+                    // synchronous commits were suspended (after a promotion)
+                    // and the standby is behind; no figure means the target
+                    // is not known to stream from the writer at all.
                     match lag_bytes {
+                        None => Some(format!(
+                            "automatic promotion of {cluster} refused: no standby is known to stream from the writer, so it may lack acknowledged writes (sync mode)"
+                        )),
                         Some(l) if l > self.spec.rpo_budget => Some(format!(
                             "automatic promotion of {cluster} refused: lag {l} bytes exceeds the budget of {} bytes",
                             self.spec.rpo_budget
@@ -533,6 +538,134 @@ impl ClusterState {
     }
 }
 
+/// A node's role as its agent last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRole {
+    Primary,
+    Standby,
+    /// The agent could not read its node.
+    Down,
+}
+
+/// What an agent last reported of its region's node, as the leader holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReport {
+    pub role: NodeRole,
+    /// Primary: its current WAL position; standby: its replayed one.
+    pub lsn: u64,
+    /// Standby: the WAL position it has received and flushed.
+    pub received_lsn: Option<u64>,
+    /// Standby: the writer epoch it was last seen streaming from (the
+    /// agent saw its WAL receiver streaming from the writer's node).
+    pub streamed_epoch: Option<u64>,
+    /// How long ago the report arrived.
+    pub age: Duration,
+}
+
+/// The leader's view of a cluster from the agents' reports (pure).
+///
+/// Candidates are the nodes that could take the writer without losing what
+/// it acknowledged: in a serving region, last reported as a standby
+/// streaming from the writer of the *current* epoch (an old primary that
+/// never rejoined, or a standby of an older writer, is not one), most WAL
+/// received first, ties in configuration order. The lag is the writer's
+/// last reported WAL position minus what `target` (or else the first
+/// candidate) has received; it is unknown (`None`) when either report is
+/// missing or the target is not a candidate, and an unknown lag never
+/// passes the automatic gate ([`ClusterState::start`]).
+pub fn leader_view(
+    c: &ClusterState,
+    writer_down: bool,
+    serving: &dyn Fn(&str) -> bool,
+    reports: &BTreeMap<String, NodeReport>,
+    target: Option<&str>,
+) -> LeaderView {
+    let epoch = c.writer.epoch;
+    let mut evidence = Vec::new();
+    let others: Vec<&String> = c
+        .spec
+        .regions
+        .iter()
+        .filter(|r| **r != c.writer.region && serving(r))
+        .collect();
+    let mut valid: Vec<(&String, u64)> = Vec::new();
+    for r in &others {
+        match reports.get(*r) {
+            Some(n) if n.role == NodeRole::Standby && n.streamed_epoch == Some(epoch) => {
+                valid.push((r, n.received_lsn.unwrap_or(n.lsn).max(n.lsn)));
+            }
+            Some(n) => evidence.push(format!(
+                "{r} is no candidate: its last report ({} ms ago) is {}",
+                n.age.as_millis(),
+                match (n.role, n.streamed_epoch) {
+                    (NodeRole::Primary, _) => "a primary, not a standby of the writer".to_string(),
+                    (NodeRole::Down, _) => "a node its agent could not read".to_string(),
+                    (NodeRole::Standby, Some(e)) => format!(
+                        "a standby last seen streaming from the writer of epoch {e}, not {epoch}"
+                    ),
+                    (NodeRole::Standby, None) =>
+                        format!("a standby not seen streaming from the writer of epoch {epoch}"),
+                }
+            )),
+            None => evidence.push(format!("{r} is no candidate: no report of its node")),
+        }
+    }
+    // Most WAL first; the sort is stable, so ties keep configuration order.
+    valid.sort_by_key(|v| std::cmp::Reverse(v.1));
+    let mut candidates: Vec<String> = valid.iter().map(|(r, _)| (*r).clone()).collect();
+    let chosen = target
+        .map(str::to_string)
+        .or_else(|| candidates.first().cloned());
+    let received = chosen
+        .as_deref()
+        .and_then(|t| valid.iter().find(|(r, _)| r.as_str() == t).map(|(_, l)| *l));
+    let primary = reports
+        .get(&c.writer.region)
+        .filter(|p| p.role == NodeRole::Primary);
+    let lag_bytes = match (primary, received) {
+        (Some(p), Some(received)) => {
+            evidence.push(format!(
+                "primary {} last reported WAL at {} ({} ms ago; writes since are not in the figure)",
+                c.writer.region,
+                p.lsn,
+                p.age.as_millis()
+            ));
+            let t = chosen.as_deref().unwrap_or_default();
+            evidence.push(format!(
+                "standby {t} has received {received} ({} ms ago)",
+                reports.get(t).map_or(0, |n| n.age.as_millis())
+            ));
+            Some(p.lsn.saturating_sub(received))
+        }
+        (None, _) => {
+            evidence.push(format!(
+                "no usable report of the writer {}: the lag is unknown",
+                c.writer.region
+            ));
+            None
+        }
+        (_, None) => {
+            evidence.push(format!(
+                "no standby known to stream from the writer of epoch {epoch}{}: the lag is unknown",
+                chosen
+                    .as_deref()
+                    .map_or(String::new(), |t| format!(" in {t}"))
+            ));
+            None
+        }
+    };
+    if candidates.is_empty() {
+        // Named for the audit line of the refusal; the unknown lag refuses.
+        candidates = others.into_iter().cloned().collect();
+    }
+    LeaderView {
+        writer_down,
+        candidates,
+        lag_bytes,
+        evidence,
+    }
+}
+
 /// What the leader knows beyond the committed state when it decides.
 #[derive(Debug, Clone, Default)]
 pub struct LeaderView {
@@ -694,21 +827,28 @@ mod tests {
     }
 
     #[test]
-    fn sync_replication_needs_no_lag_figure_and_forcing_is_recorded() {
+    // Broke when sync mode let an unknown lag through: after one failover
+    // and no rejoin, the stale old primary was "promoted" in a second one.
+    fn sync_replication_refuses_an_unknown_lag_and_forcing_is_recorded() {
         let mut c = ClusterState::new(spec(true));
         let mut notes = Vec::new();
-        assert!(c
-            .start(
+        let auto = |c: &mut ClusterState, lag, notes: &mut Vec<Note>| {
+            c.start(
                 "db",
                 "west",
                 PlanKind::Automatic,
-                None,
+                lag,
                 true,
                 vec![],
                 s(1),
-                &mut notes
+                notes,
             )
-            .is_ok());
+        };
+        assert!(matches!(
+            auto(&mut c, None, &mut notes),
+            Err(FailoverError::Refused(r)) if r.contains("no standby is known to stream")
+        ));
+        assert!(auto(&mut c, Some(10), &mut notes).is_ok());
         let mut c = ClusterState::new(spec(false));
         let mut notes = Vec::new();
         let forced = PlanKind::Forced {
@@ -727,6 +867,106 @@ mod tests {
             )
             .is_ok());
         assert!(notes.iter().any(|n| n.0 == "forced"));
+    }
+
+    fn report(
+        role: NodeRole,
+        lsn: u64,
+        received: Option<u64>,
+        streamed: Option<u64>,
+    ) -> NodeReport {
+        NodeReport {
+            role,
+            lsn,
+            received_lsn: received,
+            streamed_epoch: streamed,
+            age: Duration::from_millis(100),
+        }
+    }
+
+    /// A cluster of three regions whose writer is `writer` in `epoch`.
+    fn three(writer: &str, epoch: u64) -> ClusterState {
+        let mut sp = spec(true);
+        sp.regions = vec!["east".into(), "west".into(), "north".into()];
+        let mut c = ClusterState::new(sp);
+        c.writer = Writer {
+            region: writer.into(),
+            epoch,
+        };
+        c
+    }
+
+    // Broke when candidates were any serving region in configuration order:
+    // a stale old primary, or the standby with less WAL, could be chosen.
+    #[test]
+    fn only_standbys_streaming_from_the_current_writer_are_candidates() {
+        use NodeRole::*;
+        let all = |_: &str| true;
+        // (reports, expected candidates, expected lag)
+        type Case<'a> = (Vec<(&'a str, NodeReport)>, Vec<&'a str>, Option<u64>);
+        let cases: Vec<Case> = vec![
+            // Both standbys stream from epoch 2: most WAL first.
+            (
+                vec![
+                    ("west", report(Primary, 1000, None, None)),
+                    ("east", report(Standby, 900, Some(950), Some(2))),
+                    ("north", report(Standby, 990, Some(1000), Some(2))),
+                ],
+                vec!["north", "east"],
+                Some(0),
+            ),
+            // East is the old primary that never rejoined: not a candidate.
+            (
+                vec![
+                    ("west", report(Primary, 1000, None, None)),
+                    ("east", report(Primary, 5000, None, None)),
+                    ("north", report(Standby, 900, Some(900), Some(2))),
+                ],
+                vec!["north"],
+                Some(100),
+            ),
+            // North streamed from the writer of epoch 1, not 2.
+            (
+                vec![
+                    ("west", report(Primary, 1000, None, None)),
+                    ("east", report(Primary, 5000, None, None)),
+                    ("north", report(Standby, 900, Some(900), Some(1))),
+                ],
+                vec!["east", "north"],
+                None,
+            ),
+            // No report of the writer: the lag is unknown.
+            (
+                vec![("east", report(Standby, 900, Some(950), Some(2)))],
+                vec!["east"],
+                None,
+            ),
+        ];
+        for (i, (reports, candidates, lag)) in cases.into_iter().enumerate() {
+            let reports: BTreeMap<String, NodeReport> = reports
+                .into_iter()
+                .map(|(r, n)| (r.to_string(), n))
+                .collect();
+            let v = leader_view(&three("west", 2), true, &all, &reports, None);
+            assert_eq!(v.candidates, candidates, "case {i}: {:?}", v.evidence);
+            assert_eq!(v.lag_bytes, lag, "case {i}: {:?}", v.evidence);
+        }
+        // A region that is down is no candidate, whatever its report.
+        let reports: BTreeMap<String, NodeReport> = [
+            ("west".to_string(), report(Primary, 1000, None, None)),
+            (
+                "north".to_string(),
+                report(Standby, 1000, Some(1000), Some(2)),
+            ),
+            ("east".to_string(), report(Standby, 500, Some(500), Some(2))),
+        ]
+        .into();
+        let v = leader_view(&three("west", 2), true, &|r| r != "north", &reports, None);
+        assert_eq!(v.candidates, vec!["east"]);
+        assert_eq!(v.lag_bytes, Some(500));
+        // An operator's target gets its own lag figure.
+        let v = leader_view(&three("west", 2), true, &all, &reports, Some("east"));
+        assert_eq!(v.lag_bytes, Some(500));
     }
 
     #[test]
@@ -1007,7 +1247,7 @@ mod tests {
             "db",
             "west",
             PlanKind::Automatic,
-            None,
+            Some(0),
             true,
             vec![],
             s(0),

@@ -20,7 +20,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use tokio::process::Child;
 use tokio_postgres::{Client, NoTls};
 
 use crate::db_report::Row;
@@ -185,8 +184,10 @@ pub struct PgServer {
     pub bin: PathBuf,
     /// uid and gid the binaries run as (the `postgres` user when the lab runs as root).
     run_as: Option<(u32, u32)>,
-    /// The postmaster and its process id.
-    child: Option<(Child, i32)>,
+    /// The server process, found through its data directory whoever started
+    /// it (the lab, or later the region's agent, which fences the node by
+    /// stopping it and starts it again).
+    node: tern_pg::LocalNode,
 }
 
 impl PgServer {
@@ -287,152 +288,66 @@ impl PgServer {
         self.append("standby.signal", "")
     }
 
-    /// Starts `postgres -D <data>` as a direct child in a process group of its own and waits
-    /// until it accepts connections (within [`START_TIMEOUT`]). The server dies with the lab,
-    /// or more exactly with the thread that started it (`PR_SET_PDEATHSIG`): call this from
-    /// a runtime worker, not from a short-lived blocking thread.
+    /// The arguments after `postgres -D <data>` that give this node its identity (port,
+    /// address, socket directory, `cluster_name`); the region's agent starts the node with the
+    /// same ones.
+    pub fn server_args(&self) -> Vec<String> {
+        server_args(&self.name, self.listen, &self.socket_dir())
+    }
+
+    /// Starts `postgres -D <data>` in a process group of its own and waits until it accepts
+    /// connections (within [`START_TIMEOUT`]). The server dies with the lab, or more exactly
+    /// with the thread that started it (`PR_SET_PDEATHSIG`): call this from a runtime worker,
+    /// not from a short-lived blocking thread.
     pub async fn start(&mut self) -> Result<()> {
         if self.is_running() {
             bail!("{}: already running", self.name);
         }
-        // A postmaster that died by itself may have left backends behind.
-        self.kill().await;
         let sockets = self.socket_dir();
         std::fs::create_dir_all(&sockets)
             .with_context(|| format!("create {}", sockets.display()))?;
         self.chown(&sockets)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .with_context(|| format!("open {}", self.log_path().display()))?;
-        let mut cmd = self.command("postgres");
-        cmd.arg("-D")
-            .arg(&self.data)
-            .arg("-p")
-            .arg(self.listen.port().to_string())
-            .arg("-c")
-            .arg(format!("listen_addresses={}", self.listen.ip()))
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", sockets.display()))
-            .arg("-c")
-            .arg(format!("cluster_name={}", self.name))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            // Its own process group: a Ctrl-C meant for the lab does not shut it down behind
-            // the lab's back; the lab stops or kills it.
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours. It runs after the
-        // switch to the postgres user (which would clear it) and makes the kernel kill the
-        // postmaster when the lab dies, however it dies.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = tokio::process::Command::from(cmd)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "{}: start {}",
-                    self.name,
-                    self.bin.join("postgres").display()
-                )
-            })?;
-        let pid = child
-            .id()
-            .ok_or_else(|| anyhow!("{}: postgres exited at once", self.name))?
-            as i32;
-        self.child = Some((child, pid));
-        let deadline = Instant::now() + START_TIMEOUT;
-        let conninfo = self.conninfo();
-        loop {
-            let exited = match self.child.as_mut() {
-                Some((child, _)) => child.try_wait().ok().flatten(),
-                None => None,
-            };
-            if let Some(status) = exited {
-                self.kill().await;
-                bail!(
-                    "{}: postgres exited while starting ({status}); last log lines:\n{}",
-                    self.name,
-                    crate::process::tail(&self.log_path(), 15)
-                );
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if let Ok(client) = connect(&conninfo, remaining.min(Duration::from_secs(1))).await {
-                if client.simple_query("SELECT 1").await.is_ok() {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                self.kill().await;
-                bail!(
-                    "{}: not accepting connections on {} within {START_TIMEOUT:?}; last log lines:\n{}",
-                    self.name,
-                    self.listen,
-                    crate::process::tail(&self.log_path(), 15)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.node
+            .start(START_TIMEOUT)
+            .await
+            .with_context(|| format!("{}: start postgres", self.name))
     }
 
     /// Crashes the server as a dead host would: SIGKILL to the postmaster and to every one of
     /// its children, then waits until none of them is alive, so no orphaned backend keeps the
     /// shared memory and the next start recovers at once.
     pub async fn kill(&mut self) {
-        let Some((mut child, pid)) = self.child.take() else {
-            return;
-        };
-        let children = if matches!(child.try_wait(), Ok(None)) {
-            crash(pid)
-        } else {
-            // Exited by itself: its children, orphaned, notice and exit.
-            Vec::new()
-        };
-        let _ = child.wait().await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while children.iter().any(|c| alive(*c)) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Err(e) = self.node.crash().await {
+            tracing::warn!("{}: crash: {e}", self.name);
         }
     }
 
-    /// Fast shutdown (SIGINT: sessions are ended, a shutdown checkpoint written) and waits up
-    /// to [`STOP_TIMEOUT`]; kills the server if it is not down by then.
+    /// Fast shutdown (sessions are ended, a shutdown checkpoint written), escalating to an
+    /// immediate shutdown and then a kill when it takes longer than [`STOP_TIMEOUT`].
     pub async fn stop(&mut self) -> Result<()> {
-        let Some((child, pid)) = self.child.as_mut() else {
-            return Ok(());
-        };
-        // SAFETY: a plain syscall signalling our own child.
-        unsafe {
-            libc::kill(*pid, libc::SIGINT);
-        }
-        let stopped = tokio::time::timeout(STOP_TIMEOUT, child.wait())
+        let how = self
+            .node
+            .stop(STOP_TIMEOUT)
             .await
-            .is_ok();
-        // Also reaps whatever the postmaster left behind.
-        self.kill().await;
-        if !stopped {
+            .with_context(|| format!("{}: stop", self.name))?;
+        if !matches!(how, tern_pg::Stopped::Fast | tern_pg::Stopped::NotRunning) {
             bail!(
-                "{}: no clean shutdown within {STOP_TIMEOUT:?}; killed",
-                self.name
+                "{}: no clean shutdown within {STOP_TIMEOUT:?} ({})",
+                self.name,
+                how.as_str()
             );
         }
         Ok(())
     }
 
-    /// Whether the postmaster is running (started and not exited).
+    /// Whether a postmaster runs for this data directory (whoever started it).
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|(child, _)| matches!(child.try_wait(), Ok(None)))
+        self.node.is_running()
     }
 
-    /// The postmaster's process id while started.
+    /// The postmaster's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|(_, pid)| *pid as u32)
+        self.node.postmaster().map(|p| p as u32)
     }
 
     /// The connection string for this server's lab database.
@@ -538,13 +453,20 @@ impl PgServer {
             );
         }
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
+        let node = tern_pg::LocalNode::new(
+            &data,
+            bin,
+            server_args(name, listen, &data.with_extension("sock")),
+        )
+        .with_run_as(run_as)
+        .stop_with_parent(true);
         let server = PgServer {
             name: name.to_string(),
             data,
             listen,
             bin: bin.to_path_buf(),
             run_as,
-            child: None,
+            node,
         };
         server.chown(&server.data)?;
         if let Some((uid, gid)) = run_as {
@@ -611,73 +533,22 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        if let Some((child, pid)) = &mut self.child {
-            if matches!(child.try_wait(), Ok(None)) {
-                // The runtime reaps the postmaster.
-                crash(*pid);
-            }
-        }
+        self.node.crash_now();
     }
 }
 
-/// SIGKILLs a running postmaster and its children; returns the children's pids. PostgreSQL
-/// puts every child in a process group of its own, so a group signal would miss them; they
-/// are found as the postmaster's children instead, with the postmaster stopped first so that
-/// it starts no new child between the listing and the kill.
-fn crash(postmaster: i32) -> Vec<i32> {
-    // SAFETY: plain syscalls signalling our own child and its children.
-    unsafe {
-        libc::kill(postmaster, libc::SIGSTOP);
-    }
-    let children = children_of(postmaster);
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(postmaster, libc::SIGKILL);
-        for c in &children {
-            libc::kill(*c, libc::SIGKILL);
-        }
-    }
-    children
-}
-
-/// `(pid, state, parent pid)` of every process, from `/proc`.
-fn processes() -> Vec<(i32, char, i32)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-            let (_, rest) = stat.rsplit_once(')')?;
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?.chars().next()?;
-            let ppid = fields.next()?.parse().ok()?;
-            Some((pid, state, ppid))
-        })
-        .collect()
-}
-
-fn children_of(parent: i32) -> Vec<i32> {
-    processes()
-        .into_iter()
-        .filter(|(_, _, ppid)| *ppid == parent)
-        .map(|(pid, _, _)| pid)
-        .collect()
-}
-
-/// Whether `pid` is a live process. Zombies, which hold no resources and may never be reaped
-/// in a container whose init does not reap, are not.
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.split_whitespace().next().map(|state| state != "Z")
-        })
-        .unwrap_or(false)
+/// The arguments after `postgres -D <data>` that give a lab node its identity.
+fn server_args(name: &str, listen: SocketAddr, sockets: &Path) -> Vec<String> {
+    vec![
+        "-p".into(),
+        listen.port().to_string(),
+        "-c".into(),
+        format!("listen_addresses={}", listen.ip()),
+        "-c".into(),
+        format!("unix_socket_directories={}", sockets.display()),
+        "-c".into(),
+        format!("cluster_name={name}"),
+    ]
 }
 
 /// The `postgres` user's uid and gid when the lab runs as root (PostgreSQL refuses to run as
@@ -801,19 +672,5 @@ mod tests {
             conninfo_for("127.0.1.5:5433".parse().unwrap()),
             "host=127.0.1.5 port=5433 user=postgres dbname=postgres connect_timeout=5"
         );
-    }
-
-    #[test]
-    fn processes_are_read_from_proc() {
-        let me = std::process::id() as i32;
-        let all = processes();
-        let (_, state, _) = all
-            .iter()
-            .find(|(pid, _, _)| *pid == me)
-            .expect("this process");
-        assert_ne!(*state, 'Z');
-        assert!(alive(me));
-        assert!(!alive(i32::MAX));
-        assert!(children_of(i32::MAX).is_empty());
     }
 }

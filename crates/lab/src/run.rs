@@ -223,7 +223,6 @@ async fn apply_step(
     step: &Step,
     clock: &Clock,
     faults: &mut Faults,
-    events: &mut Vec<Event>,
 ) -> Result<()> {
     match &step.action {
         Action::Cut(region, fault) => {
@@ -239,13 +238,6 @@ async fn apply_step(
             deployment.wan.set_region_fault(region, Fault::None);
             deployment.restart_region(region).await?;
             faults.restore_ms = Some(clock.ms());
-            if let Some(note) = deployment.restore_database(region).await? {
-                println!("{} {note}", clock.stamp());
-                events.push(Event {
-                    t_ms: clock.ms(),
-                    what: note,
-                });
-            }
         }
         Action::Switchover(to) => {
             faults.fault_ms.get_or_insert(clock.ms());
@@ -364,7 +356,7 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
                 }
                 let Some(step) = steps.next() else { continue };
                 println!("{} {}", clock.stamp(), step.label);
-                apply_step(deployment, step, &clock, &mut faults, &mut events).await?;
+                apply_step(deployment, step, &clock, &mut faults).await?;
                 events.push(Event { t_ms: clock.ms(), what: step.label.clone() });
             }
         }
@@ -443,6 +435,18 @@ async fn judge(
     } = faults;
     let mut facts = control_facts(deployment, clock).await;
     facts.minority_decisions = minority_decisions;
+    // What the agents did to their nodes on their own (fence, restart,
+    // rejoin) goes on the timeline, as the controllers' audit log has it.
+    let mut events = events;
+    for (t_ms, kind, summary, _) in &facts.audit {
+        if kind.starts_with("node-") && *t_ms >= 0.0 && *t_ms <= end_ms {
+            events.push(Event {
+                t_ms: *t_ms,
+                what: summary.clone(),
+            });
+        }
+    }
+    events.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
     // With the database, payments are the write load: the write oracle
     // judges them; the HTTP figures are about the rest.
     let writes = match &deployment.db {

@@ -431,7 +431,16 @@ impl Deployment {
                 n.region
             ));
             if n.region == region {
-                out.push_str(&format!("proxy = \"{}\"\n", n.proxy));
+                // The agent fences its node by stopping it, starts it again
+                // and rejoins it as a standby; in the lab the node also
+                // stops when its agent dies (a killed region takes both).
+                out.push_str(&format!(
+                    "proxy = \"{}\"\ndata_dir = {:?}\nbin_dir = {:?}\nserver_args = {:?}\nstop_with_agent = true\n",
+                    n.proxy,
+                    n.server.data.display().to_string(),
+                    db.settings.bin.display().to_string(),
+                    n.server.server_args(),
+                ));
             }
         }
         out
@@ -669,61 +678,6 @@ impl Deployment {
         Ok(())
     }
 
-    /// Brings a killed region's database node back: as it was when the
-    /// region still holds the writer, otherwise as a standby of the writer
-    /// (`pg_rewind`, or a fresh base backup when rewinding fails). Returns
-    /// what was done, for the timeline.
-    pub async fn restore_database(&mut self, region: &str) -> Result<Option<String>> {
-        let running = match self.db.as_mut().and_then(|d| d.node_mut(region)) {
-            None => return Ok(None),
-            Some(n) => n.server.is_running(),
-        };
-        if running {
-            return Ok(None);
-        }
-        let writer = self.writer_region().await;
-        let Some(db) = self.db.as_mut() else {
-            return Ok(None);
-        };
-        let writer = match writer {
-            Some(w) if w != region => w,
-            None => {
-                return Err(anyhow!(
-                    "no controller in quorum says who the writer is; {region}'s database stays down"
-                ))
-            }
-            Some(_) => {
-                let n = db.node_mut(region).expect("node");
-                n.server.start().await?;
-                return Ok(Some(format!(
-                    "{region}'s database restarted (it still holds the writer)"
-                )));
-            }
-        };
-        let source = db
-            .path(region, &writer)
-            .ok_or_else(|| anyhow!("no path from {region} to {writer}'s database"))?;
-        let bin = db.settings.bin.clone();
-        let n = db.node_mut(region).expect("node");
-        let tools = tern_pg::PgTools {
-            bin_dir: bin,
-            run_as: n.server.run_as(),
-        };
-        let how = tools
-            .rejoin(
-                &n.server.data,
-                &postgres::conninfo_for(source),
-                Duration::from_secs(120),
-            )
-            .await
-            .with_context(|| format!("rejoin {region}'s old primary as a standby of {writer}"))?;
-        n.server.configure_standby(source, region)?;
-        n.server.start().await?;
-        Ok(Some(format!(
-            "{region}'s old primary rejoined as a standby of {writer} ({how:?})"
-        )))
-    }
-
     /// The database's writer region, as a controller in quorum says (a
     /// controller that just restarted answers with its old state until it
     /// hears from the leader). Tries for up to 10 s.
@@ -745,8 +699,10 @@ impl Deployment {
         }
     }
 
-    /// Starts a killed region's processes again on the same addresses (its
-    /// database node is [`Deployment::restore_database`]'s).
+    /// Starts a killed region's processes again on the same addresses. Its
+    /// database node is its agent's to bring back: started again while the
+    /// region holds the writer, otherwise rejoined as a standby of the
+    /// writer (`pg_rewind`, keeping what the old primary alone had).
     pub async fn restart_region(&mut self, region: &str) -> Result<()> {
         let i = self.runtime_mut(region)?;
         if self.serving[i].service.is_none() {

@@ -1,13 +1,16 @@
 //! tern's PostgreSQL adapter: what a node is (primary or standby), how far
 //! behind it is, and the actions the failover plan needs from it: promote a
-//! standby, fence a primary (no new writes: read-only by default and every
-//! client session ended), and make an old primary a standby again.
+//! standby, fence a primary (stop it), and make an old primary a standby
+//! again without losing what it alone had.
 //!
 //! [`Pg`] is a connection to one node with a deadline on every statement:
-//! [`Pg::status`] answers a [`PgStatus`]; [`Pg::promote`], [`Pg::fence`],
-//! [`Pg::unfence`] and [`Pg::set_synchronous`] act on it. [`PgTools`] runs
-//! the server's own tools (`pg_rewind`, `pg_basebackup`) for
-//! [`PgTools::rejoin`]. Every failure is a [`PgError`] that says whether
+//! [`Pg::status`] answers a [`PgStatus`]; [`Pg::promote`] and
+//! [`Pg::set_synchronous`] act on it. [`LocalNode`] is the node on this host,
+//! driven through its data directory: running or not, standby or not,
+//! start, and stop with escalation (the fence: a stopped server refuses
+//! every write from every client). [`PgTools`] runs the server's own tools
+//! (`pg_rewind`, `pg_basebackup`, `pg_waldump`) for [`PgTools::rejoin`],
+//! which keeps and reports what an old primary had that the new one lacks. Every failure is a [`PgError`] that says whether
 //! the node did not answer in time, refused a statement, or a tool failed.
 //! WAL positions are `u64` byte offsets ([`parse_lsn`]).
 //!
@@ -15,11 +18,16 @@
 //! must be sure no write gets through is stopped instead (`pg_ctl stop`),
 //! since a session may still ask for a read-write transaction explicitly.
 
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
+
+pub mod local;
+
+pub use local::{pg_bin_dir, LocalNode, Stopped};
 
 /// Why an action on a PostgreSQL node failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +114,9 @@ pub struct PgStatus {
     pub synchronous: bool,
     /// Primary: standbys streaming now.
     pub streaming: u32,
+    /// Standby: where its WAL receiver streams from now (`sender_host`,
+    /// `sender_port` of `pg_stat_wal_receiver`), when it streams.
+    pub upstream: Option<(String, u16)>,
 }
 
 /// Parses a PostgreSQL LSN such as `16/B374D848`.
@@ -190,6 +201,23 @@ impl Pg {
         let lsn: String = row.get(0);
         let lag_bytes: Option<f64> = row.get(1);
         let lag_seconds: Option<f64> = row.get(2);
+        let upstream = if in_recovery {
+            self.deadline(
+                "read the WAL receiver",
+                self.client.query_opt(
+                    "SELECT sender_host, sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                    &[],
+                ),
+            )
+            .await?
+            .and_then(|r| {
+                let host: Option<String> = r.get(0);
+                let port: Option<i32> = r.get(1);
+                Some((host?, u16::try_from(port?).ok()?))
+            })
+        } else {
+            None
+        };
         Ok(PgStatus {
             role,
             lsn: parse_lsn(&lsn)?,
@@ -198,6 +226,7 @@ impl Pg {
             read_only,
             synchronous,
             streaming: streaming.max(0) as u32,
+            upstream,
         })
     }
 
@@ -217,34 +246,6 @@ impl Pg {
             return Err(timeout_err("promote (pg_promote answered false)", wait));
         }
         Ok(())
-    }
-
-    /// Fences a primary: new transactions are read-only and every other
-    /// client session is ended. Returns how many sessions were ended.
-    pub async fn fence(&self) -> Result<u64> {
-        self.deadline(
-            "set read-only",
-            self.client
-                .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on"),
-        )
-        .await?;
-        self.deadline(
-            "reload the configuration",
-            self.client.query_one("SELECT pg_reload_conf()", &[]),
-        )
-        .await?;
-        let row = self
-            .deadline(
-                "end client sessions",
-                self.client.query_one(
-                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
-                     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-                    &[],
-                ),
-            )
-            .await?;
-        let ended: i64 = row.get(0);
-        Ok(ended.max(0) as u64)
     }
 
     /// Makes commits wait for a standby (`*`: any one), or not.
@@ -268,15 +269,6 @@ impl Pg {
         .await?;
         Ok(())
     }
-
-    /// Lifts a fence (after the node has rejoined, or by an operator).
-    pub async fn unfence(&self) -> Result<()> {
-        self.alter_system(
-            "reset read-only",
-            "ALTER SYSTEM RESET default_transaction_read_only",
-        )
-        .await
-    }
 }
 
 /// How an old primary was made a standby again.
@@ -284,8 +276,29 @@ impl Pg {
 pub enum Rejoin {
     /// `pg_rewind`: only the diverged blocks were copied.
     Rewind,
-    /// A fresh `pg_basebackup`, after `pg_rewind` failed for this reason.
-    BaseBackup { rewind_error: String },
+    /// A fresh `pg_basebackup`, after `pg_rewind` failed for this reason;
+    /// the old data directory was moved to `kept_at`, never deleted.
+    BaseBackup {
+        rewind_error: String,
+        kept_at: PathBuf,
+    },
+}
+
+/// What a rejoin did, and what the old primary had that the new writer
+/// does not (DESIGN.md invariant 2: rejoin never destroys diverged writes;
+/// they are kept and reported).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejoinReport {
+    pub how: Rejoin,
+    /// Where the histories forked (the WAL position and the old primary's
+    /// timeline), when they did.
+    pub diverged_at: Option<(u64, u32)>,
+    /// Transactions the old primary committed after the fork (their ids),
+    /// from its WAL: the writes an operator may have to reconcile.
+    pub diverged_transactions: Vec<u32>,
+    /// Where the old primary's WAL from the fork on, and `pg_waldump`'s
+    /// reading of it (`waldump.txt`), were kept.
+    pub kept: Option<PathBuf>,
 }
 
 /// The local PostgreSQL tools, for actions that need the server stopped.
@@ -306,7 +319,8 @@ impl PgTools {
         tokio::process::Command::from(cmd)
     }
 
-    async fn run(&self, name: &str, args: &[&str], timeout: Duration) -> Result<()> {
+    /// Runs a tool; answers its standard output and error, together.
+    pub(crate) async fn run(&self, name: &str, args: &[&str], timeout: Duration) -> Result<String> {
         let out = tokio::time::timeout(timeout, self.command(name).args(args).output())
             .await
             .map_err(|_| timeout_err(name, timeout))?
@@ -314,29 +328,42 @@ impl PgTools {
                 tool: name.to_string(),
                 reason: format!("could not run: {e}"),
             })?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         if !out.status.success() {
             return Err(PgError::Tool {
                 tool: name.to_string(),
-                reason: format!(
-                    "failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
+                reason: format!("failed ({}): {}", out.status, text.trim()),
             });
         }
-        Ok(())
+        Ok(text)
     }
 
-    /// Makes a stopped old primary a streaming standby of `source`:
-    /// `pg_rewind` first (it finishes the crash recovery of a node that was
-    /// not shut down cleanly), a fresh base backup when that fails. Both
-    /// write `standby.signal` and `primary_conninfo`; start the server
-    /// afterwards.
-    pub async fn rejoin(&self, data_dir: &Path, source: &str, timeout: Duration) -> Result<Rejoin> {
+    /// Makes a stopped old primary a standby of `source` (a conninfo), and
+    /// keeps what it had that `source` does not:
+    ///
+    /// 1. a checkpoint on the source (a freshly promoted source records its
+    ///    new timeline only then; without it `pg_rewind` may see no fork);
+    /// 2. `pg_rewind --dry-run` finds where the histories forked;
+    /// 3. the old primary's WAL from that segment on is copied beside the
+    ///    data directory (`<data>.diverged-<unix ms>`) with `pg_waldump`'s
+    ///    reading of it, and the transactions committed after the fork are
+    ///    listed in the report;
+    /// 4. `pg_rewind`, or when that fails, the data directory is moved
+    ///    aside (never deleted) and a fresh base backup taken.
+    ///
+    /// Both end with `standby.signal` and `primary_conninfo` written;
+    /// start the server afterwards.
+    pub async fn rejoin(
+        &self,
+        data_dir: &Path,
+        source: &str,
+        timeout: Duration,
+    ) -> Result<RejoinReport> {
         let data = data_dir.display().to_string();
-        // A freshly promoted source records its new timeline in pg_control
-        // only at its next checkpoint; without one pg_rewind may see no
-        // divergence and leave the old primary's extra writes in place.
         let source_pg = Pg::connect(source, timeout.min(Duration::from_secs(10))).await?;
         tokio::time::timeout(timeout, source_pg.client.batch_execute("CHECKPOINT"))
             .await
@@ -344,6 +371,42 @@ impl PgTools {
             .map_err(pg_err("checkpoint on the new primary"))?;
         let target = format!("--target-pgdata={data}");
         let server = format!("--source-server={source}");
+        // pg_rewind needs a cleanly shut down target, and its dry run does
+        // not finish a crash recovery itself: single-user mode does.
+        self.finish_crash_recovery(data_dir, timeout).await?;
+        let dry = self
+            .run("pg_rewind", &[&target, &server, "--dry-run"], timeout)
+            .await;
+        let diverged_at = match &dry {
+            Ok(out) => parse_divergence(out),
+            Err(e) => {
+                tracing::warn!(error = %e, "pg_rewind --dry-run failed; the fork point is unknown");
+                None
+            }
+        };
+
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut report = RejoinReport {
+            how: Rejoin::Rewind,
+            diverged_at,
+            diverged_transactions: Vec::new(),
+            kept: None,
+        };
+        if let Some((lsn, timeline)) = diverged_at {
+            let kept = data_dir.with_extension(format!("diverged-{stamp}"));
+            match self
+                .keep_diverged(data_dir, &kept, lsn, timeline, timeout)
+                .await
+            {
+                Ok(xids) => report.diverged_transactions = xids,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the diverged WAL; it is kept as it was")
+                }
+            }
+            report.kept = Some(kept);
+        }
         let rewind = self
             .run(
                 "pg_rewind",
@@ -351,39 +414,180 @@ impl PgTools {
                 timeout,
             )
             .await;
-        match rewind {
-            Ok(()) => Ok(Rejoin::Rewind),
-            Err(e) => {
-                tracing::warn!(error = %e, "pg_rewind failed; taking a fresh base backup");
-                let io = |what: String| move |source| PgError::Io { what, source };
-                for entry in std::fs::read_dir(data_dir).map_err(io(format!("read {data}")))? {
-                    let path = entry.map_err(io(format!("read {data}")))?.path();
-                    if path.is_dir() {
-                        std::fs::remove_dir_all(&path)
-                    } else {
-                        std::fs::remove_file(&path)
-                    }
-                    .map_err(io(format!("clear {}", path.display())))?;
-                }
-                self.run(
-                    "pg_basebackup",
-                    &[
-                        "-d", source, "-D", &data, "-R", "-X", "stream", "-c", "fast",
-                    ],
-                    timeout,
-                )
-                .await?;
-                Ok(Rejoin::BaseBackup {
-                    rewind_error: e.to_string(),
-                })
+        if let Err(e) = rewind {
+            tracing::warn!(error = %e, "pg_rewind failed; moving the data directory aside and taking a fresh base backup");
+            let io = |what: String| move |source| PgError::Io { what, source };
+            let aside = data_dir.with_extension(format!("old-{stamp}"));
+            let meta = std::fs::metadata(data_dir).map_err(io(format!("read {data}")))?;
+            std::fs::rename(data_dir, &aside)
+                .map_err(io(format!("move {data} to {}", aside.display())))?;
+            std::fs::create_dir(data_dir).map_err(io(format!("create {data}")))?;
+            std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(format!("chmod {data}")))?;
+            let _ = std::os::unix::fs::chown(data_dir, Some(meta.uid()), Some(meta.gid()));
+            self.run(
+                "pg_basebackup",
+                &[
+                    "-d", source, "-D", &data, "-R", "-X", "stream", "-c", "fast",
+                ],
+                timeout,
+            )
+            .await?;
+            report.how = Rejoin::BaseBackup {
+                rewind_error: e.to_string(),
+                kept_at: aside,
+            };
+        }
+        Ok(report)
+    }
+
+    /// Completes the crash recovery of a server that was not shut down
+    /// cleanly (`postgres --single`, as `pg_rewind` itself does), so that
+    /// its data directory says "shut down".
+    async fn finish_crash_recovery(&self, data_dir: &Path, timeout: Duration) -> Result<()> {
+        let data = data_dir.display().to_string();
+        let state = self.run("pg_controldata", &["-D", &data], timeout).await?;
+        let clean = state.lines().any(|l| {
+            l.starts_with("Database cluster state:")
+                && (l.ends_with("shut down") || l.ends_with("shut down in recovery"))
+        });
+        if clean {
+            return Ok(());
+        }
+        self.run(
+            "postgres",
+            &[
+                "--single",
+                "-F",
+                "-D",
+                &data,
+                "-c",
+                "archive_mode=off",
+                "template1",
+            ],
+            timeout,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Copies the WAL segments from the fork on (and the timeline history
+    /// files) to `kept/pg_wal`, reads them with `pg_waldump` into
+    /// `kept/waldump.txt`, and answers the ids of the transactions
+    /// committed after the fork.
+    async fn keep_diverged(
+        &self,
+        data_dir: &Path,
+        kept: &Path,
+        lsn: u64,
+        timeline: u32,
+        timeout: Duration,
+    ) -> Result<Vec<u32>> {
+        let io = |what: String| move |source| PgError::Io { what, source };
+        let wal = data_dir.join("pg_wal");
+        let kept_wal = kept.join("pg_wal");
+        std::fs::create_dir_all(&kept_wal).map_err(io(format!("create {}", kept_wal.display())))?;
+        // Segment names: timeline, then the 64-bit segment number in two
+        // 32-bit halves, all hex (16 MiB segments: 256 per half).
+        let first = lsn / WAL_SEGMENT;
+        let first_name = format!("{:08X}{:08X}", first >> 8, first & 0xFF);
+        for entry in std::fs::read_dir(&wal).map_err(io(format!("read {}", wal.display())))? {
+            let entry = entry.map_err(io(format!("read {}", wal.display())))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            let segment = name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit());
+            let keep = name.ends_with(".history") || (segment && name[8..] >= *first_name);
+            if keep {
+                std::fs::copy(entry.path(), kept_wal.join(&name))
+                    .map_err(io(format!("copy {name}")))?;
             }
         }
+        if let Some((uid, gid)) = self.run_as {
+            for p in [kept, kept_wal.as_path()] {
+                let _ = std::os::unix::fs::chown(p, Some(uid), Some(gid));
+            }
+            for e in std::fs::read_dir(&kept_wal).into_iter().flatten().flatten() {
+                let _ = std::os::unix::fs::chown(e.path(), Some(uid), Some(gid));
+            }
+        }
+        let start = format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF);
+        let path = kept_wal.display().to_string();
+        let tli = timeline.to_string();
+        // pg_waldump stops with an error at the end of the WAL: what it read
+        // up to there is the answer.
+        let out = tokio::time::timeout(
+            timeout,
+            self.command("pg_waldump")
+                .args(["--path", &path, "--timeline", &tli, "--start", &start])
+                .output(),
+        )
+        .await
+        .map_err(|_| timeout_err("pg_waldump", timeout))?
+        .map_err(|e| PgError::Tool {
+            tool: "pg_waldump".into(),
+            reason: format!("could not run: {e}"),
+        })?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let dump = kept.join("waldump.txt");
+        std::fs::write(
+            &dump,
+            format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+        )
+        .map_err(io(format!("write {}", dump.display())))?;
+        Ok(committed_transactions(&text))
     }
+}
+
+/// WAL segment size (PostgreSQL's default, which the lab and `initdb` use).
+const WAL_SEGMENT: u64 = 16 * 1024 * 1024;
+
+/// `servers diverged at WAL location 0/3000148 on timeline 1`, from
+/// `pg_rewind`'s output; `None` when no rewind is required.
+fn parse_divergence(out: &str) -> Option<(u64, u32)> {
+    let line = out
+        .lines()
+        .find(|l| l.contains("servers diverged at WAL location"))?;
+    let rest = line.split("WAL location").nth(1)?.trim();
+    let mut words = rest.split_whitespace();
+    let lsn = parse_lsn(words.next()?).ok()?;
+    let timeline = words.nth(2)?.trim_end_matches('.').parse().ok()?;
+    Some((lsn, timeline))
+}
+
+/// The ids of transactions with a COMMIT record in `pg_waldump` output.
+fn committed_transactions(dump: &str) -> Vec<u32> {
+    let mut xids: Vec<u32> = dump
+        .lines()
+        .filter(|l| l.contains("rmgr: Transaction") && l.contains("desc: COMMIT"))
+        .filter_map(|l| {
+            let tx = l.split("tx:").nth(1)?;
+            tx.split(',').next()?.trim().parse().ok()
+        })
+        .filter(|x| *x != 0)
+        .collect();
+    xids.sort_unstable();
+    xids.dedup();
+    xids
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fork_point_is_read_from_pg_rewinds_output() {
+        let out = "pg_rewind: connected to server\npg_rewind: servers diverged at WAL location 0/3000148 on timeline 1\npg_rewind: rewinding from last common checkpoint at 0/2000060 on timeline 1\n";
+        assert_eq!(parse_divergence(out), Some((0x3000148, 1)));
+        assert_eq!(parse_divergence("pg_rewind: no rewind required\n"), None);
+    }
+
+    #[test]
+    fn committed_transactions_are_read_from_pg_waldump() {
+        let dump = "rmgr: Heap        len (rec/tot):     59/    59, tx:        745, lsn: 0/03000180, prev 0/03000148, desc: INSERT off 3 flags 0x00, blkref #0: rel 1663/5/16385 blk 0\n\
+rmgr: Transaction len (rec/tot):     34/    34, tx:        745, lsn: 0/030001C0, prev 0/03000180, desc: COMMIT 2026-12-01 20:00:00.000000 UTC\n\
+rmgr: Transaction len (rec/tot):     34/    34, tx:        746, lsn: 0/03000200, prev 0/030001C0, desc: ABORT 2026-12-01 20:00:00.100000 UTC\n\
+rmgr: Transaction len (rec/tot):     34/    34, tx:        747, lsn: 0/03000240, prev 0/03000200, desc: COMMIT 2026-12-01 20:00:00.200000 UTC\n";
+        assert_eq!(committed_transactions(dump), vec![745, 747]);
+    }
 
     #[test]
     fn lsns_parse() {

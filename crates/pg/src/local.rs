@@ -181,6 +181,20 @@ impl LocalNode {
         Ok(())
     }
 
+    /// [`LocalNode::crash`] without waiting: SIGKILL to the postmaster and
+    /// its children, for a `Drop`.
+    pub fn crash_now(&self) {
+        let Some(pid) = self.postmaster() else { return };
+        if signal_pid(pid, libc::SIGSTOP).is_err() {
+            return;
+        }
+        let children = children_of(pid);
+        let _ = signal_pid(pid, libc::SIGKILL);
+        for c in &children {
+            let _ = signal_pid(*c, libc::SIGKILL);
+        }
+    }
+
     async fn wait_gone(&self, pid: i32, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
         loop {
@@ -248,8 +262,12 @@ impl LocalNode {
         }
         let child = cmd.spawn().map_err(|e| PgError::Tool {
             tool: "postgres".into(),
-            reason: format!("could not start {}: {e}", self.bin.join("postgres").display()),
+            reason: format!(
+                "could not start {}: {e}",
+                self.bin.join("postgres").display()
+            ),
         })?;
+        let pid = child.id() as i32;
         *self.child.lock().expect("child lock") = Some(child);
         let deadline = Instant::now() + timeout;
         loop {
@@ -272,7 +290,13 @@ impl LocalNode {
                     ),
                 });
             }
-            if self.status_line().is_some_and(|s| s == "ready" || s == "standby") {
+            // A crashed server leaves its pid file behind: only the new
+            // postmaster's own line counts.
+            if self.postmaster() == Some(pid)
+                && self
+                    .status_line()
+                    .is_some_and(|s| s == "ready" || s == "standby")
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -316,6 +340,47 @@ impl LocalNode {
         Ok(())
     }
 
+    /// The position of the last checkpoint (`pg_controldata`): after a fast
+    /// shutdown, the shutdown checkpoint, which a standby has replayed past
+    /// once it has everything this node wrote.
+    pub async fn checkpoint_lsn(&self) -> Result<u64> {
+        let out = self
+            .tools()
+            .run(
+                "pg_controldata",
+                &["-D", &self.data.display().to_string()],
+                Duration::from_secs(10),
+            )
+            .await?;
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("Latest checkpoint location:"))
+            .ok_or_else(|| {
+                PgError::Unexpected("pg_controldata printed no checkpoint location".into())
+            })?;
+        crate::parse_lsn(line.split(':').nth(1).unwrap_or("").trim())
+    }
+
+    /// Records that plan `plan` promotes this node, before it does:
+    /// [`LocalNode::promoted_by`] then tells a promotion this plan made
+    /// from a node that was a primary already.
+    pub fn mark_promotion(&self, plan: u64) -> Result<()> {
+        let path = self.data.join(PROMOTION_MARK);
+        std::fs::write(&path, plan.to_string()).map_err(|source| PgError::Io {
+            what: format!("write {}", path.display()),
+            source,
+        })
+    }
+
+    /// The plan that last promoted this node, if one did.
+    pub fn promoted_by(&self) -> Option<u64> {
+        std::fs::read_to_string(self.data.join(PROMOTION_MARK))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// The server tools of this node, run as its user.
     pub fn tools(&self) -> crate::PgTools {
         crate::PgTools {
@@ -323,6 +388,47 @@ impl LocalNode {
             run_as: self.run_as,
         }
     }
+}
+
+/// The file in a data directory naming the plan that promoted the node.
+const PROMOTION_MARK: &str = "tern.promoted";
+
+/// The directory of the PostgreSQL server binaries: `TERN_PG_BIN` if set,
+/// else the directory of the `initdb` found on `PATH` (symlinks resolved),
+/// else the newest `/usr/lib/postgresql/*/bin`. Only directories that also
+/// hold `postgres` and `pg_basebackup` count.
+pub fn pg_bin_dir() -> Option<PathBuf> {
+    let complete = |dir: &Path| {
+        ["initdb", "postgres", "pg_basebackup"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
+    if let Some(dir) = std::env::var_os("TERN_PG_BIN").map(PathBuf::from) {
+        return complete(&dir).then_some(dir);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("initdb"))
+            .filter(|initdb| initdb.is_file())
+            .filter_map(|initdb| std::fs::canonicalize(initdb).ok())
+            .filter_map(|initdb| initdb.parent().map(Path::to_path_buf))
+            .find(|dir| complete(dir))
+    });
+    if on_path.is_some() {
+        return on_path;
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            complete(&bin).then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
 }
 
 fn append(path: &Path, text: &str) -> std::io::Result<()> {
@@ -397,7 +503,9 @@ pub fn alive(pid: i32) -> bool {
 /// Whether `pid` is a live PostgreSQL server process (a stale
 /// `postmaster.pid` may name a pid reused by something else).
 fn is_postgres(pid: i32) -> bool {
-    stat(pid).is_some_and(|(state, _, comm)| state != 'Z' && (comm == "postgres" || comm == "postmaster"))
+    stat(pid).is_some_and(|(state, _, comm)| {
+        state != 'Z' && (comm == "postgres" || comm == "postmaster")
+    })
 }
 
 /// The last `n` lines of a file, for error messages.
@@ -405,4 +513,44 @@ fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_are_read_from_proc() {
+        let me = std::process::id() as i32;
+        let all = processes();
+        let (_, state, _) = all
+            .iter()
+            .find(|(pid, _, _)| *pid == me)
+            .expect("this process");
+        assert_ne!(*state, 'Z');
+        assert!(alive(me));
+        assert!(!alive(i32::MAX));
+        assert!(children_of(i32::MAX).is_empty());
+        // A test binary is not a PostgreSQL server, whatever a stale pid
+        // file says.
+        assert!(!is_postgres(me));
+    }
+
+    #[test]
+    fn a_data_directory_without_a_server_is_not_running() {
+        let dir = std::env::temp_dir().join(format!("tern-local-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A stale pid file naming this (non-postgres) process.
+        std::fs::write(
+            dir.join("postmaster.pid"),
+            format!("{}\n", std::process::id()),
+        )
+        .unwrap();
+        let node = LocalNode::new(&dir, Path::new("/nonexistent"), Vec::new());
+        assert!(!node.is_running());
+        assert!(!node.may_accept_writes());
+        std::fs::write(dir.join("standby.signal"), b"").unwrap();
+        assert!(node.is_standby());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -168,6 +168,11 @@ pub struct ReplicationReport {
     pub lag_ms: Option<u64>,
     /// New transactions are read-only (the node is fenced).
     pub read_only: bool,
+    /// Standby: the writer epoch its agent last saw it streaming from (its
+    /// WAL receiver streaming from the writer's node). A failover promotes
+    /// only a standby of the current epoch's writer.
+    #[serde(default)]
+    pub streamed_epoch: Option<u64>,
 }
 
 /// A report as a controller holds it.

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use tern_core::control::{Applied, Command};
 use tern_core::failover::{ClusterState, Step};
-use tern_pg::{PgStatus, Role};
 use tern_proto::api::ClustersView;
 use tern_proto::http::CallError;
 
@@ -23,12 +22,7 @@ impl DbAgent {
 
     /// Renews the lease this region holds, or takes it when this region is
     /// the writer and nobody holds it.
-    pub(super) async fn keep_lease(
-        &mut self,
-        view: &ClustersView,
-        c: &ClusterState,
-        status: Option<&PgStatus>,
-    ) {
+    pub(super) async fn keep_lease(&mut self, view: &ClustersView, c: &ClusterState) {
         let name = self.db.name.clone();
         let holder = Self::holder(view, &name);
         let period = self.db.lease.duration;
@@ -38,8 +32,9 @@ impl DbAgent {
             .plan
             .as_ref()
             .is_some_and(|p| p.active() && p.step == Step::Promote && p.to == self.region);
-        let eligible = c.may_acquire(&self.region)
-            && (promoting || status.is_some_and(|s| s.role == Role::Primary));
+        // A primary's data directory (running or fenced) may hold the
+        // writer's lease; a standby's only when a plan promotes it.
+        let eligible = c.may_acquire(&self.region) && (promoting || !self.local.is_standby());
         let command = match &holder {
             Some((_, epoch)) if mine && self.lease.is_some() => {
                 if !due {
@@ -74,6 +69,7 @@ impl DbAgent {
                         tracing::info!(cluster = %name, epoch = l.epoch, "lease held");
                     }
                     self.lease = Some((l.epoch, sent + period));
+                    self.last_renewal_ok = Some(sent);
                 }
             }
             Err(CallError::Refused { message, .. }) => {

@@ -1,9 +1,11 @@
 //! The agent's database loop: for each cluster with a node in the agent's
-//! region it reads the node (role, WAL position, fenced or not), reports it
-//! to every controller, keeps the primary's lease, fences the node itself
-//! when the lease cannot be renewed in time, carries out the steps of
-//! failover plans that fall to its region (fence, catch up, promote, scale
-//! hook), and points the region's writer proxy at the current writer.
+//! region it reads the node (role, WAL position), reports it to every
+//! controller, keeps the primary's lease ([`lease`]), fences the node when
+//! the lease cannot be renewed in time ([`fence`]), carries out the steps
+//! of failover plans that fall to its region ([`steps`]), makes an old
+//! primary a standby of the current writer on its own ([`rejoin`]), and
+//! points the region's writer proxy at the current writer with the
+//! writer's lease as its deadline ([`target`]).
 //!
 //! Self-fencing (DESIGN.md invariant 1): the agent counts its lease from the
 //! moment it *sent* the renewal, so its deadline is never later than the
@@ -11,25 +13,38 @@
 //! the controllers grant a new epoch only after their own expiry plus a
 //! drift margin. So once a new epoch can exist, the old primary has stopped
 //! taking writes.
+//!
+//! The fence is a stop of the server ([`tern_pg::LocalNode::stop`], which
+//! escalates to SIGKILL): a stopped server refuses every write from every
+//! client, however a session asks. It fails closed: whether the node may
+//! take writes is read from its data directory (running, not a standby), so
+//! a node that does not answer SQL is fenced all the same; and a watchdog
+//! task of its own ([`fence::watchdog`]) stops the node at the deadline
+//! even when this loop hangs in a call, panics or is gone.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
 use tern_core::config::Database;
+use tern_core::control::Command;
 use tern_core::failover::{ClusterState, Step};
-use tern_pg::{Pg, PgStatus, Role};
-use tern_proto::api::ReplicationReport;
+use tern_pg::{LocalNode, Pg, PgStatus, Role};
+use tern_proto::api::{ClustersView, ReplicationReport};
 use tern_proto::ControllerClient;
 pub use tern_proto::UNSAFE_NO_SELF_FENCE;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::writer_proxy::WriterProxy;
 
 mod fence;
 mod lease;
+mod rejoin;
 mod steps;
 mod target;
+
+pub use fence::FenceDeadline;
 
 /// Whether this process was asked not to fence ([`UNSAFE_NO_SELF_FENCE`]
 /// set to `1`). Honoured only by builds with the `fault-injection`
@@ -45,11 +60,59 @@ fn fault_injection_asked() -> bool {
     asked
 }
 
+/// Why an agent cannot look after its region's node.
+#[derive(Debug, thiserror::Error)]
+pub enum DbAgentError {
+    #[error(
+        "database {cluster}: the node in {region} has no data_dir; the agent fences a primary by stopping it, so it needs the node's data directory"
+    )]
+    NoDataDir { cluster: String, region: String },
+    #[error(
+        "database {cluster}: no PostgreSQL server binaries for the node in {region} (set bin_dir, TERN_PG_BIN, or put initdb on PATH)"
+    )]
+    NoBinaries { cluster: String, region: String },
+    #[error("database {cluster} has no node in region {region}")]
+    NoNode { cluster: String, region: String },
+}
+
+/// Checks that the agent of `region` can look after its node of `db`.
+pub fn check_node(db: &Database, region: &str) -> Result<(), DbAgentError> {
+    local_node(db, region).map(|_| ())
+}
+
+fn local_node(db: &Database, region: &str) -> Result<LocalNode, DbAgentError> {
+    let node = db.node(region).ok_or_else(|| DbAgentError::NoNode {
+        cluster: db.name.clone(),
+        region: region.to_string(),
+    })?;
+    let data = node
+        .data_dir
+        .clone()
+        .ok_or_else(|| DbAgentError::NoDataDir {
+            cluster: db.name.clone(),
+            region: region.to_string(),
+        })?;
+    let bin = node
+        .bin_dir
+        .clone()
+        .or_else(tern_pg::pg_bin_dir)
+        .ok_or_else(|| DbAgentError::NoBinaries {
+            cluster: db.name.clone(),
+            region: region.to_string(),
+        })?;
+    Ok(
+        LocalNode::new(&data, &bin, node.server_args.clone())
+            .stop_with_parent(node.stop_with_agent),
+    )
+}
+
 pub struct DbAgent {
     region: String,
     db: Database,
     controllers: ControllerClient,
     proxy: Option<WriterProxy>,
+    /// The node on this host, which the fence stops.
+    local: Arc<LocalNode>,
     self_fence: bool,
     tick: Duration,
     /// Fence this long before the lease deadline.
@@ -60,21 +123,40 @@ pub struct DbAgent {
     last_renewal: Option<Instant>,
     /// Plan steps already carried out here: (plan, step, attempt).
     done: BTreeMap<(u64, Step), u32>,
-    last_view: Option<ClusterState>,
+    last_view: Option<(Instant, ClustersView)>,
+    /// The watchdog's deadline: when to stop the node if no renewal moved it.
+    deadline: watch::Sender<FenceDeadline>,
+    /// A rejoin failed at this time: tried again after a pause.
+    rejoin_failed_at: Option<Instant>,
+    /// When a lease was last granted or renewed here.
+    last_renewal_ok: Option<Instant>,
+    /// The writer epoch this region's standby was last seen streaming from.
+    streamed_epoch: Option<u64>,
+    /// Fault injection: panic at this instant.
+    #[cfg(feature = "fault-injection")]
+    panic_at: Option<Instant>,
+    /// When this loop started, for the startup grace (see
+    /// [`DbAgent::in_startup_grace`]).
+    started: Instant,
 }
 
 impl DbAgent {
+    /// The database loop of `db`'s node in `region`. Fails when the agent
+    /// could not fence that node (no data directory, no server binaries).
     pub fn new(
         region: &str,
         db: Database,
         controllers: ControllerClient,
         proxy: Option<WriterProxy>,
-    ) -> DbAgent {
+    ) -> Result<DbAgent, DbAgentError> {
+        let local = local_node(&db, region)?;
         let lease = db.lease.duration;
-        DbAgent {
+        let (deadline, _) = watch::channel(FenceDeadline::Unarmed);
+        Ok(DbAgent {
             region: region.to_string(),
             controllers,
             proxy,
+            local: Arc::new(local),
             self_fence: !fault_injection_asked(),
             tick: (lease / 10).clamp(Duration::from_millis(100), Duration::from_millis(500)),
             fence_margin: (lease / 5).max(Duration::from_millis(300)),
@@ -83,8 +165,15 @@ impl DbAgent {
             last_renewal: None,
             done: BTreeMap::new(),
             last_view: None,
+            deadline,
+            rejoin_failed_at: None,
+            started: Instant::now(),
+            last_renewal_ok: None,
+            streamed_epoch: None,
+            #[cfg(feature = "fault-injection")]
+            panic_at: None,
             db,
-        }
+        })
     }
 
     /// An agent that never fences its node: only for showing that the
@@ -105,13 +194,23 @@ impl DbAgent {
         ))
     }
 
+    /// The SQL deadline of one status read: short enough that the round
+    /// still fits before the fence deadline.
+    fn sql_timeout(&self) -> Duration {
+        (self.db.lease.duration / 10).clamp(Duration::from_millis(200), Duration::from_secs(2))
+    }
+
     async fn status(&mut self) -> Option<PgStatus> {
+        if !self.local.is_running() {
+            self.pg = None;
+            return None;
+        }
         if self.pg.is_none() {
             let conninfo = self.conninfo()?;
-            match Pg::connect(&conninfo, Duration::from_secs(2)).await {
+            match Pg::connect(&conninfo, self.sql_timeout()).await {
                 Ok(pg) => self.pg = Some(pg),
                 Err(e) => {
-                    tracing::debug!(cluster = %self.db.name, "local node unreachable: {e:#}");
+                    tracing::debug!(cluster = %self.db.name, "local node unreachable: {e}");
                     return None;
                 }
             }
@@ -119,18 +218,27 @@ impl DbAgent {
         match self.pg.as_ref()?.status().await {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::debug!(cluster = %self.db.name, "local node status: {e:#}");
+                tracing::debug!(cluster = %self.db.name, "local node status: {e}");
                 self.pg = None;
                 None
             }
         }
     }
 
-    /// Runs until `stop`.
+    /// Runs until `stop`; the fence watchdog runs beside it and outlives a
+    /// panic of this loop (it then fences at once).
     pub async fn run(mut self, stop: CancellationToken) {
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        if !self.self_fence {
+        if self.self_fence {
+            tokio::spawn(fence::watchdog(
+                self.db.name.clone(),
+                self.local.clone(),
+                self.deadline.subscribe(),
+                self.proxy.clone(),
+                stop.clone(),
+            ));
+        } else {
             tracing::warn!(
                 cluster = %self.db.name,
                 "{UNSAFE_NO_SELF_FENCE}=1: this agent will not fence its node when its lease runs out"
@@ -141,45 +249,46 @@ impl DbAgent {
                 _ = stop.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            if let Err(e) = self.round().await {
-                tracing::debug!(cluster = %self.db.name, "database round: {e:#}");
+            #[cfg(feature = "fault-injection")]
+            if self.panic_at.is_some_and(|t| Instant::now() >= t) {
+                panic!(
+                    "fault injection: the database loop of {} panics",
+                    self.db.name
+                );
             }
+            self.round().await;
         }
     }
 
-    async fn round(&mut self) -> Result<()> {
+    async fn round(&mut self) {
         let status = self.status().await;
         // The controllers' part is bounded so that a hanging controller
-        // (a partition) cannot delay the fence past the lease deadline.
-        let budget = self
-            .lease
-            .map_or(Duration::from_secs(2), |(_, until)| {
-                until.saturating_duration_since(Instant::now() + self.fence_margin)
-            })
-            .clamp(Duration::from_millis(300), Duration::from_secs(2));
+        // (a partition) does not hold up the round past the fence deadline
+        // of a valid lease (the watchdog fences on time in any case); without
+        // a valid lease there is no deadline to keep, and a controller that
+        // just got a quorum back may take a while to answer.
+        let budget = match self.lease {
+            Some((_, until)) if self.lease_valid() => until
+                .saturating_duration_since(Instant::now() + self.fence_margin)
+                .clamp(Duration::from_millis(300), Duration::from_secs(2)),
+            _ => Duration::from_secs(2),
+        };
         let cluster = tokio::time::timeout(budget, self.sync(status.as_ref()))
             .await
             .ok()
             .flatten();
+        self.arm_watchdog();
         self.guard(status.as_ref()).await;
-        if let (Some(c), Some(s)) = (&cluster, status.as_ref()) {
-            self.plan_steps(c, s).await;
+        if let Some(c) = &cluster {
+            self.rejoin_if_needed(c).await;
+            self.plan_steps(c, status.as_ref()).await;
         }
-        if let Some(c) = &self.last_view {
-            let target = self.proxy_target(c);
-            if let Some(p) = &self.proxy {
-                if p.target() != target {
-                    if let Err(e) = p.set_target(target) {
-                        tracing::warn!(cluster = %self.db.name, "writer proxy kept its target: {e}");
-                    }
-                }
-            }
-        }
-        Ok(())
+        self.point_proxy();
     }
 
     /// Reports the node, reads the cluster's committed state and keeps the lease.
     async fn sync(&mut self, status: Option<&PgStatus>) -> Option<ClusterState> {
+        self.note_upstream(status);
         if let Some(s) = status {
             let report = ReplicationReport {
                 cluster: self.db.name.clone(),
@@ -190,9 +299,13 @@ impl DbAgent {
                 lag_bytes: s.lag_bytes,
                 lag_ms: s.lag_seconds.map(|l| (l.max(0.0) * 1000.0) as u64),
                 read_only: s.read_only,
+                streamed_epoch: (s.role == Role::Standby)
+                    .then_some(self.streamed_epoch)
+                    .flatten(),
             };
             self.controllers.report_replication(&report).await;
         }
+        let sent = Instant::now();
         let view = match self.controllers.clusters().await {
             Ok(v) => v,
             Err(e) => {
@@ -201,8 +314,81 @@ impl DbAgent {
             }
         };
         let cluster = view.clusters.get(&self.db.name).cloned()?;
-        self.last_view = Some(cluster.clone());
-        self.keep_lease(&view, &cluster, status).await;
+        self.keep_lease(&view, &cluster).await;
+        self.last_view = Some((sent, view));
         Some(cluster)
+    }
+
+    /// Makes the loop panic once `after` has passed: only for showing that
+    /// a crashed loop fences its node and closes its proxy. Exists only in
+    /// builds with the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
+    pub fn panic_after(mut self, after: Duration) -> DbAgent {
+        self.panic_at = Some(Instant::now() + after);
+        self
+    }
+
+    /// A newly started loop that has not held a lease yet leaves its node
+    /// as it found it for up to one lease period, unless the controllers
+    /// say another region holds the writer: long enough to renew the lease
+    /// of a running primary (an agent restart, controllers still electing),
+    /// no longer than the node would have run without an agent anyway.
+    /// After that, no lease means fence.
+    fn in_startup_grace(&self) -> bool {
+        self.last_renewal_ok.is_none()
+            && self.started.elapsed() < self.db.lease.duration
+            && self
+                .cluster()
+                .is_none_or(|c| c.writer.region == self.region)
+    }
+
+    /// Remembers the writer epoch the standby streams from, when its WAL
+    /// receiver streams from the node of the writer the last view named. A
+    /// promoted or restarted node forgets it.
+    fn note_upstream(&mut self, status: Option<&PgStatus>) {
+        let Some(s) = status else { return };
+        if s.role != Role::Standby {
+            self.streamed_epoch = None;
+            return;
+        }
+        let writer = self
+            .cluster()
+            .map(|c| (c.writer.region.clone(), c.writer.epoch));
+        let Some((region, epoch)) = writer else {
+            return;
+        };
+        let Some(node) = self.db.node(&region) else {
+            return;
+        };
+        let from_writer = s.upstream.as_ref().is_some_and(|(host, port)| {
+            host.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip == node.addr.ip())
+                && *port == node.addr.port()
+        });
+        if from_writer && epoch > 0 {
+            self.streamed_epoch = Some(epoch);
+        }
+    }
+
+    /// The cluster as the last view had it.
+    fn cluster(&self) -> Option<&ClusterState> {
+        self.last_view
+            .as_ref()
+            .and_then(|(_, v)| v.clusters.get(&self.db.name))
+    }
+
+    /// Records an action on the node in the controllers' audit log (best
+    /// effort: the log line says what happened here, it decides nothing).
+    async fn audit(&self, action: &str, summary: String, evidence: Vec<String>) {
+        let command = Command::NodeEvent {
+            cluster: self.db.name.clone(),
+            region: self.region.clone(),
+            action: action.to_string(),
+            summary,
+            evidence,
+        };
+        if let Err(e) = self.controllers.write(&command).await {
+            tracing::debug!(cluster = %self.db.name, "node event not recorded: {e}");
+        }
     }
 }

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use tern_core::config::Replication;
 use tern_core::control::Command;
 use tern_core::failover::{ClusterState, Step};
-use tern_pg::{PgStatus, Role};
+use tern_pg::{PgStatus, Role, Stopped};
 
 use super::DbAgent;
 
 impl DbAgent {
     /// Carries out the current step of a plan when it falls to this region.
-    pub(super) async fn plan_steps(&mut self, c: &ClusterState, s: &PgStatus) {
+    pub(super) async fn plan_steps(&mut self, c: &ClusterState, status: Option<&PgStatus>) {
         let Some(plan) = c.plan.as_ref().filter(|p| p.active()) else {
             return;
         };
@@ -24,22 +24,37 @@ impl DbAgent {
         let name = self.db.name.clone();
         let outcome: Option<(bool, String, Option<u64>)> = match plan.step {
             Step::Fence if plan.from == self.region => {
-                let Some(pg) = &self.pg else { return };
-                match pg.fence().await {
-                    Ok(ended) => {
-                        // The position after the fence: what the standby must reach.
-                        let lsn = pg.status().await.map(|s| s.lsn).ok();
+                // The switchover's fence is the same stop as the self-fence;
+                // only a fast shutdown tells where the old primary's WAL
+                // ends (its shutdown checkpoint), which the target must
+                // replay for nothing to be lost.
+                self.pg = None;
+                match self.local.stop(Duration::from_secs(10)).await {
+                    Ok(Stopped::Fast) => {
                         self.lease = None;
-                        Some((
-                            true,
-                            format!("{} fenced, {ended} sessions ended", self.region),
-                            lsn,
-                        ))
+                        match self.local.checkpoint_lsn().await {
+                            Ok(lsn) => Some((
+                                true,
+                                format!("{} fenced (fast shutdown at WAL {lsn})", self.region),
+                                Some(lsn),
+                            )),
+                            Err(e) => Some((false, format!("fenced, but its WAL end is unknown: {e}"), None)),
+                        }
                     }
-                    Err(e) => Some((false, format!("fence failed: {e:#}"), None)),
+                    Ok(other) => Some((
+                        false,
+                        format!(
+                            "{} fenced, but not by a clean shutdown ({}): where its WAL ends is unknown, so a switchover cannot promise zero loss",
+                            self.region,
+                            other.as_str()
+                        ),
+                        None,
+                    )),
+                    Err(e) => Some((false, format!("fence failed: {e}"), None)),
                 }
             }
             Step::CatchUp if plan.to == self.region => {
+                let Some(s) = status else { return };
                 let target = plan.fence_lsn.unwrap_or(0);
                 if s.role == Role::Standby && s.lsn >= target {
                     Some((
@@ -56,12 +71,29 @@ impl DbAgent {
                     // The lease comes first (renewed by keep_lease this round or the next).
                     return;
                 }
+                let Some(s) = status else { return };
                 if s.role == Role::Primary {
-                    Some((
-                        true,
-                        format!("{} already primary", self.region),
-                        Some(s.lsn),
-                    ))
+                    // Only a promotion this plan made counts: a node that
+                    // was a primary already (an old writer that never
+                    // rejoined) is not a standby of the current writer.
+                    if self.local.promoted_by() == Some(plan.id) {
+                        Some((
+                            true,
+                            format!("{} was promoted by this plan", self.region),
+                            Some(s.lsn),
+                        ))
+                    } else {
+                        Some((
+                            false,
+                            format!(
+                                "{} is a primary that this plan did not promote: not a standby of the current writer",
+                                self.region
+                            ),
+                            None,
+                        ))
+                    }
+                } else if let Err(e) = self.local.mark_promotion(plan.id) {
+                    Some((false, format!("promotion not recorded: {e}"), None))
                 } else {
                     let Some(pg) = &self.pg else { return };
                     let started = Instant::now();

@@ -92,20 +92,20 @@ pub struct PgNode {
 }
 
 impl PgNode {
-    /// A new primary in `root/name`.
+    /// A new primary in `root/name`, with data checksums.
     pub fn primary(root: &Path, name: &str) -> PgNode {
+        PgNode::primary_with(root, name, true)
+    }
+
+    /// A new primary in `root/name`; without checksums (and with the
+    /// default `wal_log_hints = off`) `pg_rewind` refuses it.
+    pub fn primary_with(root: &Path, name: &str, checksums: bool) -> PgNode {
         let data = root.join(name);
-        run(
-            command("initdb").arg("-D").arg(&data).args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-N",
-                "-k",
-                "--no-instructions",
-            ]),
-            "initdb",
-        );
+        let mut args = vec!["-U", "postgres", "--auth=trust", "-N", "--no-instructions"];
+        if checksums {
+            args.push("-k");
+        }
+        run(command("initdb").arg("-D").arg(&data).args(args), "initdb");
         // In the file, not on the command line: pg_rewind's crash recovery
         // of a node reads only the file, and must keep the WAL it needs.
         let mut conf = std::fs::OpenOptions::new()
@@ -154,19 +154,51 @@ impl PgNode {
         node
     }
 
+    /// The arguments after `postgres -D DATA` that give this node its port
+    /// and socket directory (an agent that starts the node uses them too).
+    pub fn server_args(&self) -> Vec<String> {
+        vec![
+            "-p".into(),
+            self.port.to_string(),
+            "-c".into(),
+            format!(
+                "unix_socket_directories={}",
+                self.data.with_extension("sock").display()
+            ),
+        ]
+    }
+
+    /// Whether the server answers on its port (whoever started it).
+    pub fn is_ready(&self) -> bool {
+        command("pg_isready")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Starts the server unless it answers already.
+    pub fn ensure_running(&mut self) {
+        if !self.is_ready() {
+            self.child = None;
+            self.start();
+        }
+    }
+
     pub fn start(&mut self) {
         // Sockets outside the data directory: pg_rewind copies that directory.
         let sockets = self.data.with_extension("sock");
         std::fs::create_dir_all(&sockets).unwrap();
         chown(&sockets);
-        let log = std::fs::File::create(self.data.with_extension("log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.with_extension("log"))
+            .unwrap();
         chown(&self.data.with_extension("log"));
         let child = command("postgres")
             .arg("-D")
             .arg(&self.data)
-            .args(["-p", &self.port.to_string()])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", sockets.display()))
+            .args(self.server_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

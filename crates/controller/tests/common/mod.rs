@@ -183,6 +183,14 @@ pub fn config_text(addrs: &[SocketAddr], t: &Timings) -> String {
          [[database.orders.node]]\nregion = \"west\"\naddr = \"127.0.0.1:9\"\n",
         t.lease_ms, t.drift_ms
     ));
+    // The same in synchronous mode.
+    s.push_str(&format!(
+        "[database.ledger]\nreplication = \"sync\"\nlease = \"{}ms\"\ndrift_margin = \"{}ms\"\n\
+         rpo_budget = \"1KiB\"\nstep_timeout = \"2s\"\nprimary = \"east\"\n\
+         [[database.ledger.node]]\nregion = \"east\"\naddr = \"127.0.0.1:9\"\n\
+         [[database.ledger.node]]\nregion = \"west\"\naddr = \"127.0.0.1:9\"\n",
+        t.lease_ms, t.drift_ms
+    ));
     s
 }
 

@@ -88,8 +88,20 @@ pub struct DbNode {
     pub addr: SocketAddr,
     /// Where this region's writer proxy for the cluster listens.
     pub proxy: Option<SocketAddr>,
-    /// The node's data directory, for the agent of its region (rejoin).
+    /// The node's data directory, for the agent of its region, which fences
+    /// the node by stopping it, starts it again and rejoins it as a
+    /// standby. An agent refuses to keep the lease of a node without one.
     pub data_dir: Option<std::path::PathBuf>,
+    /// The PostgreSQL server binaries (default: found on `PATH` or under
+    /// `/usr/lib/postgresql/*/bin`).
+    pub bin_dir: Option<std::path::PathBuf>,
+    /// Arguments after `postgres -D DATA` when the agent starts the node
+    /// (its identity, when that is not in its configuration file).
+    pub server_args: Vec<String>,
+    /// The node's server stops when its agent dies (`PR_SET_PDEATHSIG`): a
+    /// dead agent cannot leave a writable primary behind, at the cost of a
+    /// database restart on every agent restart. Default false.
+    pub stop_with_agent: bool,
 }
 
 pub(super) fn validate_controller(
@@ -321,6 +333,9 @@ pub(super) fn validate_databases(
                     addr,
                     proxy,
                     data_dir: n.data_dir.as_ref().map(|p| p.get_ref().into()),
+                    bin_dir: n.bin_dir.as_ref().map(|p| p.get_ref().into()),
+                    server_args: n.server_args.iter().map(|a| a.get_ref().clone()).collect(),
+                    stop_with_agent: n.stop_with_agent.as_ref().is_some_and(|b| *b.get_ref()),
                 });
             }
         }

@@ -165,6 +165,10 @@ pub struct RawDbNode {
     pub addr: S<String>,
     pub proxy: Option<S<String>>,
     pub data_dir: Option<S<String>>,
+    pub bin_dir: Option<S<String>>,
+    #[serde(default)]
+    pub server_args: Vec<S<String>>,
+    pub stop_with_agent: Option<S<bool>>,
 }
 
 // ---- [dns] ----
