@@ -208,10 +208,14 @@ impl Lab {
         }
         let west = PgNode::standby(dir.path(), "west", &east);
 
+        // Bound here and handed to the controllers, so that no other test
+        // takes a port in between.
         let mut addrs = Vec::new();
+        let mut listeners = Vec::new();
         for _ in 0..3 {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             addrs.push(l.local_addr().unwrap());
+            listeners.push(l);
         }
         // The scale hook leaves a note of where and in which epoch it ran.
         let note = dir.path().join("scaled");
@@ -230,14 +234,19 @@ impl Lab {
             node.addr = "127.0.0.1:9".parse().unwrap();
         }
         let mut controllers = Vec::new();
-        for (i, a) in addrs.iter().enumerate() {
+        for (i, (a, l)) in addrs.iter().zip(listeners).enumerate() {
             let options = NodeOptions {
                 id: i as u64 + 1,
                 data_dir: dir.path().join(format!("controller{}", i + 1)),
                 listen: Some(*a),
                 join: false,
             };
-            controllers.push(Controller::start(&cfg, options).await.unwrap());
+            let wall = tern_controller::clock::WallClock::new();
+            controllers.push(
+                Controller::start_on(&cfg, options, Some(l), wall)
+                    .await
+                    .unwrap(),
+            );
         }
         let mut east_links = Vec::new();
         for a in &addrs {

@@ -42,6 +42,17 @@ impl Controller {
         options: NodeOptions,
         wall: Arc<WallClock>,
     ) -> Result<Arc<Controller>> {
+        Controller::start_on(config, options, None, wall).await
+    }
+
+    /// [`Controller::start`] on a listener the caller bound already (so
+    /// that nothing else can take its port in between), and a wall clock.
+    pub async fn start_on(
+        config: &Config,
+        options: NodeOptions,
+        listener: Option<std::net::TcpListener>,
+        wall: Arc<WallClock>,
+    ) -> Result<Arc<Controller>> {
         let settings = config
             .controller
             .clone()
@@ -127,9 +138,15 @@ impl Controller {
         .map_err(|e| anyhow!("start raft: {e}"))?;
 
         let listen = options.listen.unwrap_or(me.addr);
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("bind the controller address {listen}"))?;
+        let listener = match listener {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)?
+            }
+            None => TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("bind the controller address {listen}"))?,
+        };
         let addr = listener.local_addr()?;
 
         let regions: Vec<String> = config

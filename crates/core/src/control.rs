@@ -87,6 +87,12 @@ pub enum Command {
         plan_id: u64,
         step: Step,
     },
+    /// An operator cancels the running plan of a cluster (`tern failover
+    /// cancel`): it fails at its current step, audited with the operator.
+    CancelPlan {
+        cluster: String,
+        actor: String,
+    },
     /// An agent acted on its own node outside a plan (fenced it, started
     /// it again, made it a standby of the writer): recorded in the audit
     /// log with its evidence, changing nothing else.
@@ -482,9 +488,21 @@ impl ControlState {
                 cluster,
                 holder,
                 epoch,
-            } => Ok(Applied::Lease(
-                self.leases.renew(&cluster, &holder, epoch, at)?,
-            )),
+            } => {
+                if let Some(c) = self.clusters.get(&cluster) {
+                    c.may_renew(&holder).map_err(FailoverError::Refused)?;
+                }
+                Ok(Applied::Lease(
+                    self.leases.renew(&cluster, &holder, epoch, at)?,
+                ))
+            }
+            Command::CancelPlan { cluster, actor } => {
+                let mut notes = Vec::new();
+                let c = self.cluster_mut(&cluster)?;
+                let id = c.cancel(&cluster, &actor, at, &mut notes)?;
+                self.record_notes(at, notes);
+                Ok(Applied::Plan(id))
+            }
             Command::ReleaseLease {
                 cluster,
                 holder,

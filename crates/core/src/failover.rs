@@ -457,7 +457,7 @@ impl ClusterState {
                     .holder(cluster)
                     .map(|(h, e, exp)| (h, e, exp.as_millis() as u64))
                     .or_else(|| p.previous_lease.clone());
-                match leases.acquire(cluster, &to, at) {
+                match leases.grant_new_epoch(cluster, &to, at) {
                     Ok(lease) => {
                         if let Some(p) = self.plan.as_mut() {
                             p.epoch = Some(lease.epoch);
@@ -499,6 +499,57 @@ impl ClusterState {
             Step::Done | Step::Failed => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// An operator cancels the active plan: it fails at its current step,
+    /// with the operator named. Refused when no plan runs.
+    pub fn cancel(
+        &mut self,
+        cluster: &str,
+        actor: &str,
+        at: Duration,
+        notes: &mut Vec<Note>,
+    ) -> Result<u64, FailoverError> {
+        let Some(p) = self.active_plan() else {
+            return Err(FailoverError::Refused(format!(
+                "no failover plan of {cluster} runs"
+            )));
+        };
+        let (id, step) = (p.id, p.step);
+        notes.push((
+            "failover-cancelled",
+            format!(
+                "{actor} cancelled plan {id} of {cluster} at step {}",
+                step.as_str()
+            ),
+            vec![format!(
+                "writer stays {} in epoch {}",
+                self.writer.region, self.writer.epoch
+            )],
+        ));
+        self.advance(
+            cluster,
+            Step::Failed,
+            false,
+            format!("cancelled by {actor}"),
+            at,
+            notes,
+        );
+        Ok(id)
+    }
+
+    /// Whether `holder` may renew its lease now: not while a plan moves the
+    /// writer away from it (its lease must run out for the plan's grant).
+    pub fn may_renew(&self, holder: &str) -> Result<(), String> {
+        match self.active_plan() {
+            Some(p) if p.from == holder && p.to != holder && p.step < Step::Promote => Err(format!(
+                "plan {} moves the writer from {holder} to {} (step {}): {holder}'s lease is not renewed",
+                p.id,
+                p.to,
+                p.step.as_str()
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// A step failed or timed out: tried again, until [`MAX_ATTEMPTS`].
@@ -726,6 +777,18 @@ pub fn leader_action(
             if p.step == Step::WaitLease {
                 if leases.grantable(cluster, now) {
                     return Some(LeaderAction::Grant { plan_id: p.id });
+                }
+                // The old lease runs out within a period plus the margin of
+                // the step's start (renewals are refused while the plan
+                // runs): a wait longer than that and the step timeout is
+                // stuck, and ends as a timeout rather than a hang.
+                let l = leases.settings();
+                let bound = l.duration + l.drift_margin + c.spec.step_timeout;
+                if now.saturating_sub(p.step_started_at) > bound {
+                    return Some(LeaderAction::TimedOut {
+                        plan_id: p.id,
+                        step: p.step,
+                    });
                 }
                 return None;
             }
@@ -967,6 +1030,94 @@ mod tests {
         // An operator's target gets its own lag figure.
         let v = leader_view(&three("west", 2), true, &all, &reports, Some("east"));
         assert_eq!(v.lag_bytes, Some(500));
+    }
+
+    /// A plan of `c` from east to west, started at 2 s with east holding
+    /// epoch 1 since 0 s.
+    fn running_plan(c: &mut ClusterState, l: &mut LeaseTable) -> u64 {
+        let first = l.acquire("db", "east", s(0)).unwrap();
+        c.on_lease("east", first.epoch);
+        let mut notes = Vec::new();
+        c.start(
+            "db",
+            "west",
+            PlanKind::Automatic,
+            Some(0),
+            true,
+            vec![],
+            s(2),
+            &mut notes,
+        )
+        .unwrap()
+    }
+
+    // Broke when lease renewals were not checked against a running plan: the
+    // old writer's agent kept renewing and the plan waited for ever.
+    #[test]
+    fn the_old_writer_may_not_renew_while_a_plan_moves_it_away() {
+        let mut c = ClusterState::new(spec(false));
+        let mut l = leases();
+        assert!(c.may_renew("east").is_ok());
+        running_plan(&mut c, &mut l);
+        assert!(c.may_renew("east").unwrap_err().contains("is not renewed"));
+        assert!(c.may_renew("west").is_ok());
+    }
+
+    // Broke when the lease-wait step had no bound: a lease that never ran
+    // out (here kept alive by leader changes) hung the plan.
+    #[test]
+    fn a_lease_wait_past_its_bound_times_out() {
+        let mut c = ClusterState::new(spec(false));
+        let mut l = leases();
+        let id = running_plan(&mut c, &mut l);
+        // Bound: lease 5 + margin 1 + step timeout 10 = 16 s from 2 s.
+        for t in [3, 10, 17] {
+            l.on_leader_change(s(t));
+            let a = leader_action(&c, "db", &l, &view(true, Some(0)), s(t));
+            assert_eq!(a, None, "at {t} s");
+        }
+        l.on_leader_change(s(19));
+        assert_eq!(
+            leader_action(&c, "db", &l, &view(true, Some(0)), s(19)),
+            Some(LeaderAction::TimedOut {
+                plan_id: id,
+                step: Step::WaitLease
+            })
+        );
+    }
+
+    #[test]
+    fn a_cancelled_plan_fails_at_its_step_and_is_audited() {
+        let mut c = ClusterState::new(spec(false));
+        let mut l = leases();
+        let mut notes = Vec::new();
+        assert!(
+            c.cancel("db", "ops", s(1), &mut notes).is_err(),
+            "no plan runs"
+        );
+        let id = running_plan(&mut c, &mut l);
+        assert_eq!(c.cancel("db", "ops", s(3), &mut notes).unwrap(), id);
+        let p = c.plan.as_ref().unwrap();
+        assert_eq!(p.step, Step::Failed);
+        assert_eq!(c.writer.region, "east");
+        assert!(notes
+            .iter()
+            .any(|n| n.0 == "failover-cancelled" && n.1.contains("ops cancelled plan")));
+        // And the old writer may renew again.
+        assert!(c.may_renew("east").is_ok());
+    }
+
+    // Broke when the plan's grant was an acquire: a target that held the
+    // lease already kept its old epoch instead of getting a new one.
+    #[test]
+    fn a_plans_grant_is_a_new_epoch_even_for_the_holder() {
+        let mut l = leases();
+        let first = l.acquire("db", "west", s(0)).unwrap();
+        let granted = l.grant_new_epoch("db", "west", s(1)).unwrap();
+        assert_eq!(granted.epoch, first.epoch + 1);
+        // Another holder's valid lease still stands in the way.
+        assert!(l.grant_new_epoch("db", "east", s(2)).is_err());
+        assert!(l.grant_new_epoch("db", "east", s(7)).is_ok());
     }
 
     #[test]

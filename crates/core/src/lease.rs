@@ -91,7 +91,8 @@ impl LeaseTable {
         }
     }
 
-    fn settings(&self) -> LeaseSettings {
+    /// The lease period and drift margin.
+    pub fn settings(&self) -> LeaseSettings {
         self.settings.expect("LeaseTable::new sets the settings")
     }
 
@@ -149,6 +150,35 @@ impl LeaseTable {
         c.holder = Some(holder.to_string());
         c.expires_at = now + s.duration;
         c.safe_at = c.expires_at + s.drift_margin;
+        Ok(lease(cluster, c))
+    }
+
+    /// Grants `holder` a lease in a *new* epoch (a failover plan's grant):
+    /// allowed when the lease is grantable, or when `holder` holds it
+    /// already (its own older epoch is superseded at once). A plan's target
+    /// that happens to hold the lease still gets a fresh epoch, so the
+    /// promotion it leads to is fenced from anything done under the old one.
+    pub fn grant_new_epoch(
+        &mut self,
+        cluster: &str,
+        holder: &str,
+        now: Duration,
+    ) -> Result<Lease, LeaseError> {
+        let s = self.settings();
+        let c = self.clusters.entry(cluster.to_string()).or_default();
+        let own = c.holder.as_deref() == Some(holder);
+        if !own && c.holder.is_some() && now < c.safe_at {
+            return Err(LeaseError::HeldByOther {
+                cluster: cluster.to_string(),
+                holder: c.holder.clone().unwrap_or_default(),
+                epoch: c.epoch,
+                safe_at: c.safe_at,
+            });
+        }
+        c.epoch += 1;
+        c.holder = Some(holder.to_string());
+        c.expires_at = now + s.duration;
+        c.safe_at = c.safe_at.max(c.expires_at + s.drift_margin);
         Ok(lease(cluster, c))
     }
 

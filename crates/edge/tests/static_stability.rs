@@ -46,17 +46,24 @@ fn controller_toml(addrs: &[SocketAddr]) -> String {
     s
 }
 
-async fn start_controllers(config: &Config, dir: &std::path::Path) -> Vec<Arc<Controller>> {
+/// Starts the three controllers on listeners bound beforehand (kept bound,
+/// so that no other test takes a port in between).
+async fn start_controllers(
+    config: &Config,
+    dir: &std::path::Path,
+    listeners: Vec<std::net::TcpListener>,
+) -> Vec<Arc<Controller>> {
     let mut nodes = Vec::new();
-    for id in 1..=3u64 {
+    for (id, l) in (1..=3u64).zip(listeners) {
         let options = NodeOptions {
             id,
             data_dir: dir.join(format!("ctl{id}")),
             listen: None,
             join: false,
         };
+        let wall = tern_controller::clock::WallClock::new();
         nodes.push(
-            Controller::start(config, options)
+            Controller::start_on(config, options, Some(l), wall)
                 .await
                 .expect("controller"),
         );
@@ -83,9 +90,11 @@ async fn static_stability_with_all_controllers_down() {
         let a = Backend::start("a", Mode::Ok).await;
         let b = Backend::start("b", Mode::Ok).await;
         let mut addrs = Vec::new();
+        let mut listeners = Vec::new();
         for _ in 0..3 {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             addrs.push(l.local_addr().unwrap());
+            listeners.push(l);
         }
         let state_file = dir.path().join("routing.json");
         let service = format!(
@@ -99,7 +108,7 @@ async fn static_stability_with_all_controllers_down() {
             &service,
         );
         let config = Config::from_toml("test.toml", &toml).unwrap();
-        let controllers = start_controllers(&config, dir.path()).await;
+        let controllers = start_controllers(&config, dir.path(), listeners).await;
         let edge = RunningEdge::start(&toml).await;
         edge.wait_status("the first committed table", |s| {
             s["routing"]["version"].as_u64() >= Some(1)

@@ -297,7 +297,8 @@ pub struct RejoinReport {
     /// from its WAL: the writes an operator may have to reconcile.
     pub diverged_transactions: Vec<u32>,
     /// Where the old primary's WAL from the fork on, and `pg_waldump`'s
-    /// reading of it (`waldump.txt`), were kept.
+    /// reading of it (`waldump.txt`), were kept (when it committed
+    /// anything after the fork).
     pub kept: Option<PathBuf>,
 }
 
@@ -400,12 +401,20 @@ impl PgTools {
                 .keep_diverged(data_dir, &kept, lsn, timeline, timeout)
                 .await
             {
-                Ok(xids) => report.diverged_transactions = xids,
+                // Nothing committed after the fork (a clean switchover):
+                // nothing to keep.
+                Ok(xids) if xids.is_empty() => {
+                    let _ = std::fs::remove_dir_all(&kept);
+                }
+                Ok(xids) => {
+                    report.diverged_transactions = xids;
+                    report.kept = Some(kept);
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not read the diverged WAL; it is kept as it was")
+                    tracing::warn!(error = %e, "could not read the diverged WAL; it is kept as it was");
+                    report.kept = Some(kept);
                 }
             }
-            report.kept = Some(kept);
         }
         let rewind = self
             .run(

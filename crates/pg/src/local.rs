@@ -361,6 +361,23 @@ impl LocalNode {
         crate::parse_lsn(line.split(':').nth(1).unwrap_or("").trim())
     }
 
+    /// Whether the (stopped) server was shut down cleanly: its control file
+    /// says `shut down`, so its last checkpoint ends its WAL.
+    pub async fn shut_down_cleanly(&self) -> Result<bool> {
+        let out = self
+            .tools()
+            .run(
+                "pg_controldata",
+                &["-D", &self.data.display().to_string()],
+                Duration::from_secs(10),
+            )
+            .await?;
+        Ok(out.lines().any(|l| {
+            l.starts_with("Database cluster state:")
+                && (l.ends_with("shut down") || l.ends_with("shut down in recovery"))
+        }))
+    }
+
     /// Records that plan `plan` promotes this node, before it does:
     /// [`LocalNode::promoted_by`] then tells a promotion this plan made
     /// from a node that was a primary already.

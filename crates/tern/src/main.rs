@@ -63,14 +63,9 @@ enum Command {
         command: ops::RouteCommand,
     },
     /// Move a database cluster's writer to another region now (its region
-    /// must be down and the lag within budget, unless --force).
-    Failover {
-        #[command(flatten)]
-        plan: ops::PlanArgs,
-        /// Skip the RPO gate and the down-verdict check (recorded in the audit log).
-        #[arg(long)]
-        force: bool,
-    },
+    /// must be down and the lag within budget, unless --force); `tern
+    /// failover cancel CLUSTER` cancels the running plan.
+    Failover(ops::FailoverArgs),
     /// Planned move of a database cluster's writer with zero loss.
     Switchover(ops::PlanArgs),
     /// Bring up a multi-region deployment on this machine and run a failure scenario.
@@ -162,7 +157,7 @@ fn main() -> ExitCode {
         Command::Status(target) => runtime().block_on(ops::status(target)),
         Command::Events { target, limit } => runtime().block_on(ops::events(target, limit)),
         Command::Route { command } => runtime().block_on(ops::route(command)),
-        Command::Failover { plan, force } => runtime().block_on(ops::failover(plan, force)),
+        Command::Failover(args) => runtime().block_on(ops::failover(args)),
         Command::Switchover(plan) => runtime().block_on(ops::switchover(plan)),
         Command::Lab(args) if args.unsafe_no_self_fence && !tern_agent::FAULT_INJECTION => {
             eprintln!(

@@ -139,10 +139,66 @@ fn actor(command: &str) -> String {
     format!("{user} ({command})")
 }
 
+/// `tern failover`: start a plan, or `cancel` the running one.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct FailoverArgs {
+    #[command(subcommand)]
+    pub action: Option<FailoverAction>,
+    /// The database cluster, as in `[database.NAME]`.
+    #[arg(required = true)]
+    pub cluster: Option<String>,
+    /// The region whose node becomes the primary.
+    #[arg(long, required = true)]
+    pub to: Option<String>,
+    /// Return once the plan is committed instead of following it to the end.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to follow the plan.
+    #[arg(long, default_value = "120s", value_parser = parse_wait)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub target: Target,
+    /// Skip the RPO gate and the down-verdict check (recorded in the audit log).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Subcommand)]
+pub enum FailoverAction {
+    /// Cancel the running plan of a cluster: it fails at its current step
+    /// (recorded in the audit log); the writer stays where it is.
+    Cancel {
+        /// The database cluster, as in `[database.NAME]`.
+        cluster: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
 /// `tern failover CLUSTER --to REGION [--force]`: without `--force` the
 /// same gate as an automatic failover (the writer's region is down and the
 /// lag is within the budget); with it, the gate is skipped and recorded.
-pub async fn failover(args: PlanArgs, force: bool) -> ExitCode {
+/// `tern failover cancel CLUSTER` cancels the running plan.
+pub async fn failover(args: FailoverArgs) -> ExitCode {
+    let plan = match (args.action, args.cluster, args.to) {
+        (Some(FailoverAction::Cancel { cluster, target }), _, _) => {
+            return cancel_plan(&cluster, &target).await
+        }
+        (None, Some(cluster), Some(to)) => PlanArgs {
+            cluster,
+            to,
+            no_wait: args.no_wait,
+            timeout: args.timeout,
+            target: args.target,
+        },
+        _ => {
+            eprintln!("tern failover: give CLUSTER --to REGION, or cancel CLUSTER");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let force = args.force;
+    let args = plan;
     let kind = if force {
         PlanKind::Forced {
             actor: actor("tern failover --force"),
@@ -151,6 +207,33 @@ pub async fn failover(args: PlanArgs, force: bool) -> ExitCode {
         PlanKind::Automatic
     };
     start_plan(args, kind, "tern failover").await
+}
+
+/// Cancels the running plan of `cluster`.
+async fn cancel_plan(cluster: &str, target: &Target) -> ExitCode {
+    let client = match target.client() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let command = Command::CancelPlan {
+        cluster: cluster.to_string(),
+        actor: actor("tern failover cancel"),
+    };
+    match client.write(&command).await {
+        Ok(tern_proto::api::WriteAnswer {
+            applied: Applied::Plan(id),
+            ..
+        }) => {
+            println!("plan {id} of {cluster} cancelled; the writer stays where it was");
+            ExitCode::SUCCESS
+        }
+        Ok(_) => ExitCode::SUCCESS,
+        Err(CallError::Refused { message, .. }) => {
+            eprintln!("tern failover cancel: {message}");
+            ExitCode::FAILURE
+        }
+        Err(e) => unavailable(e),
+    }
 }
 
 /// `tern switchover CLUSTER --to REGION`: fence, wait for the standby to

@@ -179,6 +179,23 @@ fn operator_commands_work_against_any_node_and_say_when_out_of_quorum() {
     let o = tern(&["switchover", "orders", "--to", "west", "--config", cfg_s]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("plan in progress"), "{}", text(&o));
+    // The running plan is cancelled by hand (audited), once.
+    let o = tern(&["failover", "cancel", "orders", "--config", cfg_s]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("plan 1 of orders cancelled"),
+        "{}",
+        text(&o)
+    );
+    let o = tern(&["failover", "cancel", "orders", "--config", cfg_s]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("no failover plan of orders runs"),
+        "{}",
+        text(&o)
+    );
+    let out = text(&tern(&["events", "--config", cfg_s, "--limit", "10"]));
+    assert!(out.contains("cancelled plan 1 of orders"), "{out}");
 
     // Two nodes die: the third answers with what it has and says so, and
     // commits nothing.

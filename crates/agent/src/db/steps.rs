@@ -29,7 +29,17 @@ impl DbAgent {
                 // ends (its shutdown checkpoint), which the target must
                 // replay for nothing to be lost.
                 self.pg = None;
-                match self.local.stop(Duration::from_secs(10)).await {
+                let stopped = match self.local.stop(Duration::from_secs(10)).await {
+                    // Stopped already (by the self-fence, a fast shutdown
+                    // too): what counts is whether it went down cleanly.
+                    Ok(Stopped::NotRunning) => match self.local.shut_down_cleanly().await {
+                        Ok(true) => Ok(Stopped::Fast),
+                        Ok(false) => Ok(Stopped::NotRunning),
+                        Err(e) => Err(e),
+                    },
+                    other => other,
+                };
+                match stopped {
                     Ok(Stopped::Fast) => {
                         self.lease = None;
                         match self.local.checkpoint_lsn().await {

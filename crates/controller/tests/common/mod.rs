@@ -118,6 +118,9 @@ pub struct Group {
     /// links[(i, j)]: how node i reaches node j.
     pub links: BTreeMap<(usize, usize), Link>,
     pub configs: Vec<Config>,
+    /// Listeners bound for each node's first start (a restart binds its
+    /// address again).
+    reserved: Vec<Option<std::net::TcpListener>>,
 }
 
 pub struct Timings {
@@ -197,11 +200,14 @@ pub fn config_text(addrs: &[SocketAddr], t: &Timings) -> String {
 impl Group {
     pub async fn start(seed: u64, t: Timings) -> Group {
         let dir = tempfile::tempdir().unwrap();
-        // Reserve each node's address by binding it, then release it.
+        // Each node's listener, bound here and handed to its first start,
+        // so that no other test can take the port in between.
         let mut addrs = Vec::new();
+        let mut reserved = Vec::new();
         for i in 0..3 {
             let l = std::net::TcpListener::bind(SocketAddr::new(ip(seed, i), 0)).unwrap();
             addrs.push(l.local_addr().unwrap());
+            reserved.push(Some(l));
         }
         let mut links = BTreeMap::new();
         for i in 0..3 {
@@ -231,6 +237,7 @@ impl Group {
             addrs,
             links,
             configs,
+            reserved,
         };
         for i in 0..3 {
             g.start_node(i).await;
@@ -249,9 +256,15 @@ impl Group {
             listen: Some(self.addrs[i]),
             join: false,
         };
-        let node = Controller::start(&self.configs[i], options)
-            .await
-            .expect("start controller");
+        let listener = self.reserved[i].take();
+        let node = Controller::start_on(
+            &self.configs[i],
+            options,
+            listener,
+            tern_controller::clock::WallClock::new(),
+        )
+        .await
+        .expect("start controller");
         self.nodes[i] = Some(node);
     }
 
