@@ -33,8 +33,9 @@ pub struct Agent {
     region: String,
     interval: Duration,
     timeout: Duration,
-    /// Backends to probe, by region.
-    targets: BTreeMap<String, Vec<Backend>>,
+    /// Backends to probe, by region and service: each service gets its own
+    /// verdict in each region.
+    targets: BTreeMap<(String, String), Vec<Backend>>,
     controllers: ControllerClient,
     probes: ProbeClient,
     /// Database clusters with a node in this region.
@@ -53,10 +54,13 @@ impl Agent {
             .controller
             .as_ref()
             .ok_or_else(|| anyhow!("the configuration has no [controller] table"))?;
-        let mut targets: BTreeMap<String, Vec<Backend>> = BTreeMap::new();
+        let mut targets: BTreeMap<(String, String), Vec<Backend>> = BTreeMap::new();
         for s in &config.services {
             for b in &s.backends {
-                targets.entry(b.region.clone()).or_default().push(b.clone());
+                targets
+                    .entry((b.region.clone(), s.name.clone()))
+                    .or_default()
+                    .push(b.clone());
             }
         }
         if targets.is_empty() {
@@ -116,17 +120,19 @@ impl Agent {
     }
 
     pub fn regions(&self) -> impl Iterator<Item = &str> {
-        self.targets.keys().map(String::as_str)
+        let regions: std::collections::BTreeSet<&str> =
+            self.targets.keys().map(|(r, _)| r.as_str()).collect();
+        regions.into_iter()
     }
 
     /// One probe round: every backend of every region, concurrently.
     pub async fn round(&self) -> ObservationBatch {
         let mut checks = Vec::new();
-        for (region, backends) in &self.targets {
+        for ((region, service), backends) in &self.targets {
             for b in backends {
                 let client = self.probes.clone();
                 let timeout = self.timeout;
-                let region = region.clone();
+                let region = (region.clone(), service.clone());
                 let backend = b.clone();
                 checks.push(tokio::spawn(async move {
                     let p = probe(&client, &backend.url, &backend.health.probe, timeout).await;
@@ -139,15 +145,16 @@ impl Agent {
                 }));
             }
         }
-        let mut by_region: BTreeMap<String, RegionResult> = BTreeMap::new();
+        let mut by_region: BTreeMap<(String, String), RegionResult> = BTreeMap::new();
         for c in checks {
-            let Ok((region, outcome)) = c.await else {
+            let Ok(((region, service), outcome)) = c.await else {
                 continue;
             };
             let r = by_region
-                .entry(region.clone())
+                .entry((region.clone(), service.clone()))
                 .or_insert_with(|| RegionResult {
                     region,
+                    service: Some(service),
                     ok: true,
                     latency_ms: None,
                     detail: String::new(),

@@ -308,6 +308,7 @@ impl Lab {
                 let batch = ObservationBatch {
                     vantage: vantage.into(),
                     results: vec![RegionResult {
+                        service: None,
                         region: "east".into(),
                         ok: false,
                         latency_ms: None,

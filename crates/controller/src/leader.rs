@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
-use tern_core::control::Command;
-use tern_core::verdict::{Observation, VerdictEngine};
+use tern_core::control::{service_target, Command};
+use tern_core::verdict::{Observation, Verdict, VerdictEngine};
 use tern_proto::api::{ObservationBatch, WriteAnswer};
 use tern_proto::http::CallError;
 
@@ -27,6 +27,22 @@ impl Controller {
         forwarded: bool,
     ) -> Result<WriteAnswer, WriteError> {
         if self.is_leader() {
+            // A new leader's own first entry (LeaderChanged: leases
+            // extended, the control plane named) comes before anything
+            // else of its term.
+            let term = self.raft.metrics().borrow().current_term;
+            let mut announced = self.announced_term.subscribe();
+            let waited =
+                tokio::time::timeout(self.write_deadline(), announced.wait_for(|t| *t >= term))
+                    .await
+                    .map(|r| r.is_ok())
+                    .unwrap_or(false);
+            if !waited {
+                return Err(WriteError::NoQuorum(format!(
+                    "controller {} became the leader but could not commit its first entry in time",
+                    self.id
+                )));
+            }
             return self.write_local(self.with_lag(command)).await;
         }
         if forwarded {
@@ -95,9 +111,13 @@ impl Controller {
             };
             let mut decisions = Vec::new();
             for r in &batch.results {
+                let target = match &r.service {
+                    Some(s) => service_target(s, &r.region),
+                    None => r.region.clone(),
+                };
                 let obs = Observation {
                     vantage: batch.vantage.clone(),
-                    target: r.region.clone(),
+                    target,
                     ok: r.ok,
                     latency: r.latency_ms.map(Duration::from_millis),
                     at,
@@ -141,7 +161,7 @@ impl Controller {
 pub(crate) async fn leader_loop(node: Arc<Controller>) {
     let stop = node.stop.clone();
     let tick = (node.verdict.interval / 4).max(Duration::from_millis(50));
-    let mut announced_term = 0u64;
+    let mut announced_term = *node.announced_term.borrow();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -163,8 +183,19 @@ pub(crate) async fn leader_loop(node: Arc<Controller>) {
             }
             if announced_term != term {
                 let leader = format!("controller {} ({})", node.id, node.region);
-                match node.write_local(Command::LeaderChanged { leader }).await {
-                    Ok(_) => announced_term = term,
+                // The first leader of a new control plane names it.
+                let cluster_id = node
+                    .machine
+                    .with(|m| m.state.cluster_id().is_empty())
+                    .then(|| new_cluster_id(node.id));
+                match node
+                    .write_local(Command::LeaderChanged { leader, cluster_id })
+                    .await
+                {
+                    Ok(_) => {
+                        announced_term = term;
+                        node.announced_term.send_replace(term);
+                    }
                     Err(e) => {
                         tracing::warn!("leader change not committed: {e}");
                         continue;
@@ -172,17 +203,29 @@ pub(crate) async fn leader_loop(node: Arc<Controller>) {
                 }
             }
             let at = node.cluster_now();
-            let mut engine = VerdictEngine::new(
-                node.verdict.settings,
-                node.vantages.clone(),
-                &node.regions,
-                at,
-            );
-            node.machine.with(|mach| {
-                for r in &node.regions {
-                    engine.seed(r, mach.state.verdict(r), at);
+            // Targets: every service in every region (the agents report
+            // per service), and the regions (from agents that report a
+            // region as a whole).
+            let (targets, seeds) = node.machine.with(|mach| {
+                let s = &mach.state;
+                let mut targets = node.regions.clone();
+                let mut seeds: Vec<(String, Verdict)> = node
+                    .regions
+                    .iter()
+                    .map(|r| (r.clone(), s.verdict(r)))
+                    .collect();
+                for t in s.service_targets() {
+                    let v = s.service_verdicts().get(&t).copied().unwrap_or(Verdict::Up);
+                    seeds.push((t.clone(), v));
+                    targets.push(t);
                 }
+                (targets, seeds)
             });
+            let mut engine =
+                VerdictEngine::new(node.verdict.settings, node.vantages.clone(), &targets, at);
+            for (t, v) in seeds {
+                engine.seed(&t, v, at);
+            }
             *node.engine.lock().expect("engine lock") = Some((term, engine));
             continue;
         }
@@ -199,4 +242,18 @@ pub(crate) async fn leader_loop(node: Arc<Controller>) {
             node.drive_plans().await;
         }
     }
+}
+
+/// A fresh identity for a control plane: 64 random bits (the standard
+/// library's randomly keyed hasher over the time and the node's id) as hex.
+fn new_cluster_id(node: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(node);
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", h.finish())
 }

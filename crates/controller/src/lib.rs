@@ -10,7 +10,8 @@
 //! The node's parts, one module each: [`node`] (what a node holds; status
 //! and cluster views), [`lifecycle`] (start and stop), [`server`] (the
 //! HTTP API),
-//! [`leader`] (the leader loop and verdict engine), [`plans`] (failover
+//! [`leader`] (the leader loop and verdict engine), [`election`] (no
+//! elections from a node cut off from a majority), [`plans`] (failover
 //! plans), [`commit`] (writes through the leader), [`membership`],
 //! [`store`] (redb) and [`network`] (Raft RPCs). The API's wire shapes and
 //! the client agents, edges and operators use live in `tern-proto`.
@@ -20,6 +21,7 @@
 
 pub mod clock;
 pub mod commit;
+pub mod election;
 pub mod leader;
 pub mod lifecycle;
 pub mod membership;

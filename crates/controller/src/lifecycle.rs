@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use openraft::{BasicNode, Raft};
 use tern_core::config::Config;
-use tern_core::control::ControlState;
+use tern_core::control::{ControlState, RegionRule};
 use tern_core::lease::LeaseSettings;
 use tern_proto::http::HttpClient;
 use tern_proto::lifecycle::Tasks;
@@ -93,13 +93,24 @@ impl Controller {
                 duration: Duration::from_secs(5),
                 drift_margin: Duration::from_millis(500),
             });
-        let initial = ControlState::with_weights(weights, leases).with_clusters(
-            config
-                .databases
+        let rule = RegionRule {
+            critical: config
+                .services
                 .iter()
-                .filter(|d| !d.nodes.is_empty())
-                .map(|d| (d.name.clone(), cluster_spec(d))),
-        );
+                .filter(|s| s.critical)
+                .map(|s| s.name.clone())
+                .collect(),
+            down_when: config.verdict.region_down,
+        };
+        let initial = ControlState::with_weights(weights, leases)
+            .with_region_rule(rule)
+            .with_clusters(
+                config
+                    .databases
+                    .iter()
+                    .filter(|d| !d.nodes.is_empty())
+                    .map(|d| (d.name.clone(), cluster_spec(d))),
+            );
         let clock = Arc::new(ClusterClock::new(wall));
         let (log, machine) = store::open(
             &options.data_dir.join("controller.redb"),
@@ -180,12 +191,17 @@ impl Controller {
             replication: Mutex::new(BTreeMap::new()),
             plan_attempts: Mutex::new(BTreeMap::new()),
             clock,
+            announced_term: tokio::sync::watch::channel(0).0,
             stop: stop.clone(),
             tasks: Mutex::new(None),
         });
 
         tasks.spawn("api server", crate::server::serve(node.clone(), listener));
         tasks.spawn("leader loop", crate::leader::leader_loop(node.clone()));
+        tasks.spawn(
+            "election guard",
+            crate::election::election_guard(node.clone()),
+        );
         *node.tasks.lock().expect("tasks lock") = Some(tasks);
 
         let initialized = node

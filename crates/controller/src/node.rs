@@ -63,6 +63,9 @@ pub struct Controller {
     pub(crate) plan_attempts: Mutex<BTreeMap<String, Instant>>,
     /// Cluster time as this node reads it (`crate::clock`).
     pub(crate) clock: Arc<ClusterClock>,
+    /// The term whose LeaderChanged entry this node committed: until then a
+    /// new leader takes no other command.
+    pub(crate) announced_term: tokio::sync::watch::Sender<u64>,
     /// Cancelled when the node stops; the server and leader loop watch it.
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: Mutex<Option<Tasks>>,
@@ -143,15 +146,20 @@ impl Controller {
                 voter: voters.contains(id),
             })
             .collect();
-        let (verdicts, routing, leases) = self.machine.with(|mach| {
+        let (verdicts, service_verdicts, routing, leases) = self.machine.with(|mach| {
             let s = &mach.state;
             let verdicts = self
                 .regions
                 .iter()
                 .map(|r| (r.clone(), s.verdict(r).as_str().to_string()))
                 .collect();
+            let service_verdicts = s
+                .service_verdicts()
+                .iter()
+                .map(|(t, v)| (t.clone(), v.as_str().to_string()))
+                .collect();
             let leases = lease_views(s);
-            (verdicts, s.routing().clone(), leases)
+            (verdicts, service_verdicts, s.routing().clone(), leases)
         });
         StatusView {
             node: self.id,
@@ -163,9 +171,18 @@ impl Controller {
             last_applied: m.last_applied.map(|l| l.index),
             members,
             verdicts,
+            service_verdicts,
             routing,
             leases,
             now_ms: self.cluster_now().as_millis() as u64,
+            warnings: self
+                .settings
+                .placement_warning
+                .iter()
+                .map(|w| {
+                    format!("unsafe controller placement accepted (allow_unsafe_placement): {w}")
+                })
+                .collect(),
         }
     }
 

@@ -396,11 +396,20 @@ async fn members_are_added_and_removed_by_command_run() {
     let addr4 = l.local_addr().unwrap();
     let mut seen = g.addrs.clone();
     seen.push(addr4);
-    let config = tern_core::config::Config::from_toml(
-        "join.toml",
-        &common::config_text(&seen, &Timings::default()),
-    )
-    .unwrap();
+    // Four controllers, two of them in east: one region's loss could lose
+    // the quorum, which a file must accept in so many words.
+    let text = common::config_text(&seen, &Timings::default()).replace(
+        "[controller]\n",
+        "[controller]\nallow_unsafe_placement = true\n",
+    );
+    let config = tern_core::config::Config::from_toml("join.toml", &text).unwrap();
+    assert!(config
+        .controller
+        .as_ref()
+        .unwrap()
+        .placement_warning
+        .as_ref()
+        .is_some_and(|w| w.contains("losing region east")));
     let options = tern_controller::node::NodeOptions {
         id: 4,
         data_dir: g.dir.path().join("node4"),
@@ -415,6 +424,16 @@ async fn members_are_added_and_removed_by_command_run() {
     )
     .await
     .expect("start node 4");
+    // `tern status` shows the accepted risk.
+    assert!(
+        node4
+            .status()
+            .warnings
+            .iter()
+            .any(|w| w.contains("unsafe controller placement")),
+        "{:?}",
+        node4.status().warnings
+    );
     let status = change(
         &g,
         &tern_proto::api::MembershipChange::Add {

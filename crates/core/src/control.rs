@@ -8,7 +8,7 @@
 //! Each change that matters leaves an [`AuditEntry`] with its evidence
 //! (DESIGN.md invariant 7).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,11 @@ use crate::verdict::{Decision, Verdict};
 pub struct RoutingTable {
     pub version: u64,
     pub services: BTreeMap<String, ServiceRoute>,
+    /// The identity of the control plane that committed it (chosen once, by
+    /// its first leader): an edge takes a table of another identity even
+    /// with a lower version, so a rebuilt control plane is not ignored.
+    #[serde(default)]
+    pub cluster_id: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +67,10 @@ pub enum Command {
     /// A new leader took over; leases are extended to be safe whatever its clock.
     LeaderChanged {
         leader: String,
+        /// The control plane's identity, proposed by a leader of a state
+        /// that has none yet (the first leader); taken only then.
+        #[serde(default)]
+        cluster_id: Option<String>,
     },
     /// Start a plan moving a cluster's writer to `to` (see [`crate::failover`]).
     StartFailover {
@@ -105,6 +114,11 @@ pub enum Command {
         evidence: Vec<String>,
     },
 }
+
+/// Audit entries the replicated state keeps: the newest ones. Each replica
+/// compacts at the same entries, so replicas stay identical; older entries
+/// are gone from `tern events` (entry indexes keep counting).
+pub const KEEP_AUDIT: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -157,7 +171,13 @@ pub struct ControlState {
     leases: LeaseTable,
     #[serde(default)]
     clusters: Clusters,
+    /// The newest [`KEEP_AUDIT`] entries (at most a tenth more between
+    /// compactions), oldest first.
     audit: Vec<AuditEntry>,
+    /// Entries compacted away from the front of `audit`: the next entry's
+    /// index is `audit_dropped + audit.len() + 1`.
+    #[serde(default)]
+    audit_dropped: u64,
     /// Cluster time of the last applied command: no command is applied at
     /// an earlier time (see `ControlState::apply`).
     #[serde(default, with = "crate::units::serde_ms")]
@@ -165,6 +185,33 @@ pub struct ControlState {
     /// The highest leadership term a command was applied in.
     #[serde(default)]
     term: u64,
+    /// The control plane's identity (empty until its first leader chose it).
+    #[serde(default)]
+    cluster_id: String,
+    /// Verdicts of one service in one region, by [`service_target`] name.
+    /// A region's own verdict follows from its services' by `region_rule`.
+    #[serde(default)]
+    service_verdicts: BTreeMap<String, Verdict>,
+    #[serde(default)]
+    region_rule: RegionRule,
+}
+
+/// When a region counts as down, from its services' verdicts (the way
+/// Route 53's calculated health checks and Cloudflare's monitor groups
+/// combine child checks): one failing service of many never takes the
+/// whole region, the database with it, unless the configuration says so.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionRule {
+    /// The services that count (empty: every service).
+    pub critical: BTreeSet<String>,
+    pub down_when: RegionDown,
+}
+
+pub use crate::config::RegionDown;
+
+/// The verdict target of `service` in `region`: `service@region`.
+pub fn service_target(service: &str, region: &str) -> String {
+    format!("{service}@{region}")
 }
 
 impl ControlState {
@@ -198,14 +245,77 @@ impl ControlState {
             leases: LeaseTable::new(leases),
             clusters: Clusters::new(),
             audit: Vec::new(),
+            audit_dropped: 0,
             time: Duration::ZERO,
             term: 0,
+            cluster_id: String::new(),
+            service_verdicts: BTreeMap::new(),
+            region_rule: RegionRule::default(),
         };
         state.routing = RoutingTable {
             version: 1,
             services: state.derive_routes(&state.weights),
+            cluster_id: String::new(),
         };
         state
+    }
+
+    /// Sets the rule that makes a region down from its services' verdicts.
+    pub fn with_region_rule(mut self, rule: RegionRule) -> ControlState {
+        self.region_rule = rule;
+        self
+    }
+
+    /// The verdict of `service` in `region` (up unless decided otherwise).
+    pub fn service_verdict(&self, service: &str, region: &str) -> Verdict {
+        self.service_verdicts
+            .get(&service_target(service, region))
+            .copied()
+            .unwrap_or(Verdict::Up)
+    }
+
+    /// Every service verdict that is not up, by [`service_target`].
+    pub fn service_verdicts(&self) -> &BTreeMap<String, Verdict> {
+        &self.service_verdicts
+    }
+
+    /// The verdict targets of every service in every region it runs in.
+    pub fn service_targets(&self) -> Vec<String> {
+        self.service_regions
+            .iter()
+            .flat_map(|(s, regions)| regions.iter().map(move |r| service_target(s, r)))
+            .collect()
+    }
+
+    /// The region's verdict by the rule, from its services' verdicts.
+    fn region_from_services(&self, region: &str) -> Verdict {
+        let critical: Vec<&String> = self
+            .service_regions
+            .iter()
+            .filter(|(s, regions)| {
+                regions.iter().any(|r| r == region)
+                    && (self.region_rule.critical.is_empty()
+                        || self.region_rule.critical.contains(*s))
+            })
+            .map(|(s, _)| s)
+            .collect();
+        let verdicts: Vec<Verdict> = critical
+            .iter()
+            .map(|s| self.service_verdict(s, region))
+            .collect();
+        let down = verdicts.iter().filter(|v| **v == Verdict::Down).count();
+        let region_down = match self.region_rule.down_when {
+            RegionDown::AllCritical => !verdicts.is_empty() && down == verdicts.len(),
+            RegionDown::AnyCritical => down > 0,
+            RegionDown::AtLeast(k) => down >= k as usize && down > 0,
+        };
+        if region_down {
+            Verdict::Down
+        } else if verdicts.iter().any(|v| *v != Verdict::Up) {
+            Verdict::Degraded
+        } else {
+            Verdict::Up
+        }
     }
 
     /// Adds the database clusters of the configuration (writer: each one's
@@ -241,6 +351,11 @@ impl ControlState {
         &self.leases
     }
 
+    /// The control plane's identity (empty until its first leader chose it).
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
     /// Cluster time of the last applied command.
     pub fn time(&self) -> Duration {
         self.time
@@ -264,7 +379,7 @@ impl ControlState {
     }
 
     fn record(&mut self, at: Duration, kind: &str, summary: String, evidence: Vec<String>) {
-        let index = self.audit.len() as u64 + 1;
+        let index = self.audit_dropped + self.audit.len() as u64 + 1;
         self.audit.push(AuditEntry {
             index,
             at,
@@ -272,6 +387,13 @@ impl ControlState {
             summary,
             evidence,
         });
+        // Compaction keeps the state (written whole on every applied batch)
+        // bounded; dropping a tenth at a time keeps its cost amortised.
+        if self.audit.len() > KEEP_AUDIT + KEEP_AUDIT / 10 {
+            let drop = self.audit.len() - KEEP_AUDIT;
+            self.audit.drain(..drop);
+            self.audit_dropped += drop as u64;
+        }
     }
 
     fn derive_routes(
@@ -284,7 +406,10 @@ impl ControlState {
                 let weights: BTreeMap<String, u32> = w
                     .iter()
                     .map(|(region, weight)| {
-                        let serving = self.verdict(region).serves();
+                        // A service is routed away from a region that is down,
+                        // and from one where this service alone is down.
+                        let serving = self.verdict(region).serves()
+                            && self.service_verdict(service, region) != Verdict::Down;
                         (region.clone(), if serving { *weight } else { 0 })
                     })
                     .collect();
@@ -326,7 +451,11 @@ impl ControlState {
                 )
             })
             .collect();
-        self.routing = RoutingTable { version, services };
+        self.routing = RoutingTable {
+            version,
+            services,
+            cluster_id: self.cluster_id.clone(),
+        };
         self.record(
             at,
             "routing",
@@ -363,25 +492,62 @@ impl ControlState {
         let at = at.max(self.time);
         self.time = at;
         match command {
+            Command::Verdict(d) if d.target.contains('@') => {
+                // A service's verdict in a region; the region's follows by the rule.
+                let Some((service, region)) = d.target.split_once('@') else {
+                    return Ok(Applied::Nothing);
+                };
+                let (service, region) = (service.to_string(), region.to_string());
+                if self.service_verdict(&service, &region) == d.to {
+                    return Ok(Applied::Nothing);
+                }
+                let evidence = verdict_evidence(&d);
+                self.record(
+                    at,
+                    "verdict",
+                    format!(
+                        "service {service} in {region} {} -> {}",
+                        d.from.as_str(),
+                        d.to.as_str()
+                    ),
+                    evidence,
+                );
+                if d.to == Verdict::Up {
+                    self.service_verdicts.remove(&d.target);
+                } else {
+                    self.service_verdicts.insert(d.target.clone(), d.to);
+                }
+                let before = self.verdict(&region);
+                let after = self.region_from_services(&region);
+                if before != after {
+                    let services: Vec<String> = self
+                        .service_regions
+                        .iter()
+                        .filter(|(_, rs)| rs.contains(&region))
+                        .map(|(s, _)| format!("{s}: {}", self.service_verdict(s, &region).as_str()))
+                        .collect();
+                    self.record(
+                        at,
+                        "verdict",
+                        format!("region {region} {} -> {}", before.as_str(), after.as_str()),
+                        vec![format!(
+                            "by the rule {:?} over its critical services: {}",
+                            self.region_rule.down_when,
+                            services.join(", ")
+                        )],
+                    );
+                    self.verdicts.insert(region.clone(), after);
+                }
+                let cause = format!("verdict on {}", d.target);
+                Ok(self
+                    .publish(at, &cause)
+                    .map_or(Applied::Nothing, Applied::Routing))
+            }
             Command::Verdict(d) => {
                 if self.verdict(&d.target) == d.to {
                     return Ok(Applied::Nothing);
                 }
-                let evidence = d
-                    .evidence
-                    .iter()
-                    .map(|v| {
-                        format!(
-                            "{}: {} failed, {} ok in a row{}{}",
-                            v.vantage,
-                            v.consecutive_failures,
-                            v.consecutive_successes,
-                            v.last_latency
-                                .map_or(String::new(), |l| format!(", last {} ms", l.as_millis())),
-                            if v.fresh { "" } else { " (stale, no vote)" }
-                        )
-                    })
-                    .collect();
+                let evidence = verdict_evidence(&d);
                 self.record(
                     at,
                     "verdict",
@@ -517,7 +683,7 @@ impl ControlState {
                 );
                 Ok(Applied::Nothing)
             }
-            Command::LeaderChanged { leader } => {
+            Command::LeaderChanged { leader, cluster_id } => {
                 self.leases.on_leader_change(at);
                 self.record(
                     at,
@@ -525,6 +691,19 @@ impl ControlState {
                     format!("{leader} leads; leases extended by one period"),
                     Vec::new(),
                 );
+                if let (true, Some(id)) = (self.cluster_id.is_empty(), cluster_id) {
+                    // A new version, so that every edge hears of the identity.
+                    self.cluster_id = id.clone();
+                    self.routing.cluster_id = id.clone();
+                    self.routing.version += 1;
+                    let version = self.routing.version;
+                    self.record(
+                        at,
+                        "routing",
+                        format!("routing table v{version} (control plane identity {id})"),
+                        Vec::new(),
+                    );
+                }
                 Ok(Applied::Nothing)
             }
             Command::StartFailover {
@@ -624,6 +803,24 @@ impl ControlState {
     }
 }
 
+/// A decision's evidence as audit lines.
+fn verdict_evidence(d: &crate::verdict::Decision) -> Vec<String> {
+    d.evidence
+        .iter()
+        .map(|v| {
+            format!(
+                "{}: {} failed, {} ok in a row{}{}",
+                v.vantage,
+                v.consecutive_failures,
+                v.consecutive_successes,
+                v.last_latency
+                    .map_or(String::new(), |l| format!(", last {} ms", l.as_millis())),
+                if v.fresh { "" } else { " (stale, no vote)" }
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -642,6 +839,76 @@ mod tests {
                 drift_margin: Duration::from_secs(1),
             },
         )
+    }
+
+    /// Three services in east and west: api and pay critical, docs not.
+    fn three_services(rule: RegionDown) -> ControlState {
+        let mut services = BTreeMap::new();
+        for s in ["api", "docs", "pay"] {
+            services.insert(s.to_string(), vec!["east".to_string(), "west".to_string()]);
+        }
+        ControlState::new(
+            services,
+            LeaseSettings {
+                duration: Duration::from_secs(5),
+                drift_margin: Duration::from_secs(1),
+            },
+        )
+        .with_region_rule(RegionRule {
+            critical: ["api", "pay"].into_iter().map(String::from).collect(),
+            down_when: rule,
+        })
+    }
+
+    // Broke when the agent folded every backend of every service into one
+    // result per region: one failing service took the whole region (and
+    // the database's writer) down.
+    #[test]
+    fn a_region_is_down_only_by_its_rule_over_services() {
+        use RegionDown::*;
+        // (rule, services down in east, east's verdict)
+        let cases: Vec<(RegionDown, Vec<&str>, Verdict)> = vec![
+            (AllCritical, vec!["docs"], Verdict::Up),
+            (AllCritical, vec!["api"], Verdict::Degraded),
+            (AllCritical, vec!["api", "pay"], Verdict::Down),
+            (AnyCritical, vec!["docs"], Verdict::Up),
+            (AnyCritical, vec!["pay"], Verdict::Down),
+            (AtLeast(2), vec!["api"], Verdict::Degraded),
+            (AtLeast(2), vec!["api", "docs"], Verdict::Degraded),
+            (AtLeast(2), vec!["api", "pay"], Verdict::Down),
+        ];
+        for (rule, down, expected) in cases {
+            let mut s = three_services(rule);
+            for svc in &down {
+                s.apply(
+                    verdict(&service_target(svc, "east"), Verdict::Up, Verdict::Down),
+                    t(1),
+                )
+                .unwrap();
+            }
+            assert_eq!(s.verdict("east"), expected, "{rule:?} with {down:?} down");
+            // A down service is routed away from east on its own; the
+            // others keep east unless the region is down.
+            for svc in ["api", "docs", "pay"] {
+                let w = s.routing().services[svc].weights["east"];
+                let gone = down.contains(&svc) || expected == Verdict::Down;
+                assert_eq!(w == 0, gone, "{rule:?}: {svc} in east has weight {w}");
+            }
+            assert_eq!(s.verdict("west"), Verdict::Up);
+        }
+        // A service coming back brings its region back.
+        let mut s = three_services(AnyCritical);
+        s.apply(verdict("pay@east", Verdict::Up, Verdict::Down), t(1))
+            .unwrap();
+        assert_eq!(s.verdict("east"), Verdict::Down);
+        s.apply(verdict("pay@east", Verdict::Down, Verdict::Up), t(2))
+            .unwrap();
+        assert_eq!(s.verdict("east"), Verdict::Up);
+        assert!(s.service_verdicts().is_empty());
+        assert!(s
+            .audit()
+            .iter()
+            .any(|a| a.summary == "region east up -> down"));
     }
 
     fn verdict(region: &str, from: Verdict, to: Verdict) -> Command {
@@ -821,6 +1088,7 @@ mod tests {
         s.apply(
             Command::LeaderChanged {
                 leader: "c2".into(),
+                cluster_id: None,
             },
             t(3),
         )
@@ -833,6 +1101,39 @@ mod tests {
         assert_eq!(l2.epoch, 2);
         let lease_entries = s.audit().iter().filter(|a| a.kind == "lease").count();
         assert_eq!(lease_entries, 2);
+    }
+
+    /// The audit log once grew without end, and the whole state (audit
+    /// included) is written on every applied batch: it is compacted to the
+    /// newest entries, with indexes that keep counting.
+    #[test]
+    fn the_audit_log_is_bounded_and_its_indexes_keep_counting() {
+        let mut s = state();
+        let leader = |i: u64| Command::LeaderChanged {
+            leader: format!("c{}", i % 3),
+            cluster_id: None,
+        };
+        let n = (KEEP_AUDIT * 2) as u64;
+        for i in 0..n {
+            s.apply(leader(i), Duration::from_millis(i)).unwrap();
+        }
+        let audit = s.audit();
+        assert!(
+            audit.len() <= KEEP_AUDIT + KEEP_AUDIT / 10,
+            "{}",
+            audit.len()
+        );
+        assert!(audit.len() >= KEEP_AUDIT);
+        let last = audit.last().unwrap().index;
+        assert!(last >= n, "every entry counted: last index {last}");
+        assert!(audit.windows(2).all(|w| w[1].index == w[0].index + 1));
+        let json = serde_json::to_string(&s).unwrap();
+        let back: ControlState = serde_json::from_str(&json).unwrap();
+        let mut a = back.clone();
+        let mut b = s.clone();
+        a.apply(leader(n), Duration::from_millis(n)).unwrap();
+        b.apply(leader(n), Duration::from_millis(n)).unwrap();
+        assert_eq!(a.audit().last(), b.audit().last());
     }
 
     #[test]

@@ -17,13 +17,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state::EdgeState;
 
-/// How long one long poll waits for a change.
-const POLL_WAIT: Duration = Duration::from_secs(20);
+/// How long one long poll waits for a change. A controller that went dark
+/// (packets vanish) holds the poll this long plus the client's timeout
+/// before the next controller is asked: short, since a changed table
+/// answers the poll at once anyway.
+pub const POLL_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Saved {
     version: u64,
     services: BTreeMap<String, BTreeMap<String, u32>>,
+    #[serde(default)]
+    cluster_id: String,
 }
 
 fn weights(table: &RoutingTable) -> BTreeMap<String, BTreeMap<String, u32>> {
@@ -46,7 +51,7 @@ pub fn load(state: &EdgeState, path: &Path) {
     };
     match serde_json::from_slice::<Saved>(&text) {
         Ok(saved) => {
-            state.apply_routing(saved.version, saved.services, "disk");
+            state.apply_routing(saved.version, saved.services, &saved.cluster_id, "disk");
         }
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "ignoring a saved routing table that does not parse")
@@ -55,10 +60,16 @@ pub fn load(state: &EdgeState, path: &Path) {
 }
 
 /// Writes the table atomically (temporary file, then rename).
-fn save(path: &Path, version: u64, services: &BTreeMap<String, BTreeMap<String, u32>>) {
+fn save(
+    path: &Path,
+    version: u64,
+    services: &BTreeMap<String, BTreeMap<String, u32>>,
+    cluster_id: &str,
+) {
     let saved = Saved {
         version,
         services: services.clone(),
+        cluster_id: cluster_id.to_string(),
     };
     let tmp = path.with_extension("tmp");
     let bytes = serde_json::to_vec_pretty(&saved).expect("routing table serializes");
@@ -92,9 +103,10 @@ pub async fn follow(
                 }
                 let version = view.table.version;
                 let services = weights(&view.table);
-                if state.apply_routing(version, services.clone(), "controllers") {
+                let id = &view.table.cluster_id;
+                if state.apply_routing(version, services.clone(), id, "controllers") {
                     if let Some(p) = &path {
-                        save(p, version, &services);
+                        save(p, version, &services, id);
                     }
                 }
             }

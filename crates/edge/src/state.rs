@@ -33,6 +33,8 @@ pub struct CommittedRouting {
     /// Per service, the weight of each region; a region at 0 takes traffic
     /// only when no other region can (the all-unhealthy policy decides).
     pub services: BTreeMap<String, BTreeMap<String, u32>>,
+    /// The identity of the control plane that committed it (empty: unknown).
+    pub cluster_id: String,
 }
 
 pub struct EdgeState {
@@ -170,12 +172,27 @@ impl EdgeState {
         &self,
         version: u64,
         services: BTreeMap<String, BTreeMap<String, u32>>,
+        cluster_id: &str,
         source: &'static str,
     ) -> bool {
         {
             let mut r = self.routing.write().expect("routing lock");
-            if version <= r.version {
+            // Another control plane (rebuilt from nothing, its versions
+            // counting from 1 again) replaces the old one's table whatever
+            // its version; within one plane, only newer versions count.
+            let other_plane =
+                !cluster_id.is_empty() && !r.cluster_id.is_empty() && cluster_id != r.cluster_id;
+            if version <= r.version && !other_plane {
                 return false;
+            }
+            if other_plane {
+                tracing::warn!(
+                    from = %r.cluster_id,
+                    to = %cluster_id,
+                    version,
+                    old_version = r.version,
+                    "the routing table comes from another control plane; it replaces the old one's"
+                );
             }
             tracing::info!(version, source, "routing table applied");
             *r = CommittedRouting {
@@ -183,6 +200,7 @@ impl EdgeState {
                 source,
                 applied_at: Some(self.clock.now()),
                 services,
+                cluster_id: cluster_id.to_string(),
             };
         }
         for s in &self.services {
@@ -320,6 +338,7 @@ impl EdgeState {
                 source: r.source,
                 applied_unix_ms: r.applied_at.map(|at| self.clock.unix_ms(at)),
                 weights: r.services.clone(),
+                cluster_id: r.cluster_id.clone(),
             }
         };
         StatusSnapshot {
@@ -363,6 +382,8 @@ pub struct RoutingStatus {
     pub source: &'static str,
     pub applied_unix_ms: Option<u64>,
     pub weights: BTreeMap<String, BTreeMap<String, u32>>,
+    /// The control plane the table came from.
+    pub cluster_id: String,
 }
 
 #[derive(Debug, Serialize)]

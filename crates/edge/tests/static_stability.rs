@@ -33,8 +33,10 @@ fn lenient_backend(region: &str, addr: SocketAddr) -> String {
 }
 
 fn controller_toml(addrs: &[SocketAddr]) -> String {
+    // Two regions only (the tests are about edges): two controllers share
+    // region a, which a file must accept in so many words.
     let mut s = String::from(
-        "[controller]\nheartbeat = \"50ms\"\nelection_timeout = \"300ms\"\nrpc_timeout = \"200ms\"\n",
+        "[controller]\nallow_unsafe_placement = true\nheartbeat = \"50ms\"\nelection_timeout = \"300ms\"\nrpc_timeout = \"200ms\"\n",
     );
     for (i, a) in addrs.iter().enumerate() {
         let region = if i == 1 { "b" } else { "a" };
@@ -182,5 +184,155 @@ async fn static_stability_with_all_controllers_down() {
         edge.stop.cancel();
         let _ = edge.task.await;
         a.kill();
+    }
+}
+
+/// Three controllers on listeners of their own, and the configuration text
+/// of an edge that knows `extra` controller addresses first.
+async fn group(
+    dir: &std::path::Path,
+    extra_first: &[SocketAddr],
+) -> (Vec<Arc<Controller>>, Vec<SocketAddr>, String, Backend) {
+    let a = Backend::start("a", Mode::Ok).await;
+    let mut addrs = Vec::new();
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        addrs.push(l.local_addr().unwrap());
+        listeners.push(l);
+    }
+    let service = format!(
+        "[service.api]\npolicy = \"failover\"\nwhen_all_unhealthy = \"fail-open\"\n{}\n{}",
+        lenient_backend("a", a.addr),
+        controller_toml(&addrs)
+    );
+    let config = Config::from_toml("test.toml", &edge_toml("", &service)).unwrap();
+    let controllers = start_controllers(&config, &dir.join("group"), listeners).await;
+    // The edge's own file lists the extra addresses before the group's.
+    let mut seen: Vec<SocketAddr> = extra_first.to_vec();
+    seen.extend(&addrs);
+    let edge_service = format!(
+        "[service.api]\npolicy = \"failover\"\nwhen_all_unhealthy = \"fail-open\"\n{}\n{}",
+        lenient_backend("a", a.addr),
+        controller_toml_ids(&seen, extra_first.len())
+    );
+    let toml = edge_toml(
+        &format!("routing_state = \"{}\"", dir.join("routing.json").display()),
+        &edge_service,
+    );
+    (controllers, addrs, toml, a)
+}
+
+/// `controller_toml` whose first `dark` nodes get ids past the group's.
+fn controller_toml_ids(addrs: &[SocketAddr], dark: usize) -> String {
+    let mut s = String::from(
+        "[controller]\nallow_unsafe_placement = true\nheartbeat = \"50ms\"\nelection_timeout = \"300ms\"\nrpc_timeout = \"200ms\"\n",
+    );
+    for (i, a) in addrs.iter().enumerate() {
+        let id = if i < dark { 10 + i } else { i - dark + 1 };
+        let region = if i % 2 == 1 { "b" } else { "a" };
+        s.push_str(&format!(
+            "[[controller.node]]\nid = {id}\nregion = \"{region}\"\naddr = \"{a}\"\n"
+        ));
+    }
+    s
+}
+
+// Broke when an edge's long poll stayed on a controller that went dark
+// (it accepts connections and never answers) for about 20 s: the edge
+// must move to the next controller within the poll bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_leaves_a_dark_controller_within_the_poll_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    // A controller that went dark: connections open, nothing comes back.
+    let dark = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dark_addr = dark.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = dark.accept().await {
+            open.push(s);
+        }
+    });
+    let (controllers, _, toml, _a) = group(dir.path(), &[dark_addr]).await;
+    let started = tokio::time::Instant::now();
+    let edge = RunningEdge::start(&toml).await;
+    edge.wait_status("a table from the next controller", |s| {
+        s["routing"]["source"] == "controllers"
+    })
+    .await;
+    let took = started.elapsed();
+    // The poll wait plus the client's timeout (0.5 s) plus slack.
+    let bound = tern_edge::follow::POLL_WAIT + Duration::from_secs(3);
+    assert!(
+        took < bound,
+        "the edge stayed {took:?} on the dark controller"
+    );
+    edge.stop.cancel();
+    let _ = edge.task.await;
+    for c in &controllers {
+        c.shutdown().await;
+    }
+    held.abort();
+}
+
+// Broke when routing versions had no identity: a control plane rebuilt from
+// nothing counts its versions from 1 again, and an edge that had seen a
+// higher version of the old one ignored it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_follows_a_rebuilt_control_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let (controllers, addrs, toml, _a) = group(dir.path(), &[]).await;
+    let edge = RunningEdge::start(&toml).await;
+    // The old plane moves on to a few versions.
+    let client = ControllerClient::new(addrs.clone(), Duration::from_secs(1));
+    for w in [2u32, 3, 4] {
+        for _ in 0..100 {
+            let cmd = Command::SetWeights {
+                service: "api".into(),
+                weights: vec![("a".into(), w)],
+                force: false,
+                actor: "test".into(),
+            };
+            if client.write(&cmd).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let old = edge
+        .wait_status("the old plane's weight 4", |s| {
+            s["routing"]["weights"]["api"]["a"] == 4
+        })
+        .await;
+    let old_id = old["routing"]["cluster_id"].as_str().unwrap().to_string();
+    let old_version = old["routing"]["version"].as_u64().unwrap();
+    assert!(!old_id.is_empty());
+    // The control plane is rebuilt from nothing on the same addresses.
+    for c in &controllers {
+        c.shutdown().await;
+    }
+    drop(controllers);
+    let mut listeners = Vec::new();
+    for a in &addrs {
+        listeners.push(std::net::TcpListener::bind(a).unwrap());
+    }
+    let config = Config::from_toml("test.toml", &toml).unwrap();
+    let rebuilt = start_controllers(&config, &dir.path().join("rebuilt"), listeners).await;
+    let new = edge
+        .wait_status("the rebuilt plane's table", |s| {
+            s["routing"]["cluster_id"]
+                .as_str()
+                .is_some_and(|id| id != old_id)
+        })
+        .await;
+    assert!(
+        new["routing"]["version"].as_u64().unwrap() < old_version,
+        "{new:#}"
+    );
+    assert_eq!(new["routing"]["weights"]["api"]["a"], 1, "{new:#}");
+    edge.stop.cancel();
+    let _ = edge.task.await;
+    for c in &rebuilt {
+        c.shutdown().await;
     }
 }

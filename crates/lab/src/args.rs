@@ -69,6 +69,11 @@ pub struct LabArgs {
     /// counts the writes this lets through.
     #[arg(long, hide = true)]
     pub unsafe_no_self_fence: bool,
+    /// Run the edges with the product's default health-check settings
+    /// (probes every 1 s, 500 ms timeout, try timeout 2 s) instead of the
+    /// lab's fast ones (200 ms, 150 ms, 300 ms).
+    #[arg(long)]
+    pub product_defaults: bool,
 }
 
 impl Default for LabArgs {
@@ -93,6 +98,7 @@ impl Default for LabArgs {
             dns_pace_ms: 100,
             db: "auto".into(),
             unsafe_no_self_fence: false,
+            product_defaults: false,
         }
     }
 }

@@ -79,9 +79,14 @@ pub async fn wait_for_control(
             .is_ok_and(|s| s.in_quorum && s.leader.is_some());
         let mut tables = true;
         for (_, admin) in admins {
-            tables &= get_status(&client, *admin)
-                .await
-                .is_some_and(|s| s["routing"]["version"].as_u64().unwrap_or(0) >= 1);
+            // A table of the named control plane: its first leader's entry
+            // is in, so nothing of the start-up lands in the run.
+            tables &= get_status(&client, *admin).await.is_some_and(|s| {
+                s["routing"]["version"].as_u64().unwrap_or(0) >= 1
+                    && s["routing"]["cluster_id"]
+                        .as_str()
+                        .is_some_and(|id| !id.is_empty())
+            });
         }
         if quorum && tables {
             return Ok(());
@@ -91,4 +96,38 @@ pub async fn wait_for_control(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until every serving region's writer proxy leads to a primary that
+/// takes writes (a session through it is not in recovery), so that the
+/// load starts on a database known to work. Judged from the outside: a
+/// session through each proxy, as the sample service opens them.
+pub async fn wait_for_writes(deployment: &Deployment) -> Result<()> {
+    let Some(db) = &deployment.db else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in &db.nodes {
+        let conninfo = crate::postgres::conninfo_for(node.proxy);
+        loop {
+            let ready = match crate::postgres::connect(&conninfo, Duration::from_secs(2)).await {
+                Ok(client) => client
+                    .query_one("SELECT NOT pg_is_in_recovery()", &[])
+                    .await
+                    .is_ok_and(|row| row.get::<_, bool>(0)),
+                Err(_) => false,
+            };
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the writer proxy of {} led to no writable primary within 30 s",
+                    node.region
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }

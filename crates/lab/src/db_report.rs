@@ -1,11 +1,14 @@
-//! The oracle for writes: which acknowledged payments the final primary still holds, which
-//! payments were processed twice, which were written by a node whose lease had run out, and
-//! how long writes were unavailable after the fault.
+//! The oracle for writes: which acknowledged payments the final writer still holds, which
+//! payments were processed twice, which were acknowledged by a writer that another writer had
+//! already superseded (split brain), and how long writes were unavailable after the fault.
 //!
 //! Inputs are the clients' own records ([`AckedWrite`], [`WriteAttempt`], extracted from the
-//! load generator's records by [`writes_from_records`]), the rows read from the final primary
-//! after the run ([`Row`]) and the leases the controllers granted ([`LeaseFact`], from their
-//! audit log). Everything here is a pure function of those, tested with hand-made tables.
+//! load generator's records by [`writes_from_records`]) and the rows read from every node after
+//! the run ([`Row`]). Nothing the system says it did is an input: not the controllers' leases,
+//! not who they say the primary is. Every acknowledgement names the writer that committed it
+//! (the server's `cluster_name` and the WAL timeline it wrote on), so two writers that took
+//! writes at once show in the clients' records alone. Everything here is a pure function of
+//! those, tested with hand-made tables.
 //!
 //! Two clocks appear: lab times are `Duration`s since the lab's time zero (when a client sent
 //! or got an answer); `*_ms` fields ending in `_at_ms` are Unix milliseconds read by the
@@ -28,6 +31,9 @@ pub struct AckedWrite {
     pub id: i64,
     /// The server that wrote the row (its `cluster_name`), as answered.
     pub node: String,
+    /// The WAL timeline the server wrote it on, as answered: with `node`, which incarnation
+    /// of a writer committed it (a promotion starts a new timeline).
+    pub timeline: String,
     /// When the client sent the request (lab time).
     pub sent_at: Duration,
     /// When the client got the answer (lab time).
@@ -48,7 +54,7 @@ pub struct WriteAttempt {
     pub acked: bool,
 }
 
-/// A row of `payments` on the final primary.
+/// A row of `payments` on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Row {
     pub id: i64,
@@ -57,17 +63,12 @@ pub struct Row {
     pub written_at_ms: i64,
 }
 
-/// A primary lease as the controllers granted it: `holder` (a node name, as in
-/// [`AckedWrite::node`]) could accept writes in `epoch` from `granted_at_ms` until
-/// `expired_at_ms` (Unix ms, inclusive). Several facts with the same holder and epoch (a grant
-/// and its renewals) are one lease from the earliest grant to the latest expiry. An unknown
-/// grant time means "since before any write".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LeaseFact {
-    pub holder: String,
-    pub epoch: u64,
-    pub granted_at_ms: Option<i64>,
-    pub expired_at_ms: i64,
+/// What was read from one node after the run: its rows, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRows {
+    /// The node's name (its `cluster_name`, as in [`AckedWrite::node`]).
+    pub node: String,
+    pub rows: Result<Vec<Row>, String>,
 }
 
 /// Everything the write oracle reads.
@@ -75,20 +76,23 @@ pub struct LeaseFact {
 pub struct WriteInputs<'a> {
     pub acked: &'a [AckedWrite],
     pub attempts: &'a [WriteAttempt],
-    /// Every row found on the final primary after the run.
-    pub rows: &'a [Row],
-    /// The name of the node that was primary at the end (whose rows `rows` are).
-    pub final_primary: &'a str,
+    /// Every node's rows after the run (a node that could not be read says why).
+    pub nodes: &'a [NodeRows],
     /// When the fault was injected (lab time), if there was one.
     pub fault_at: Option<Duration>,
-    /// Every lease granted during the run; empty when the controllers could not be read.
-    pub leases: &'a [LeaseFact],
+    /// The cluster's RPO time budget, and how often its agents look (one
+    /// round): with a fault, the loss bound is the writer's rate before the
+    /// fault times their sum.
+    pub rpo_time: Option<Duration>,
+    pub agent_round: Duration,
 }
 
 /// What happened to the writes. Counts of acknowledged writes are of distinct `(key, id)`
 /// pairs: a replayed answer names the same payment again and counts once.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WriteReport {
+    /// The node that acknowledged the last write of the run, as the clients were told: the
+    /// writer at the end, whose rows the lost writes are counted against.
     pub final_primary: String,
     /// `POST /payments` requests sent.
     pub write_attempts: usize,
@@ -108,23 +112,37 @@ pub struct WriteReport {
     pub duplicate_keys: usize,
     /// Those keys, sorted.
     pub duplicate_key_list: Vec<String>,
-    /// Acknowledged payments written when their node held no lease: no lease of
-    /// [`AckedWrite::node`] covers [`AckedWrite::written_at_ms`] (granted at or before it, and
-    /// `written_at_ms <= expired_at_ms`). So a write after the expiry of the latest lease the
-    /// node held at that time is fenced. `None` when no lease facts were given.
-    pub fenced_writes: Option<usize>,
+    /// Acknowledged payments taken by a superseded writer (split brain), from the clients'
+    /// records alone: a writer is one `(node, timeline)`; a write acknowledged by writer A and
+    /// *sent after* a client had already been acknowledged a write by a writer B whose first
+    /// acknowledgement came later than A's first, was taken by A while B was surely writing.
+    pub split_brain_writes: usize,
     /// The ids of those, ascending.
-    pub fenced_ids: Vec<i64>,
-    /// From the fault to the first acknowledgement by the final primary of a write sent at or
-    /// after the fault (lab ms): how long until writes were taken again by the node that ended
-    /// up primary. It includes up to one request interval of the load. `None` without a fault
-    /// or if that never happened.
+    pub split_brain_ids: Vec<i64>,
+    /// The writers that acknowledged writes, in the order of their first acknowledgement:
+    /// `node/timeline: n writes, first..last ack (lab ms)`.
+    pub writers: Vec<String>,
+    /// Per node read after the run: how many rows it holds and how many acknowledged payments
+    /// it lacks (a standby behind, or a node that never caught up), or why it was not read.
+    pub nodes: Vec<String>,
+    /// Keys sent more than once whose acknowledgement came from another writer than the one
+    /// that had acknowledged the last write before the key's first attempt: retries that
+    /// really crossed a change of writer (what the double-processing check is about).
+    pub keys_retried_across_writers: usize,
+    /// From the fault to the first acknowledgement of a write sent at or after the fault by a
+    /// writer that took no write before it, or, when no new writer appeared, by any writer
+    /// (lab ms): how long until writes were taken again, as clients saw it. It includes up to
+    /// one request interval of the load. `None` without a fault or if that never happened.
     pub write_unavailable_ms: Option<f64>,
     /// From the fault to the end of the last failed write that ended at or after it (lab ms).
     /// `None` without a fault or without such a failure.
     pub last_failed_write_ms: Option<f64>,
     /// Heap bytes the lost rows took ([`row_bytes`]), a rough size of the lost data.
     pub lost_bytes_estimate: u64,
+    /// The most acknowledged writes the configuration lets be lost: the rate at which the
+    /// writer at the fault acknowledged writes in the 5 s before it, times the RPO time budget
+    /// plus one agent round. `None` without a fault or a time budget.
+    pub loss_bound: Option<usize>,
 }
 
 /// The write oracle.
@@ -134,7 +152,20 @@ pub fn build(i: WriteInputs<'_>) -> WriteReport {
     for a in i.acked {
         acked.entry((a.key.as_str(), a.id)).or_insert(a);
     }
-    let held: BTreeSet<(&str, i64)> = i.rows.iter().map(|r| (r.key.as_str(), r.id)).collect();
+    // The writer at the end is the one the last acknowledgement named.
+    let final_primary = i
+        .acked
+        .iter()
+        .max_by_key(|a| a.ack_at)
+        .map_or(String::new(), |a| a.node.clone());
+    let no_rows: Vec<Row> = Vec::new();
+    let final_rows: &[Row] = i
+        .nodes
+        .iter()
+        .find(|n| n.node == final_primary)
+        .and_then(|n| n.rows.as_ref().ok())
+        .map_or(&no_rows, |r| r.as_slice());
+    let held: BTreeSet<(&str, i64)> = final_rows.iter().map(|r| (r.key.as_str(), r.id)).collect();
     let lost: Vec<&AckedWrite> = acked
         .iter()
         .filter(|(pair, _)| !held.contains(*pair))
@@ -147,7 +178,7 @@ pub fn build(i: WriteInputs<'_>) -> WriteReport {
     for (key, id) in acked.keys() {
         ids_by_key.entry(key).or_default().insert(*id);
     }
-    for r in i.rows {
+    for r in final_rows {
         // Only keys someone was told about: a row nobody acknowledged is no duplicate.
         if let Some(ids) = ids_by_key.get_mut(r.key.as_str()) {
             ids.insert(r.id);
@@ -159,27 +190,69 @@ pub fn build(i: WriteInputs<'_>) -> WriteReport {
         .map(|(key, _)| key.to_string())
         .collect();
 
-    let (fenced_writes, fenced_ids) = if i.leases.is_empty() {
-        (None, Vec::new())
-    } else {
-        let leases = merge_leases(i.leases);
-        let mut ids: Vec<i64> = acked
-            .values()
-            .filter(|a| !covered(&leases, &a.node, a.written_at_ms))
-            .map(|a| a.id)
-            .collect();
-        ids.sort_unstable();
-        (Some(ids.len()), ids)
-    };
+    let (writers, split_brain_ids) = split_brain(i.acked);
+    let keys_retried_across_writers = retried_across_writers(i.acked, i.attempts);
+    let nodes = i
+        .nodes
+        .iter()
+        .map(|n| match &n.rows {
+            Ok(rows) => {
+                let keys: BTreeSet<(&str, i64)> =
+                    rows.iter().map(|r| (r.key.as_str(), r.id)).collect();
+                let missing = acked.keys().filter(|k| !keys.contains(*k)).count();
+                format!(
+                    "{}: {} rows, {missing} acknowledged payments missing",
+                    n.node,
+                    rows.len()
+                )
+            }
+            Err(why) => format!("{}: not read ({why})", n.node),
+        })
+        .collect();
 
+    // Writes are back when a writer takes one sent at or after the fault: a
+    // writer that took none before it, when one appeared (the old writer's
+    // last acknowledgements while it was being cut off are no recovery);
+    // otherwise (no failover) any writer.
     let write_unavailable_ms = i.fault_at.and_then(|fault| {
-        i.acked
+        let before: BTreeSet<(&str, &str)> = i
+            .acked
             .iter()
-            .filter(|a| a.sent_at >= fault && a.node == i.final_primary)
-            .map(|a| a.ack_at.saturating_sub(fault))
-            .min()
-            .map(ms)
+            .filter(|a| a.sent_at < fault)
+            .map(|a| (a.node.as_str(), a.timeline.as_str()))
+            .collect();
+        let after = |new_only: bool| {
+            i.acked
+                .iter()
+                .filter(|a| a.sent_at >= fault)
+                .filter(|a| !new_only || !before.contains(&(a.node.as_str(), a.timeline.as_str())))
+                .map(|a| a.ack_at.saturating_sub(fault))
+                .min()
+        };
+        after(true).or_else(|| after(false)).map(ms)
     });
+    let loss_bound = match (i.fault_at, i.rpo_time) {
+        (Some(fault), Some(budget)) => {
+            let window = Duration::from_secs(5).min(fault);
+            let writer = i
+                .acked
+                .iter()
+                .filter(|a| a.ack_at <= fault)
+                .max_by_key(|a| a.ack_at)
+                .map(|a| (a.node.as_str(), a.timeline.as_str()));
+            let n = i
+                .acked
+                .iter()
+                .filter(|a| Some((a.node.as_str(), a.timeline.as_str())) == writer)
+                .filter(|a| a.ack_at <= fault && a.ack_at + window > fault)
+                .count();
+            (!window.is_zero()).then(|| {
+                let rate = n as f64 / window.as_secs_f64();
+                (rate * (budget + i.agent_round).as_secs_f64()).ceil() as usize
+            })
+        }
+        _ => None,
+    };
     let last_failed_write_ms = i.fault_at.and_then(|fault| {
         i.attempts
             .iter()
@@ -190,7 +263,7 @@ pub fn build(i: WriteInputs<'_>) -> WriteReport {
     });
 
     WriteReport {
-        final_primary: i.final_primary.to_string(),
+        final_primary: final_primary.clone(),
         write_attempts: i.attempts.len(),
         failed_writes: i.attempts.iter().filter(|a| !a.acked).count(),
         acked_writes: acked.len(),
@@ -198,38 +271,86 @@ pub fn build(i: WriteInputs<'_>) -> WriteReport {
         lost_ids,
         duplicate_keys: duplicate_key_list.len(),
         duplicate_key_list,
-        fenced_writes,
-        fenced_ids,
+        split_brain_writes: split_brain_ids.len(),
+        split_brain_ids,
+        writers,
+        nodes,
+        keys_retried_across_writers,
         write_unavailable_ms,
         last_failed_write_ms,
         lost_bytes_estimate: lost.iter().map(|a| row_bytes(&a.key, &a.node)).sum(),
+        loss_bound,
     }
 }
 
-/// One lease per holder and epoch: the earliest grant (unknown wins: since forever) to the
-/// latest expiry.
-fn merge_leases(facts: &[LeaseFact]) -> BTreeMap<(&str, u64), (Option<i64>, i64)> {
-    let mut leases: BTreeMap<(&str, u64), (Option<i64>, i64)> = BTreeMap::new();
-    for f in facts {
-        leases
-            .entry((f.holder.as_str(), f.epoch))
-            .and_modify(|(granted, expired)| {
-                *granted = match (*granted, f.granted_at_ms) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    _ => None,
-                };
-                *expired = (*expired).max(f.expired_at_ms);
-            })
-            .or_insert((f.granted_at_ms, f.expired_at_ms));
+/// The writers in the clients' records, in the order of their first acknowledgement, and the
+/// ids of the writes a superseded writer took: for writers A before B (by first
+/// acknowledgement), A's writes *sent* after B's first acknowledgement *arrived*.
+fn split_brain(acked: &[AckedWrite]) -> (Vec<String>, Vec<i64>) {
+    let mut by_writer: BTreeMap<(&str, &str), Vec<&AckedWrite>> = BTreeMap::new();
+    for a in acked {
+        by_writer
+            .entry((a.node.as_str(), a.timeline.as_str()))
+            .or_default()
+            .push(a);
     }
-    leases
+    let mut writers: Vec<((&str, &str), Vec<&AckedWrite>)> = by_writer.into_iter().collect();
+    for (_, w) in &mut writers {
+        w.sort_by_key(|a| a.ack_at);
+    }
+    writers.sort_by_key(|(_, w)| w[0].ack_at);
+    let mut ids = BTreeSet::new();
+    for (i, (_, older)) in writers.iter().enumerate() {
+        for (_, newer) in &writers[i + 1..] {
+            let took_over = newer[0].ack_at;
+            ids.extend(older.iter().filter(|a| a.sent_at > took_over).map(|a| a.id));
+        }
+    }
+    let lines = writers
+        .iter()
+        .map(|((node, tl), w)| {
+            format!(
+                "{node}/{}: {} writes, acknowledged {:.0}..{:.0} ms",
+                if tl.is_empty() { "?" } else { tl },
+                w.len(),
+                ms(w[0].ack_at),
+                ms(w[w.len() - 1].ack_at)
+            )
+        })
+        .collect();
+    (lines, ids.into_iter().collect())
 }
 
-/// Whether some lease of `node` covers the moment `at_ms`.
-fn covered(leases: &BTreeMap<(&str, u64), (Option<i64>, i64)>, node: &str, at_ms: i64) -> bool {
-    leases.iter().any(|((holder, _), (granted, expired))| {
-        *holder == node && granted.is_none_or(|g| g <= at_ms) && at_ms <= *expired
-    })
+/// How many keys were retried across a change of writer: sent more than once, and
+/// acknowledged by a writer other than the one that acknowledged the last write (any key)
+/// before the key's first attempt.
+fn retried_across_writers(acked: &[AckedWrite], attempts: &[WriteAttempt]) -> usize {
+    let mut first_sent: BTreeMap<&str, (Duration, usize)> = BTreeMap::new();
+    for a in attempts {
+        let e = first_sent.entry(a.key.as_str()).or_insert((a.sent_at, 0));
+        e.0 = e.0.min(a.sent_at);
+        e.1 += 1;
+    }
+    let mut by_time: Vec<&AckedWrite> = acked.iter().collect();
+    by_time.sort_by_key(|a| a.ack_at);
+    let writer_at = |t: Duration| {
+        by_time
+            .iter()
+            .rev()
+            .find(|a| a.ack_at <= t)
+            .map(|a| (a.node.as_str(), a.timeline.as_str()))
+    };
+    let mut keys = BTreeSet::new();
+    for a in acked {
+        let Some((first, tries)) = first_sent.get(a.key.as_str()) else {
+            continue;
+        };
+        let before = writer_at(*first);
+        if *tries > 1 && before.is_some_and(|w| w != (a.node.as_str(), a.timeline.as_str())) {
+            keys.insert(a.key.as_str());
+        }
+    }
+    keys.len()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -284,6 +405,7 @@ pub fn writes_from_records(records: &[RequestRecord]) -> (Vec<AckedWrite>, Vec<W
                 key: p.key.clone(),
                 id: ack.id,
                 node: ack.node.clone(),
+                timeline: ack.timeline.clone(),
                 sent_at,
                 ack_at: ended_at,
                 written_at_ms: ack.written_at_ms,
@@ -305,9 +427,12 @@ impl WriteReport {
         );
         let _ = writeln!(
             out,
-            "lost acked writes   {} (about {} bytes){}",
+            "lost acked writes   {} (about {} bytes){}{}",
             self.lost_acked_writes,
             self.lost_bytes_estimate,
+            self.loss_bound.map_or(String::new(), |b| format!(
+                "; the time budget allows {b} (the writer's rate before the fault x (budget + one agent round))"
+            )),
             list(&self.lost_ids)
         );
         let _ = writeln!(
@@ -318,11 +443,16 @@ impl WriteReport {
         );
         let _ = writeln!(
             out,
-            "fenced writes       {}{}",
-            self.fenced_writes
-                .map_or("n/a (no lease facts)".to_string(), |n| n.to_string()),
-            list(&self.fenced_ids)
+            "split-brain writes  {}{} (taken by a superseded writer, from the clients' records)",
+            self.split_brain_writes,
+            list(&self.split_brain_ids)
         );
+        for w in &self.writers {
+            let _ = writeln!(out, "  writer {w}");
+        }
+        for n in &self.nodes {
+            let _ = writeln!(out, "  node {n}");
+        }
         let _ = writeln!(
             out,
             "write unavailable   {}",
@@ -372,6 +502,7 @@ mod tests {
             key: key.into(),
             id,
             node: node.into(),
+            timeline: "00000001".into(),
             sent_at: S * sent_s as u32,
             ack_at: S * sent_s as u32 + Duration::from_millis(40),
             written_at_ms,
@@ -387,23 +518,23 @@ mod tests {
         }
     }
 
-    fn lease(holder: &str, epoch: u64, granted: Option<i64>, expired: i64) -> LeaseFact {
-        LeaseFact {
-            holder: holder.into(),
-            epoch,
-            granted_at_ms: granted,
-            expired_at_ms: expired,
-        }
-    }
-
-    fn report(acked: &[AckedWrite], rows: &[Row], leases: &[LeaseFact]) -> WriteReport {
+    /// The oracle with `rows` as the rows of the final writer (the last
+    /// acknowledgement's node).
+    fn report(acked: &[AckedWrite], rows: &[Row]) -> WriteReport {
+        let last = acked
+            .iter()
+            .max_by_key(|a| a.ack_at)
+            .map_or("us-west".to_string(), |a| a.node.clone());
         build(WriteInputs {
             acked,
             attempts: &[],
-            rows,
-            final_primary: "us-west",
+            nodes: &[NodeRows {
+                node: last,
+                rows: Ok(rows.to_vec()),
+            }],
             fault_at: Some(S * 10),
-            leases,
+            rpo_time: None,
+            agent_round: Duration::ZERO,
         })
     }
 
@@ -445,7 +576,7 @@ mod tests {
             ),
         ];
         for (name, (acked, rows, lost, count)) in cases {
-            let r = report(&acked, &rows, &[]);
+            let r = report(&acked, &rows);
             assert_eq!(r.lost_ids, lost, "{name}");
             assert_eq!(r.lost_acked_writes, lost.len(), "{name}");
             assert_eq!(r.acked_writes, count, "{name}");
@@ -458,7 +589,7 @@ mod tests {
     fn an_id_reused_for_another_key_is_still_a_lost_write() {
         let acked = [ack("a", 33, "us-east", 9, 0)];
         let rows = [row(33, "z", "us-west")];
-        let r = report(&acked, &rows, &[]);
+        let r = report(&acked, &rows);
         assert_eq!(r.lost_ids, vec![33]);
         assert_eq!(r.lost_bytes_estimate, row_bytes("a", "us-east"));
     }
@@ -497,51 +628,158 @@ mod tests {
             ),
         ];
         for (name, (acked, rows, keys)) in cases {
-            let r = report(&acked, &rows, &[]);
+            let r = report(&acked, &rows);
             assert_eq!(r.duplicate_key_list, keys, "{name}");
             assert_eq!(r.duplicate_keys, keys.len(), "{name}");
         }
     }
 
+    // Broke when split brain was judged from the controllers' lease
+    // records: it is judged from what clients were told alone.
     #[test]
-    fn fenced_writes_are_written_outside_every_lease_of_their_node() {
-        let leases = [
-            lease("us-east", 1, Some(1_000), 5_000),
-            // A renewal of epoch 1: the lease now runs to 9 000.
-            lease("us-east", 1, Some(4_000), 9_000),
-            lease("us-west", 2, Some(11_000), 30_000),
-            // us-east comes back as primary later.
-            lease("us-east", 3, Some(40_000), 50_000),
+    fn a_superseded_writer_taking_writes_is_split_brain() {
+        let at = |ms: u64| Duration::from_millis(ms);
+        let w = |id: i64, node: &str, tl: &str, sent: u64, acked: u64| AckedWrite {
+            timeline: tl.into(),
+            sent_at: at(sent),
+            ack_at: at(acked),
+            ..ack(&format!("k{id}"), id, node, 0, 0)
+        };
+        // (name, acknowledgements, split-brain ids)
+        type Case = (&'static str, Vec<AckedWrite>, Vec<i64>);
+        let cases: Vec<Case> = vec![
+            (
+                "a clean failover: the old writer stops before the new one starts",
+                vec![
+                    w(1, "us-east", "1", 1_000, 1_050),
+                    w(2, "us-east", "1", 8_000, 8_050),
+                    w(3, "us-west", "2", 14_000, 14_080),
+                ],
+                vec![],
+            ),
+            (
+                "the old writer acknowledges a write sent after the new one's first",
+                vec![
+                    w(1, "us-east", "1", 1_000, 1_050),
+                    w(3, "us-west", "2", 14_000, 14_080),
+                    w(4, "us-east", "1", 14_500, 14_550),
+                    w(5, "us-east", "1", 15_000, 15_040),
+                ],
+                vec![4, 5],
+            ),
+            (
+                "a write sent before the takeover and acknowledged after it is no proof",
+                vec![
+                    w(1, "us-east", "1", 13_900, 14_200),
+                    w(3, "us-west", "2", 14_000, 14_080),
+                ],
+                vec![],
+            ),
+            (
+                "the same node on a new timeline is another writer (a promotion)",
+                vec![
+                    w(1, "us-east", "1", 1_000, 1_050),
+                    w(2, "us-east", "3", 20_000, 20_050),
+                    w(6, "us-east", "1", 21_000, 21_030),
+                ],
+                vec![6],
+            ),
         ];
-        // (node, written_at_ms, fenced)
-        let cases = [
-            ("us-east", 2_000, false),
-            ("us-east", 9_000, false),
-            ("us-east", 9_001, true),
-            ("us-east", 20_000, true),
-            ("us-east", 45_000, false),
-            ("us-east", 500, true),
-            ("us-west", 12_000, false),
-            ("us-west", 10_999, true),
-            ("us-central", 12_000, true),
-        ];
-        for (node, at, fenced) in cases {
-            let r = report(&[ack("k", 1, node, 1, at)], &[], &leases);
-            assert_eq!(r.fenced_writes, Some(usize::from(fenced)), "{node} at {at}");
-            assert_eq!(r.fenced_ids.is_empty(), !fenced, "{node} at {at}");
+        for (name, acked, ids) in cases {
+            let r = report(&acked, &[]);
+            assert_eq!(r.split_brain_ids, ids, "{name}");
+            assert_eq!(r.split_brain_writes, ids.len(), "{name}");
         }
-        // An unknown grant time covers everything before the expiry.
-        let open = [
-            lease("us-east", 1, None, 5_000),
-            lease("us-east", 1, Some(4_000), 6_000),
+    }
+
+    #[test]
+    fn retries_count_only_when_they_cross_a_change_of_writer() {
+        let at = |ms: u64| Duration::from_millis(ms);
+        let w = |key: &str, id: i64, node: &str, sent: u64, acked: u64| AckedWrite {
+            sent_at: at(sent),
+            ack_at: at(acked),
+            ..ack(key, id, node, 0, 0)
+        };
+        let try_ = |key: &str, sent: u64, acked: bool| WriteAttempt {
+            key: key.into(),
+            sent_at: at(sent),
+            ended_at: at(sent + 100),
+            acked,
+        };
+        let acked = [
+            w("a", 1, "us-east", 1_000, 1_050),
+            // "b" fails on east, then west takes it: across.
+            w("b", 2, "us-west", 12_000, 12_100),
+            // "c" fails once and east takes it again: not across.
+            w("c", 3, "us-east", 2_100, 2_150),
         ];
-        for (at, fenced) in [(-1, false), (6_000, false), (6_001, true)] {
-            let r = report(&[ack("k", 1, "us-east", 1, at)], &[], &open);
-            assert_eq!(r.fenced_writes, Some(usize::from(fenced)), "at {at}");
-        }
-        // Without lease facts there is no verdict.
-        let r = report(&[ack("k", 1, "us-east", 1, 0)], &[], &[]);
-        assert_eq!((r.fenced_writes, r.fenced_ids.len()), (None, 0));
+        let attempts = [
+            try_("a", 1_000, true),
+            try_("b", 9_000, false),
+            try_("b", 12_000, true),
+            try_("c", 2_000, false),
+            try_("c", 2_100, true),
+        ];
+        assert_eq!(retried_across_writers(&acked, &attempts), 1);
+    }
+
+    // Broke when the loss check compared row bytes with a WAL-byte budget
+    // and could not fail: the bound now follows the time budget.
+    #[test]
+    fn the_loss_bound_is_the_writers_rate_times_the_budget_and_a_round() {
+        // 20 writes a second by us-east over the 5 s before the fault at 10 s.
+        let acked: Vec<AckedWrite> = (0..100)
+            .map(|k| AckedWrite {
+                sent_at: Duration::from_millis(5_000 + k * 50),
+                ack_at: Duration::from_millis(5_020 + k * 50),
+                ..ack(&format!("k{k}"), k as i64, "us-east", 0, 0)
+            })
+            .collect();
+        let r = build(WriteInputs {
+            acked: &acked,
+            attempts: &[],
+            nodes: &[],
+            fault_at: Some(S * 10),
+            rpo_time: Some(S),
+            agent_round: Duration::from_millis(500),
+        });
+        assert_eq!(r.loss_bound, Some(30));
+    }
+
+    #[test]
+    fn every_node_is_read_and_the_final_writer_comes_from_the_clients() {
+        let acked = [ack("a", 1, "us-east", 1, 0), ack("b", 2, "us-west", 12, 0)];
+        let r = build(WriteInputs {
+            acked: &acked,
+            attempts: &[],
+            nodes: &[
+                NodeRows {
+                    node: "us-east".into(),
+                    rows: Ok(vec![row(1, "a", "us-east")]),
+                },
+                NodeRows {
+                    node: "us-west".into(),
+                    rows: Ok(vec![row(1, "a", "us-east"), row(2, "b", "us-west")]),
+                },
+                NodeRows {
+                    node: "us-central".into(),
+                    rows: Err("connection refused".into()),
+                },
+            ],
+            fault_at: None,
+            rpo_time: None,
+            agent_round: Duration::ZERO,
+        });
+        assert_eq!(r.final_primary, "us-west");
+        assert_eq!(r.lost_acked_writes, 0);
+        assert_eq!(
+            r.nodes,
+            vec![
+                "us-east: 1 rows, 1 acknowledged payments missing",
+                "us-west: 2 rows, 0 acknowledged payments missing",
+                "us-central: not read (connection refused)",
+            ]
+        );
     }
 
     #[test]
@@ -568,6 +806,7 @@ mod tests {
             (
                 "the old primary's acks after the fault do not count",
                 vec![
+                    acked_at("us-east", 9_000, 9_050),
                     acked_at("us-east", 10_100, 10_150),
                     acked_at("us-west", 15_000, 15_010),
                 ],
@@ -584,8 +823,17 @@ mod tests {
                 Some(450.0),
             ),
             (
+                "no new writer (no failover): the old one's first write after the fault",
+                vec![
+                    acked_at("us-east", 9_000, 9_050),
+                    acked_at("us-east", 10_100, 10_150),
+                ],
+                Some(10_000),
+                Some(150.0),
+            ),
+            (
                 "never",
-                vec![acked_at("us-east", 10_100, 10_150)],
+                vec![acked_at("us-east", 9_000, 9_050)],
                 Some(10_000),
                 None,
             ),
@@ -595,10 +843,10 @@ mod tests {
             let r = build(WriteInputs {
                 acked: &acked,
                 attempts: &[],
-                rows: &[],
-                final_primary: "us-west",
+                nodes: &[],
                 fault_at: fault.map(at),
-                leases: &[],
+                rpo_time: None,
+                agent_round: Duration::ZERO,
             });
             assert_eq!(r.write_unavailable_ms, expected, "{name}");
         }
@@ -622,20 +870,20 @@ mod tests {
         let r = build(WriteInputs {
             acked: &[],
             attempts: &attempts,
-            rows: &[],
-            final_primary: "us-west",
+            nodes: &[],
             fault_at: Some(Duration::from_secs(10)),
-            leases: &[],
+            rpo_time: None,
+            agent_round: Duration::ZERO,
         });
         assert_eq!((r.write_attempts, r.failed_writes), (5, 3));
         assert_eq!(r.last_failed_write_ms, Some(4_000.0));
         let quiet = build(WriteInputs {
             acked: &[],
             attempts: &attempts[..2],
-            rows: &[],
-            final_primary: "us-west",
+            nodes: &[],
             fault_at: Some(Duration::from_secs(10)),
-            leases: &[],
+            rpo_time: None,
+            agent_round: Duration::ZERO,
         });
         assert_eq!(quiet.last_failed_write_ms, None);
     }
@@ -681,6 +929,7 @@ mod tests {
                 Some(PaymentAck {
                     id: 5,
                     node: "us-east".into(),
+                    timeline: "00000002".into(),
                     written_at_ms: 1_700_000_000_000,
                     replay: false,
                 }),
@@ -694,6 +943,7 @@ mod tests {
                 key: "a".into(),
                 id: 5,
                 node: "us-east".into(),
+                timeline: "00000002".into(),
                 sent_at: Duration::from_secs(1),
                 ack_at: Duration::from_millis(1_040),
                 written_at_ms: 1_700_000_000_000,
@@ -715,14 +965,14 @@ mod tests {
         let r = report(
             &[ack("a", 1, "us-east", 1, 0), ack("b", 2, "us-east", 11, 0)],
             &[row(1, "a", "us-east")],
-            &[],
         );
         let table = r.table();
         for needle in [
             "2 acknowledged",
             "lost acked writes   1",
             ": 2",
-            "n/a (no lease facts)",
+            "split-brain writes  0",
+            "writer us-east/00000001: 2 writes",
             "write unavailable",
         ] {
             assert!(table.contains(needle), "{needle:?} in\n{table}");

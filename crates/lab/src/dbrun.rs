@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use tern_core::control::{Applied, Command};
-use tern_core::failover::{ClusterState, PlanKind, Step};
+use tern_core::failover::{ClusterState, PlanKind};
 use tern_proto::api::ClustersView;
 use tern_proto::ControllerClient;
 
-use crate::db_report::{self, LeaseFact, WriteOutcome};
+use crate::db_report::{self, WriteOutcome};
 use crate::load::RequestRecord;
 use crate::postgres;
 use crate::topology::{Deployment, CLUSTER};
@@ -73,45 +73,6 @@ async fn cluster(deployment: &Deployment) -> Result<(ClustersView, ClusterState)
     ))
 }
 
-/// Every lease the controllers granted, as far as their plans tell: each
-/// plan records the lease its grant superseded (holder, epoch, expiry or
-/// release), and the current writer holds the latest.
-pub fn lease_facts(view: &ClustersView, c: &ClusterState) -> Vec<LeaseFact> {
-    let mut facts = Vec::new();
-    let mut plans: Vec<_> = c.past.iter().collect();
-    plans.extend(c.plan.iter());
-    // When each epoch was granted: the end of the plan's wait-lease step.
-    let granted = |epoch: u64| -> Option<i64> {
-        plans
-            .iter()
-            .filter(|p| p.epoch == Some(epoch))
-            .flat_map(|p| p.history.iter())
-            .find(|h| h.step == Step::WaitLease && h.ok)
-            .map(|h| h.finished_at.as_millis() as i64)
-    };
-    for p in &plans {
-        if let Some((holder, epoch, expired)) = &p.previous_lease {
-            facts.push(LeaseFact {
-                holder: holder.clone(),
-                epoch: *epoch,
-                granted_at_ms: granted(*epoch),
-                expired_at_ms: *expired as i64,
-            });
-        }
-    }
-    if let Some(l) = view.leases.iter().find(|l| l.cluster == CLUSTER) {
-        if let (Some(holder), Some(expires)) = (&l.holder, l.expires_at_ms) {
-            facts.push(LeaseFact {
-                holder: holder.clone(),
-                epoch: l.epoch,
-                granted_at_ms: granted(l.epoch),
-                expired_at_ms: expires as i64,
-            });
-        }
-    }
-    facts
-}
-
 /// Builds the write report: the clients' records against the final
 /// primary's rows and the controllers' leases. `fault_ms` is lab time.
 pub async fn write_report(
@@ -119,40 +80,42 @@ pub async fn write_report(
     records: &[RequestRecord],
     fault_ms: Option<f64>,
 ) -> Result<WriteOutcome> {
-    let (view, c) = cluster(deployment).await?;
+    let (_, c) = cluster(deployment).await?;
     let db = deployment
         .db
         .as_ref()
         .ok_or_else(|| anyhow!("the lab runs no database"))?;
-    let node = db
-        .node(&c.writer.region)
-        .ok_or_else(|| anyhow!("no database node in {}", c.writer.region))?;
-    let rows = postgres::read_payments(&postgres::conninfo_for(node.addr))
-        .await
-        .with_context(|| format!("read the final primary ({})", c.writer.region))?;
+    // Every node, not only the one the controllers name: the oracle judges
+    // from what each holds.
+    let mut nodes = Vec::new();
+    for n in &db.nodes {
+        let rows = postgres::read_payments(&postgres::conninfo_for(n.addr))
+            .await
+            .map_err(|e| format!("{e:#}"));
+        nodes.push(db_report::NodeRows {
+            node: n.region.clone(),
+            rows,
+        });
+    }
     let (acked, attempts) = db_report::writes_from_records(records);
-    let leases = lease_facts(&view, &c);
     let report = db_report::build(db_report::WriteInputs {
         acked: &acked,
         attempts: &attempts,
-        rows: &rows,
-        final_primary: &c.writer.region,
+        nodes: &nodes,
         fault_at: fault_ms.map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
-        leases: &leases,
+        rpo_time: Some(crate::topology::RPO_TIME),
+        agent_round: crate::topology::AGENT_ROUND,
     });
+    if let Some(n) = nodes.iter().find(|n| n.node == report.final_primary) {
+        if let Err(e) = &n.rows {
+            return Err(anyhow!(
+                "read the final writer ({}), the node that acknowledged the last write: {e}",
+                n.node
+            ));
+        }
+    }
     let mut plans: Vec<_> = c.past.iter().collect();
     plans.extend(c.plan.iter());
-    // Writes are back when the node the fault's plan promoted takes them,
-    // even if a later plan (a failback) moves the writer again.
-    let mut report = report;
-    if let (Some(first), Some(fault)) = (plans.first(), fault_ms) {
-        let fault = Duration::from_secs_f64(fault.max(0.0) / 1000.0);
-        report.write_unavailable_ms = acked
-            .iter()
-            .filter(|a| a.sent_at >= fault && a.node == first.to)
-            .map(|a| a.ack_at.saturating_sub(fault).as_secs_f64() * 1000.0)
-            .reduce(f64::min);
-    }
     let plans = plans
         .iter()
         .map(|p| {

@@ -52,6 +52,7 @@ pub struct RequestRecord {
     pub method: &'static str,
     /// The final status, if any edge answered.
     pub status: Option<u16>,
+    /// The service itself answered (`x-served-by` names it) without a server error.
     pub ok: bool,
     /// Region of the edge that gave the final answer.
     pub edge_region: Option<String>,
@@ -81,6 +82,8 @@ pub struct PaymentAck {
     pub id: i64,
     /// The database server that wrote the row.
     pub node: String,
+    /// The WAL timeline it wrote the row on (with `node`, which writer incarnation).
+    pub timeline: String,
     /// That server's clock when it wrote the row, Unix milliseconds.
     pub written_at_ms: i64,
     /// The answer was a replay of an earlier payment with the same key.
@@ -98,6 +101,11 @@ impl PaymentAck {
         Some(PaymentAck {
             id: body.get("id")?.as_i64()?,
             node: body.get("node")?.as_str()?.to_string(),
+            timeline: body
+                .get("timeline")
+                .and_then(|t| t.as_str())
+                .unwrap_or_default()
+                .to_string(),
             written_at_ms: body.get("written_at_ms")?.as_i64()?,
             replay,
         })
@@ -308,7 +316,9 @@ pub(crate) async fn one_request(
                     client_region: spec.region.clone(),
                     method: planned.method,
                     status: Some(status),
-                    ok: status < 500,
+                    // Only what the service itself answered counts as a
+                    // success: an edge's own 404, 408 or 413 names no backend.
+                    ok: status < 500 && served_by.is_some(),
                     edge_region: Some(edge.region.clone()),
                     served_by,
                     edges_tried: tried,
@@ -351,12 +361,13 @@ mod tests {
 
     #[test]
     fn a_payment_ack_needs_a_2xx_answer_naming_the_row() {
-        let row = br#"{"id": 7, "key": "k", "node": "us-east", "written_at_ms": 1700000000123, "region": "us-west"}"#;
+        let row = br#"{"id": 7, "key": "k", "node": "us-east", "timeline": "00000002", "written_at_ms": 1700000000123, "region": "us-west"}"#;
         assert_eq!(
             PaymentAck::from_answer(201, false, row),
             Some(PaymentAck {
                 id: 7,
                 node: "us-east".into(),
+                timeline: "00000002".into(),
                 written_at_ms: 1_700_000_000_123,
                 replay: false,
             })

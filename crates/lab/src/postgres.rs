@@ -24,14 +24,17 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::db_report::Row;
 
-/// The sample service's table. `node` is the name of the server that wrote the row and
-/// `written_at` that server's clock at the write, which the write oracle compares with leases.
+/// The sample service's table. `node` is the name of the server that wrote the row,
+/// `timeline` the WAL timeline it wrote on (the first 8 hex digits of its current WAL file's
+/// name: with `node`, which incarnation of a writer took it) and `written_at` that server's
+/// clock at the write.
 pub const SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS payments (
     id bigserial PRIMARY KEY,
     key text UNIQUE NOT NULL,
     amount bigint NOT NULL,
     node text NOT NULL DEFAULT current_setting('cluster_name'),
+    timeline text NOT NULL DEFAULT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8),
     written_at timestamptz NOT NULL DEFAULT clock_timestamp()
 )";
 

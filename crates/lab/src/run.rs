@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::{LabArgs, Outcome};
 use crate::clock::Clock;
-use crate::control::{audit_len, control_facts, wait_for_control};
+use crate::control::{audit_len, control_facts, wait_for_control, wait_for_writes};
 use crate::dns_client::{self, DnsRequestRecord};
 use crate::load::{self, ClientSpec, RequestRecord};
 use crate::report::{self, Event, Moments, Report, RoutingSample};
@@ -88,7 +88,7 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
     let tuning = EdgeTuning {
         retries: !args.no_edge_retries,
         dns_ttl: Duration::from_secs(args.dns_ttl_s),
-        ..EdgeTuning::default()
+        ..lab_tuning(&args)
     };
     let mut deployment = tokio::select! {
         d = Deployment::start(&binary, dir.path(), default_regions(), delay, tuning, db) => d?,
@@ -211,6 +211,8 @@ fn start_load(
 #[derive(Default)]
 struct Faults {
     fault_ms: Option<f64>,
+    /// When a killed region's last process was dead.
+    dark_ms: Option<f64>,
     restore_ms: Option<f64>,
     /// Audit-log length of the cut-off controller when the partition began.
     minority_at_cut: Option<(SocketAddr, usize)>,
@@ -232,12 +234,15 @@ async fn apply_step(
         Action::Kill(region) => {
             faults.fault_ms.get_or_insert(clock.ms());
             deployment.kill_region(region).await?;
+            faults.dark_ms.get_or_insert(clock.ms());
         }
         Action::Restore(region) => {
             // The WAN heals first: a rejoining database reaches the new primary.
+            // The region is back from the moment its first process starts: a
+            // request it serves while the rest starts belongs after the outage.
+            faults.restore_ms = Some(clock.ms());
             deployment.wan.set_region_fault(region, Fault::None);
             deployment.restart_region(region).await?;
-            faults.restore_ms = Some(clock.ms());
         }
         Action::Switchover(to) => {
             faults.fault_ms.get_or_insert(clock.ms());
@@ -288,6 +293,14 @@ async fn apply_step(
                 let _ = std::fs::write(&store, b"ok");
             });
         }
+        Action::KillAgent(region) => {
+            faults.fault_ms.get_or_insert(clock.ms());
+            deployment.kill_agent(region).await?;
+        }
+        Action::StartAgent(region) => {
+            faults.restore_ms = Some(clock.ms());
+            deployment.restart_agent(region).await?;
+        }
         Action::KillControllers => {
             faults.fault_ms.get_or_insert(clock.ms());
             deployment.kill_controllers().await;
@@ -310,6 +323,7 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
         .collect();
     wait_until_probed(&admins).await?;
     wait_for_control(deployment, &admins).await?;
+    wait_for_writes(deployment).await?;
 
     let client_paths = deployment.client_paths(Duration::from_micros(500)).await?;
     let clock = Arc::new(Clock::start());
@@ -429,10 +443,33 @@ async fn judge(
     } = run;
     let Faults {
         fault_ms,
+        dark_ms,
         restore_ms,
         minority_decisions,
         ..
     } = faults;
+    // Before the fault nothing may fail, writes included (counted before the
+    // payments are left out of the HTTP figures): requests that ended before
+    // it (one in flight at the fault is the fault's).
+    let failed_before_fault: Vec<String> = fault_ms.map_or(Vec::new(), |fault| {
+        records
+            .iter()
+            .filter(|r| r.end_ms() < fault && !r.ok)
+            .map(|r| {
+                format!(
+                    "{:.0} ms {} client {}: {}",
+                    r.start_ms,
+                    r.method,
+                    r.client_region,
+                    r.error.clone().unwrap_or_else(|| format!(
+                        "status {} from {}",
+                        r.status.map_or("none".into(), |s| s.to_string()),
+                        r.served_by.as_deref().unwrap_or("the edge itself")
+                    ))
+                )
+            })
+            .collect()
+    });
     let mut facts = control_facts(deployment, clock).await;
     facts.minority_decisions = minority_decisions;
     // What the agents did to their nodes on their own (fence, restart,
@@ -466,13 +503,15 @@ async fn judge(
         routing: &routing,
         moments: Moments {
             fault_ms,
+            dark_ms,
             restore_ms,
             end_ms,
         },
         events,
+        failed_before_fault,
     });
     if !dns_clients.is_empty() {
-        let tuning = EdgeTuning::default();
+        let tuning = lab_tuning(args);
         report.dns_path = Some(dns_report::build(dns_report::DnsInputs {
             settings: dns_report::DnsPathSettings {
                 ttl_s: args.dns_ttl_s,
@@ -493,6 +532,7 @@ async fn judge(
             http_detection_ms: report.detection_ms,
         }));
     }
+    report.settings = lab_tuning(args).describe();
     report.add_control(facts);
     if let Some(w) = writes {
         let w: db_report::WriteOutcome = w.context("the write oracle")?;
@@ -587,4 +627,14 @@ fn spawn_dns_clients(
         }
     }
     started
+}
+
+/// The edges' health settings of a run: the lab's fast ones, or the
+/// product's defaults with `--product-defaults`.
+fn lab_tuning(args: &LabArgs) -> EdgeTuning {
+    if args.product_defaults {
+        EdgeTuning::product_defaults()
+    } else {
+        EdgeTuning::default()
+    }
 }

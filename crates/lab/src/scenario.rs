@@ -29,6 +29,10 @@ pub enum Action {
     },
     /// Kill every controller.
     KillControllers,
+    /// SIGKILL the region's agent alone (its writer proxy dies with it).
+    KillAgent(String),
+    /// Start the region's agent again.
+    StartAgent(String),
     /// Start every controller again from its own data.
     StartControllers,
     /// An operator's planned switchover of the lab's database to a region.
@@ -60,6 +64,7 @@ pub const NAMES: &[&str] = &[
     "controller-loss",
     "switchover",
     "failback",
+    "agent-loss",
 ];
 
 impl Scenario {
@@ -212,6 +217,30 @@ impl Scenario {
                     needs_db: false,
                 })
             }
+            "agent-loss" => {
+                let region = "us-east".to_string();
+                let at = Duration::from_secs(6) + jitter;
+                Ok(Scenario {
+                    name: "agent-loss",
+                    failed_region: None,
+                    steps: vec![
+                        Step {
+                            at,
+                            action: Action::KillAgent(region.clone()),
+                            label: format!(
+                                "agent loss: {region}'s agent is killed (SIGKILL) while its node is the primary"
+                            ),
+                        },
+                        Step {
+                            at: at + Duration::from_secs(4),
+                            action: Action::StartAgent(region.clone()),
+                            label: format!("recovery: {region}'s agent starts again"),
+                        },
+                    ],
+                    duration: at + Duration::from_secs(16),
+                    needs_db: true,
+                })
+            }
             other => bail!(
                 "unknown scenario \"{other}\"; known scenarios: {}",
                 NAMES.join(", ")
@@ -246,7 +275,7 @@ mod tests {
                 assert!(s.duration <= Duration::from_secs(60), "{name}");
                 assert_eq!(
                     s.needs_db,
-                    matches!(*name, "switchover" | "failback"),
+                    matches!(*name, "switchover" | "failback" | "agent-loss"),
                     "{name}"
                 );
             }

@@ -27,6 +27,11 @@ use crate::wan::{Fault, Wan};
 /// The lab's database cluster.
 pub const CLUSTER: &str = "payments";
 
+/// The lab database's RPO time budget (`rpo_budget`, with 1 MiB).
+pub const RPO_TIME: Duration = Duration::from_secs(1);
+/// How often the lab's agents look at their node: a tenth of the 5 s lease.
+pub const AGENT_ROUND: Duration = Duration::from_millis(500);
+
 /// How the lab runs its database: a primary in the first serving region and
 /// a streaming standby in each other one, made by `pg_basebackup` across the WAN.
 #[derive(Debug, Clone)]
@@ -93,6 +98,8 @@ pub struct EdgeTuning {
 }
 
 impl Default for EdgeTuning {
+    /// The lab's fast settings: probes every 200 ms, 150 ms timeout, a
+    /// 300 ms try timeout, so that a run takes seconds, not minutes.
     fn default() -> Self {
         EdgeTuning {
             interval_ms: 200,
@@ -103,6 +110,36 @@ impl Default for EdgeTuning {
             retries: true,
             dns_ttl: Duration::from_secs(2),
         }
+    }
+}
+
+impl EdgeTuning {
+    /// The product's defaults for the same settings (what a file that does
+    /// not set them gets): probes every 1 s with a 500 ms timeout, fall and
+    /// rise 3, a 2 s try timeout.
+    pub fn product_defaults() -> EdgeTuning {
+        EdgeTuning {
+            interval_ms: 1_000,
+            timeout_ms: 500,
+            try_timeout_ms: 2_000,
+            ..EdgeTuning::default()
+        }
+    }
+
+    /// One line for the report: which settings the figures come from.
+    pub fn describe(&self) -> String {
+        let lab = EdgeTuning::default();
+        let which = if self.interval_ms == lab.interval_ms
+            && self.try_timeout_ms == lab.try_timeout_ms
+        {
+            "the lab's fast settings (--product-defaults for the product's: every 1 s, 500 ms timeout, try timeout 2 s)"
+        } else {
+            "the product's default settings"
+        };
+        format!(
+            "edge health checks every {} ms (timeout {} ms, down after {}, up after {}), try timeout {} ms: {which}",
+            self.interval_ms, self.timeout_ms, self.fall, self.rise, self.try_timeout_ms
+        )
     }
 }
 
@@ -417,8 +454,9 @@ impl Deployment {
             return String::new();
         };
         let mut out = format!(
-            "\n[database.{CLUSTER}]\nreplication = \"{}\"\nrpo_budget = \"1MiB\"\nlease = \"5s\"\nprimary = \"{}\"\n",
+            "\n[database.{CLUSTER}]\nreplication = \"{}\"\nrpo_budget = [\"{}ms\", \"1MiB\"]\nlease = \"5s\"\nprimary = \"{}\"\n",
             if db.settings.sync { "sync" } else { "async" },
+            RPO_TIME.as_millis(),
             db.nodes[0].region
         );
         for n in &db.nodes {
@@ -478,6 +516,24 @@ impl Deployment {
         let name = format!("controller-{region}");
         let (proc, _) = Proc::start(&name, &self.binary, &args, &self.dir, READY_TIMEOUT).await?;
         self.controllers[k].proc = Some(proc);
+        Ok(())
+    }
+
+    /// SIGKILLs the region's agent alone.
+    pub async fn kill_agent(&mut self, region: &str) -> Result<()> {
+        let i = self.runtime_mut(region)?;
+        if let Some(mut p) = self.serving[i].agent.take() {
+            p.kill().await;
+        }
+        Ok(())
+    }
+
+    /// Starts the region's agent again (after [`Deployment::kill_agent`]).
+    pub async fn restart_agent(&mut self, region: &str) -> Result<()> {
+        let i = self.runtime_mut(region)?;
+        if self.serving[i].agent.is_none() {
+            self.start_agent(i).await?;
+        }
         Ok(())
     }
 

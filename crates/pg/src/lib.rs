@@ -117,6 +117,9 @@ pub struct PgStatus {
     /// Standby: where its WAL receiver streams from now (`sender_host`,
     /// `sender_port` of `pg_stat_wal_receiver`), when it streams.
     pub upstream: Option<(String, u16)>,
+    /// Primary: the most WAL any streaming standby has confirmed flushed
+    /// (`flush_lsn` of `pg_stat_replication`); `None` with no standby.
+    pub confirmed_lsn: Option<u64>,
 }
 
 /// Parses a PostgreSQL LSN such as `16/B374D848`.
@@ -201,6 +204,21 @@ impl Pg {
         let lsn: String = row.get(0);
         let lag_bytes: Option<f64> = row.get(1);
         let lag_seconds: Option<f64> = row.get(2);
+        let confirmed_lsn = if in_recovery {
+            None
+        } else {
+            self.deadline(
+                "read the standbys' flush positions",
+                self.client.query_one(
+                    "SELECT max(flush_lsn)::text FROM pg_stat_replication WHERE state = 'streaming'",
+                    &[],
+                ),
+            )
+            .await?
+            .get::<_, Option<String>>(0)
+            .map(|l| parse_lsn(&l))
+            .transpose()?
+        };
         let upstream = if in_recovery {
             self.deadline(
                 "read the WAL receiver",
@@ -227,6 +245,7 @@ impl Pg {
             synchronous,
             streaming: streaming.max(0) as u32,
             upstream,
+            confirmed_lsn,
         })
     }
 

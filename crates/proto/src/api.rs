@@ -79,10 +79,18 @@ pub struct StatusView {
     pub members: Vec<MemberView>,
     /// Region verdicts (up, degraded, down); regions not listed are up.
     pub verdicts: BTreeMap<String, String>,
+    /// Verdicts of services in regions (`service@region`) that are not up.
+    #[serde(default)]
+    pub service_verdicts: BTreeMap<String, String>,
     pub routing: RoutingTable,
     pub leases: Vec<LeaseView>,
     /// Milliseconds since the Unix epoch on this node's clock.
     pub now_ms: u64,
+    /// What an operator should know about this deployment's layout (for
+    /// example controllers placed so that one region's loss loses the
+    /// quorum, accepted with `allow_unsafe_placement`).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +131,10 @@ pub struct ObservationBatch {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegionResult {
     pub region: String,
+    /// The service this result is of (each service gets its own verdict in
+    /// each region); `None`: every backend of the region at once.
+    #[serde(default)]
+    pub service: Option<String>,
     pub ok: bool,
     pub latency_ms: Option<u64>,
     /// What failed, for the evidence.

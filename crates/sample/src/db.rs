@@ -27,7 +27,7 @@ pub const DB_POOL_SIZE: usize = 4;
 /// The columns every statement returns, in [`payment`]'s order.
 macro_rules! columns {
     () => {
-        "id, key, amount, node, floor(extract(epoch FROM written_at) * 1000)::bigint"
+        "id, key, amount, node, floor(extract(epoch FROM written_at) * 1000)::bigint, timeline"
     };
 }
 const INSERT: &str = concat!(
@@ -45,6 +45,8 @@ pub struct Payment {
     pub amount: i64,
     pub node: String,
     pub written_at_ms: i64,
+    /// The WAL timeline the row was written on.
+    pub timeline: String,
 }
 
 /// What a create did.
@@ -249,6 +251,7 @@ fn payment(row: &tokio_postgres::Row) -> Result<Payment, tokio_postgres::Error> 
         amount: row.try_get(2)?,
         node: row.try_get(3)?,
         written_at_ms: row.try_get(4)?,
+        timeline: row.try_get(5)?,
     })
 }
 

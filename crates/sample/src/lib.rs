@@ -637,6 +637,7 @@ impl App {
             "key": p.key,
             "amount": p.amount,
             "node": p.node,
+            "timeline": p.timeline,
             "written_at_ms": p.written_at_ms,
             "region": self.cfg.region,
         })

@@ -435,6 +435,9 @@ pub fn render_status(s: &StatusView) -> String {
             "WARNING: this controller is OUT OF QUORUM; what follows is its last known state and it commits nothing\n",
         );
     }
+    for w in &s.warnings {
+        out.push_str(&format!("WARNING: {w}\n"));
+    }
     out.push_str(&format!(
         "controller {} ({}), {}, term {}, leader {}, {}\n",
         s.node,
@@ -466,7 +469,19 @@ pub fn render_status(s: &StatusView) -> String {
     for (region, v) in &s.verdicts {
         out.push_str(&format!("  {region}: {v}\n"));
     }
-    out.push_str(&format!("routing table v{}:\n", s.routing.version));
+    for (target, v) in &s.service_verdicts {
+        let (service, region) = target.split_once('@').unwrap_or((target, ""));
+        out.push_str(&format!("  service {service} in {region}: {v}\n"));
+    }
+    out.push_str(&format!(
+        "routing table v{}{}:\n",
+        s.routing.version,
+        if s.routing.cluster_id.is_empty() {
+            String::new()
+        } else {
+            format!(" (control plane {})", s.routing.cluster_id)
+        }
+    ));
     for (service, route) in &s.routing.services {
         let w: Vec<String> = route
             .weights

@@ -100,13 +100,16 @@ fn operator_commands_work_against_any_node_and_say_when_out_of_quorum() {
         })
         .collect();
     let second = addrs[1].to_string();
+    // A leader, whose first entry named the control plane (routing v2).
     wait_until("a leader", || {
         let o = tern(&["status", "--controller", &second]);
-        o.status.success() && text(&o).contains(", in quorum")
+        o.status.success()
+            && text(&o).contains(", in quorum")
+            && text(&o).contains("(control plane ")
     });
     let o = tern(&["status", "--config", cfg_s]);
     let out = text(&o);
-    assert!(out.contains("routing table v1"), "{out}");
+    assert!(out.contains("routing table v2 (control plane "), "{out}");
     assert!(out.contains("api: east=1 west=1"), "{out}");
 
     // Draining every region is refused unless forced; forcing is audited.
@@ -132,7 +135,8 @@ fn operator_commands_work_against_any_node_and_say_when_out_of_quorum() {
         &second,
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("routing table v2"), "{}", text(&o));
+    // v1 from the configuration, v2 the control plane naming itself.
+    assert!(text(&o).contains("routing table v3"), "{}", text(&o));
     let o = tern(&["events", "--config", cfg_s, "--limit", "10"]);
     let out = text(&o);
     assert!(out.contains("forced weights east=0,west=0"), "{out}");
@@ -206,7 +210,7 @@ fn operator_commands_work_against_any_node_and_say_when_out_of_quorum() {
         text(&tern(&["status", "--controller", &first])).contains("OUT OF QUORUM")
     });
     let out = text(&tern(&["status", "--controller", &first]));
-    assert!(out.contains("routing table v2"), "{out}");
+    assert!(out.contains("routing table v3"), "{out}");
     let o = tern(&[
         "route",
         "set",

@@ -110,8 +110,12 @@ impl DbAgent {
     /// deadline, or now without a valid lease.
     pub(super) fn arm_watchdog(&self) {
         let next = match self.lease {
+            _ if self.rpo_exceeded().is_some() => FenceDeadline::Now,
             Some((_, until)) if self.lease_valid() => {
-                FenceDeadline::At(until.checked_sub(self.fence_margin).unwrap_or(until))
+                let lease = until.checked_sub(self.fence_margin).unwrap_or(until);
+                // The RPO time budget may run out first (a loop that hangs
+                // cannot tell whether a standby confirmed meanwhile).
+                FenceDeadline::At(self.rpo_deadline().map_or(lease, |r| r.min(lease)))
             }
             _ if self.in_startup_grace() => {
                 FenceDeadline::At(self.started + self.db.lease.duration)
@@ -129,24 +133,32 @@ impl DbAgent {
     /// fenced primary again under a valid lease while its region holds the
     /// writer and no plan moves it.
     pub(super) async fn guard(&mut self, status: Option<&PgStatus>) {
-        let valid = self.lease_valid();
+        let rpo = self.rpo_exceeded();
+        let valid = self.lease_valid() && rpo.is_none();
         if !valid && self.local.may_accept_writes() {
             if !self.self_fence || self.in_startup_grace() {
                 return;
             }
             self.pg = None;
+            let why = rpo.clone().unwrap_or_else(|| "no valid lease".into());
             match self.local.stop(STOP_GRACE).await {
                 Ok(how) => {
-                    tracing::warn!(cluster = %self.db.name, how = how.as_str(), "fenced the local primary: no valid lease");
+                    tracing::warn!(cluster = %self.db.name, how = how.as_str(), "fenced the local primary: {why}");
                     self.audit(
                         "fence",
-                        format!("primary fenced ({}): no valid lease", how.as_str()),
+                        format!("primary fenced ({}): {why}", how.as_str()),
                         vec![match self.lease {
-                            Some((e, _)) => format!("the lease of epoch {e} ran out here"),
+                            Some((e, _)) => format!("the lease of epoch {e} was held here"),
                             None => "no lease held".into(),
                         }],
                     )
                     .await;
+                    // The node starts again once a renewal sent after the
+                    // fence succeeds; the budget's clock starts afresh then.
+                    if rpo.is_some() {
+                        self.rpo_fenced_at = Some(Instant::now());
+                    }
+                    self.wal_seen.clear();
                 }
                 Err(e) => tracing::error!(
                     cluster = %self.db.name,
@@ -163,7 +175,18 @@ impl DbAgent {
                     .as_ref()
                     .is_some_and(|p| p.active() && p.step < Step::Done)
         });
-        if valid && writer_here && !self.local.is_running() && !self.local.is_standby() {
+        let renewed_since_rpo_fence = match (self.rpo_fenced_at, self.last_renewal_ok) {
+            (None, _) => true,
+            (Some(fenced), Some(renewed)) => renewed > fenced,
+            (Some(_), None) => false,
+        };
+        if valid
+            && renewed_since_rpo_fence
+            && writer_here
+            && !self.local.is_running()
+            && !self.local.is_standby()
+        {
+            self.rpo_fenced_at = None;
             match self.local.start(START_TIMEOUT).await {
                 Ok(()) => {
                     tracing::info!(cluster = %self.db.name, "lease held again: the fenced primary is started");

@@ -26,7 +26,13 @@ impl DbAgent {
         let name = self.db.name.clone();
         let holder = Self::holder(view, &name);
         let period = self.db.lease.duration;
-        let due = self.last_renewal.is_none_or(|t| t.elapsed() >= period / 4);
+        // Every quarter period; with a time budget for the RPO, often enough
+        // that a primary still reaching the quorum never looks cut off.
+        let every = match self.db.rpo_time {
+            Some(budget) => (period / 4).min(budget / 3),
+            None => period / 4,
+        };
+        let due = self.last_renewal.is_none_or(|t| t.elapsed() >= every);
         let mine = holder.as_ref().is_some_and(|(h, _)| *h == self.region);
         let promoting = c
             .plan

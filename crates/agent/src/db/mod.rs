@@ -41,6 +41,7 @@ use crate::writer_proxy::WriterProxy;
 mod fence;
 mod lease;
 mod rejoin;
+mod rpo;
 mod steps;
 mod target;
 
@@ -132,6 +133,14 @@ pub struct DbAgent {
     last_renewal_ok: Option<Instant>,
     /// The writer epoch this region's standby was last seen streaming from.
     streamed_epoch: Option<u64>,
+    /// The primary's WAL positions as read, with when: the RPO time budget's
+    /// clock (`rpo` module).
+    wal_seen: std::collections::VecDeque<(Instant, u64)>,
+    /// The most WAL a standby has confirmed flushed, as last read.
+    confirmed_lsn: u64,
+    /// The node was fenced for the RPO time budget at this instant: it starts
+    /// again only after a renewal sent later.
+    rpo_fenced_at: Option<Instant>,
     /// Fault injection: panic at this instant.
     #[cfg(feature = "fault-injection")]
     panic_at: Option<Instant>,
@@ -170,6 +179,9 @@ impl DbAgent {
             started: Instant::now(),
             last_renewal_ok: None,
             streamed_epoch: None,
+            wal_seen: std::collections::VecDeque::new(),
+            confirmed_lsn: 0,
+            rpo_fenced_at: None,
             #[cfg(feature = "fault-injection")]
             panic_at: None,
             db,
@@ -262,6 +274,11 @@ impl DbAgent {
 
     async fn round(&mut self) {
         let status = self.status().await;
+        // The RPO clock and the watchdog are set from the local status
+        // before the controllers are called: a call that hangs on a cut
+        // network must not hold back the time-budget fence.
+        self.note_wal(status.as_ref());
+        self.arm_watchdog();
         // The controllers' part is bounded so that a hanging controller
         // (a partition) does not hold up the round past the fence deadline
         // of a valid lease (the watchdog fences on time in any case); without
@@ -272,6 +289,15 @@ impl DbAgent {
                 .saturating_duration_since(Instant::now() + self.fence_margin)
                 .clamp(Duration::from_millis(300), Duration::from_secs(2)),
             _ => Duration::from_secs(2),
+        };
+        // Under an RPO time budget a primary's round stays short, so that a
+        // write made just after this round's status read is noted by the
+        // next round within the budget's "one agent round" (rpo module).
+        let budget = match self.db.rpo_time {
+            Some(rpo) if self.local.may_accept_writes() => {
+                budget.min((rpo / 2).max(Duration::from_millis(300)))
+            }
+            _ => budget,
         };
         let cluster = tokio::time::timeout(budget, self.sync(status.as_ref()))
             .await

@@ -360,6 +360,7 @@ pub fn batch(vantage: &str, region: &str, ok: bool) -> ObservationBatch {
     ObservationBatch {
         vantage: vantage.into(),
         results: vec![RegionResult {
+            service: None,
             region: region.into(),
             ok,
             latency_ms: Some(5),

@@ -27,6 +27,10 @@ pub struct ControllerSettings {
     pub election_timeout: Duration,
     /// Deadline of one node-to-node or client request.
     pub rpc_timeout: Duration,
+    /// The file accepts a layout in which losing one region loses the
+    /// quorum (`allow_unsafe_placement = true`): then this says which
+    /// region, for `tern status` to warn about.
+    pub placement_warning: Option<String>,
 }
 
 impl ControllerSettings {
@@ -49,6 +53,21 @@ pub struct VerdictConfig {
     pub interval: Duration,
     pub timeout: Duration,
     pub settings: VerdictSettings,
+    /// When a region is down, from its critical services' verdicts
+    /// (`region_down`: `"all"`, the default, `"any"`, or a number).
+    pub region_down: RegionDown,
+}
+
+/// How many of a region's critical services must be down for the region.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RegionDown {
+    /// Every critical service of the region.
+    #[default]
+    AllCritical,
+    /// Any one critical service.
+    AnyCritical,
+    /// At least this many critical services.
+    AtLeast(u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +80,15 @@ pub enum Replication {
 pub struct Database {
     pub name: String,
     pub replication: Replication,
+    /// The size budget of the RPO, in WAL bytes: automatic promotion is
+    /// refused when the last known lag is larger. `u64::MAX` when the file
+    /// gives only a time budget.
     pub rpo_budget: u64,
+    /// The time budget of the RPO: a primary whose standbys confirmed none
+    /// of its WAL written this long ago, and whose own lease renewal is this
+    /// old too, stops taking writes (Aurora's `rds.global_db_rpo` holds its
+    /// writer back the same way). `None`: no time budget.
+    pub rpo_time: Option<Duration>,
     pub lease: LeaseSettings,
     /// One PostgreSQL node per region (none: the cluster only has leases).
     pub nodes: Vec<DbNode>,
@@ -184,11 +211,51 @@ pub(super) fn validate_controller(
             });
         }
     }
+    let placement_warning = unsafe_placement(&nodes);
+    let allow_unsafe = r
+        .allow_unsafe_placement
+        .as_ref()
+        .is_some_and(|b| *b.get_ref());
+    if let Some(problem) = &placement_warning {
+        if !allow_unsafe {
+            c.err(
+                raw.span(),
+                "controller.node",
+                format!(
+                    "{problem}; expected controllers placed so that the loss of any one region leaves a majority (one per serving region and one at a witness site), or allow_unsafe_placement = true"
+                ),
+            );
+        }
+    }
     Some(ControllerSettings {
         nodes,
         heartbeat,
         election_timeout,
         rpc_timeout,
+        placement_warning: placement_warning.filter(|_| allow_unsafe),
+    })
+}
+
+/// Why losing one region would lose the controllers' quorum, if it would:
+/// the first region (in name order) holding so many voters that the rest
+/// are no majority of all of them.
+fn unsafe_placement(nodes: &[ControllerNode]) -> Option<String> {
+    let n = nodes.len();
+    if n < 3 {
+        return None; // reported on its own
+    }
+    let majority = n / 2 + 1;
+    let mut per_region: std::collections::BTreeMap<&str, usize> = Default::default();
+    for node in nodes {
+        *per_region.entry(node.region.as_str()).or_default() += 1;
+    }
+    per_region.into_iter().find_map(|(region, k)| {
+        (n - k < majority).then(|| {
+            format!(
+                "losing region {region} ({k} of {n} controllers) would leave {} of the {majority} a quorum needs",
+                n - k
+            )
+        })
     })
 }
 
@@ -200,6 +267,7 @@ pub(super) fn validate_verdict(c: &mut Checker<'_>, raw: Option<&S<RawVerdict>>)
         rise: None,
         hold_down: None,
         degraded_latency: None,
+        region_down: None,
     };
     let v = raw.map_or(&empty, |r| r.get_ref());
     let interval = c.duration(&v.interval, "verdict.interval", Duration::from_secs(1));
@@ -220,9 +288,34 @@ pub(super) fn validate_verdict(c: &mut Checker<'_>, raw: Option<&S<RawVerdict>>)
         .degraded_latency
         .as_ref()
         .map(|_| c.duration(&v.degraded_latency, "verdict.degraded_latency", timeout));
+    let region_down = match &v.region_down {
+        None => RegionDown::AllCritical,
+        Some(r) => match r.get_ref() {
+            super::raw::RawRegionDown::Word(w) if w == "all" => RegionDown::AllCritical,
+            super::raw::RawRegionDown::Word(w) if w == "any" => RegionDown::AnyCritical,
+            super::raw::RawRegionDown::Count(n) if (1..=100).contains(n) => {
+                RegionDown::AtLeast(*n as u32)
+            }
+            other => {
+                c.err(
+                    r.span(),
+                    "verdict.region_down",
+                    format!(
+                        "expected \"all\" (every critical service down), \"any\" (one), or a number of critical services from 1 to 100, found {}",
+                        match other {
+                            super::raw::RawRegionDown::Word(w) => format!("\"{w}\""),
+                            super::raw::RawRegionDown::Count(n) => n.to_string(),
+                        }
+                    ),
+                );
+                RegionDown::AllCritical
+            }
+        },
+    };
     VerdictConfig {
         interval,
         timeout,
+        region_down,
         settings: VerdictSettings {
             fall,
             rise,
@@ -283,9 +376,7 @@ pub(super) fn validate_databases(
                 Replication::Async
             }
         };
-        let rpo_budget = c
-            .size(&d.rpo_budget, &format!("{key}.rpo_budget"))
-            .unwrap_or(1024 * 1024);
+        let (rpo_budget, rpo_time) = rpo_budget(c, &d.rpo_budget, &format!("{key}.rpo_budget"));
         let lease = c.duration(&d.lease, &format!("{key}.lease"), Duration::from_secs(5));
         let drift_margin = c.duration(
             &d.drift_margin,
@@ -369,6 +460,7 @@ pub(super) fn validate_databases(
             name: name.get_ref().clone(),
             replication,
             rpo_budget,
+            rpo_time,
             lease: LeaseSettings {
                 duration: lease,
                 drift_margin,
@@ -381,4 +473,58 @@ pub(super) fn validate_databases(
         });
     }
     out
+}
+
+/// `rpo_budget`: a size (`"1MiB"`), a duration (`"1s"`), or both in an
+/// array; default 1 MiB and no time budget. With only a duration there is no
+/// size budget.
+fn rpo_budget(
+    c: &mut Checker<'_>,
+    raw: &Option<S<super::raw::RawBudget>>,
+    key: &str,
+) -> (u64, Option<Duration>) {
+    use super::raw::RawBudget;
+    let Some(raw) = raw else {
+        return (1024 * 1024, None);
+    };
+    let values: Vec<&String> = match raw.get_ref() {
+        RawBudget::One(v) => vec![v],
+        RawBudget::Many(vs) => vs.iter().collect(),
+    };
+    let (mut size, mut time) = (None, None);
+    for v in values {
+        if let Ok(n) = crate::units::parse_size(v) {
+            if n == 0 || size.is_some() {
+                c.err(
+                    raw.span(),
+                    key,
+                    "expected one size greater than zero, like 1MiB",
+                );
+            }
+            size = Some(n);
+        } else if let Ok(d) = crate::units::parse_duration(v) {
+            if d.is_zero() || time.is_some() {
+                c.err(
+                    raw.span(),
+                    key,
+                    "expected one duration greater than zero, like 1s",
+                );
+            }
+            time = Some(d);
+        } else {
+            c.err(
+                raw.span(),
+                key,
+                format!("expected a size like 1MiB or a duration like 1s (or both, [\"1s\", \"1MiB\"]), found \"{v}\""),
+            );
+        }
+    }
+    (
+        size.unwrap_or(if time.is_some() {
+            u64::MAX
+        } else {
+            1024 * 1024
+        }),
+        time,
+    )
 }

@@ -17,7 +17,9 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
-pub use control::{ControllerNode, ControllerSettings, Database, Replication, VerdictConfig};
+pub use control::{
+    ControllerNode, ControllerSettings, Database, RegionDown, Replication, VerdictConfig,
+};
 use error::Source;
 pub use error::{ConfigError, ConfigErrors};
 use raw::{RawBackend, RawConfig, RawEdge, RawHealth, RawOutlier, RawService, S};
@@ -128,6 +130,9 @@ pub struct Service {
     pub path_prefix: String,
     pub when_all_unhealthy: AllUnhealthy,
     pub outlier: OutlierSettings,
+    /// Whether the service counts for its regions' verdicts (`critical`,
+    /// default true; see `[verdict] region_down`).
+    pub critical: bool,
     pub backends: Vec<Backend>,
 }
 
@@ -292,13 +297,17 @@ impl Config {
         for d in &self.databases {
             let _ = writeln!(
                 out,
-                "database {}: {} replication, rpo budget {} bytes, lease {} (drift margin {})",
+                "database {}: {} replication, rpo budget {}, lease {} (drift margin {})",
                 d.name,
                 match d.replication {
                     Replication::Async => "async",
                     Replication::Sync => "sync",
                 },
-                d.rpo_budget,
+                match (d.rpo_budget, d.rpo_time) {
+                    (u64::MAX, Some(t)) => format_duration(t),
+                    (b, Some(t)) => format!("{} and {b} bytes", format_duration(t)),
+                    (b, None) => format!("{b} bytes"),
+                },
                 format_duration(d.lease.duration),
                 format_duration(d.lease.drift_margin)
             );
@@ -803,6 +812,7 @@ fn validate_service(
         path_prefix,
         when_all_unhealthy,
         outlier,
+        critical: s.critical.as_ref().is_none_or(|c| *c.get_ref()),
         backends,
     })
 }

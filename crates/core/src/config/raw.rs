@@ -70,6 +70,7 @@ pub struct RawService {
     pub path_prefix: Option<S<String>>,
     pub when_all_unhealthy: Option<S<String>>,
     pub outlier: Option<S<RawOutlier>>,
+    pub critical: Option<S<bool>>,
     #[serde(default)]
     pub backend: Vec<S<RawBackend>>,
 }
@@ -110,6 +111,7 @@ pub struct RawHealth {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawController {
+    pub allow_unsafe_placement: Option<S<bool>>,
     pub heartbeat: Option<S<String>>,
     pub election_timeout: Option<S<String>>,
     pub rpc_timeout: Option<S<String>>,
@@ -134,6 +136,7 @@ pub struct RawVerdict {
     pub rise: Option<S<i64>>,
     pub hold_down: Option<S<String>>,
     pub degraded_latency: Option<S<String>>,
+    pub region_down: Option<S<RawRegionDown>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,7 +149,7 @@ pub struct RawAgent {
 #[serde(deny_unknown_fields)]
 pub struct RawDatabase {
     pub replication: Option<S<String>>,
-    pub rpo_budget: Option<S<String>>,
+    pub rpo_budget: Option<S<RawBudget>>,
     pub lease: Option<S<String>>,
     pub drift_margin: Option<S<String>>,
     /// The region whose node is the primary when the cluster is first seen.
@@ -169,6 +172,22 @@ pub struct RawDbNode {
     #[serde(default)]
     pub server_args: Vec<S<String>>,
     pub stop_with_agent: Option<S<bool>>,
+}
+
+/// `region_down`: `"all"`, `"any"` or a number of critical services.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawRegionDown {
+    Word(String),
+    Count(i64),
+}
+
+/// `rpo_budget`: one size or duration, or several (`["1s", "1MiB"]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawBudget {
+    One(String),
+    Many(Vec<String>),
 }
 
 // ---- [dns] ----
