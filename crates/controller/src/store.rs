@@ -1,10 +1,14 @@
 //! Durable Raft storage on redb: the log, the vote, the committed index, the
 //! applied state machine and its last snapshot, all in one database file.
 //!
-//! The state machine is small (verdicts, a routing table, leases, the audit
-//! log), so every applied batch writes it whole in the same transaction as
-//! its last-applied log id: a node that restarts comes back exactly where it
-//! stopped, without replaying the log.
+//! The state machine is small (verdicts, a routing table, leases, plans),
+//! so every applied batch writes it whole in the same transaction as its
+//! last-applied log id: a node that restarts comes back exactly where it
+//! stopped, without replaying the log. The audit log, the one part that
+//! grows with time, is kept apart: each batch appends only its new entries
+//! to a table of their own (keyed by index) and drops those the state
+//! compacted away, in the same transaction, so the cost of a batch does
+//! not grow with the history (`bench/state-vs-etcd`).
 
 use std::fmt::{Debug, Display};
 use std::io::Cursor;
@@ -19,7 +23,7 @@ use openraft::{
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tern_core::control::ControlState;
+use tern_core::control::{AuditEntry, ControlState};
 
 use crate::clock::ClusterClock;
 use crate::{NodeId, Request, Response, TypeConfig};
@@ -28,6 +32,8 @@ type Node = openraft::BasicNode;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The kept audit entries, by index, as JSON.
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 const VOTE: &str = "vote";
 const PURGED: &str = "purged";
@@ -88,10 +94,20 @@ pub fn open(
         let tx = db.begin_write()?;
         tx.open_table(LOG)?;
         tx.open_table(META)?;
+        tx.open_table(AUDIT)?;
         tx.commit()?;
     }
     let machine = match read_meta::<Machine>(&db, MACHINE)? {
-        Some(m) => m,
+        Some(mut m) => {
+            if m.state.audit().is_empty() {
+                m.state
+                    .restore_audit(read_audit(&db, m.state.audit_dropped())?);
+            } else {
+                // Written before the audit had a table of its own: move it there.
+                write_machine(&db, &mut m, None)?;
+            }
+            m
+        }
         None => Machine {
             last_applied: None,
             membership: StoredMembership::default(),
@@ -113,6 +129,52 @@ fn read_meta<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> anyhow::
         Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
         None => Ok(None),
     }
+}
+
+/// The stored audit entries above `dropped`, oldest first.
+fn read_audit(db: &Database, dropped: u64) -> anyhow::Result<Vec<AuditEntry>> {
+    let tx = db.begin_read()?;
+    let table = tx.open_table(AUDIT)?;
+    let mut out = Vec::new();
+    for row in table.range((dropped + 1)..)? {
+        let (_, v) = row?;
+        out.push(serde_json::from_slice(v.value())?);
+    }
+    Ok(out)
+}
+
+/// Writes the applied state in one transaction: the state without its
+/// audit entries, the entries above `stored_up_to` (all of them with
+/// `None`, which first empties the table: a snapshot replaces everything)
+/// and the removal of those the state compacted away.
+fn write_machine(
+    db: &Database,
+    machine: &mut Machine,
+    stored_up_to: Option<u64>,
+) -> anyhow::Result<()> {
+    let audit = machine.state.take_audit();
+    let bytes = serde_json::to_vec(&*machine);
+    machine.state.restore_audit(audit);
+    let bytes = bytes?;
+    let tx = db.begin_write()?;
+    {
+        if stored_up_to.is_none() {
+            tx.delete_table(AUDIT)?;
+        }
+        let mut table = tx.open_table(AUDIT)?;
+        let from = stored_up_to.unwrap_or(0);
+        for entry in machine.state.audit().iter().filter(|e| e.index > from) {
+            table.insert(entry.index, serde_json::to_vec(entry)?.as_slice())?;
+        }
+        let dropped = machine.state.audit_dropped();
+        if dropped > 0 {
+            table.retain_in::<u64, _>(..=dropped, |_, _| false)?;
+        }
+        let mut meta = tx.open_table(META)?;
+        meta.insert(MACHINE, bytes.as_slice())?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> anyhow::Result<()> {
@@ -327,35 +389,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut responses = Vec::new();
-        let next = {
-            let mut m = self.machine.read().expect("machine lock").clone();
-            for entry in entries {
-                m.last_applied = Some(entry.log_id);
-                let response = match entry.payload {
-                    EntryPayload::Blank => Response::nothing(),
-                    EntryPayload::Membership(mem) => {
-                        m.membership = StoredMembership::new(Some(entry.log_id), mem);
-                        Response::nothing()
-                    }
-                    EntryPayload::Normal(Request {
-                        at_ms,
-                        term,
-                        command,
-                    }) => Response {
-                        outcome: m
-                            .state
-                            .apply_in_term(term, command, std::time::Duration::from_millis(at_ms))
-                            .map_err(|e| e.to_string()),
-                    },
-                };
-                responses.push(response);
-            }
-            m
-        };
-        write_meta(&self.db, MACHINE, &next)
+        // Applied in place (a copy of the state would copy the audit log):
+        // when the write fails, the node stops on the storage error, so the
+        // state in memory is never served ahead of what is on disk.
+        let mut m = self.machine.write().expect("machine lock");
+        let stored_up_to = m.state.last_audit_index();
+        for entry in entries {
+            m.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::nothing(),
+                EntryPayload::Membership(mem) => {
+                    m.membership = StoredMembership::new(Some(entry.log_id), mem);
+                    Response::nothing()
+                }
+                EntryPayload::Normal(Request {
+                    at_ms,
+                    term,
+                    command,
+                }) => Response {
+                    outcome: m
+                        .state
+                        .apply_in_term(term, command, std::time::Duration::from_millis(at_ms))
+                        .map_err(|e| e.to_string()),
+                },
+            };
+            responses.push(response);
+        }
+        write_machine(&self.db, &mut m, Some(stored_up_to))
             .map_err(err(ErrorSubject::StateMachine, ErrorVerb::Write))?;
-        let time = next.state.time();
-        *self.machine.write().expect("machine lock") = next;
+        let time = m.state.time();
+        drop(m);
         self.clock.applied(time);
         Ok(responses)
     }
@@ -377,9 +440,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
-        let machine: Machine =
+        let mut machine: Machine =
             serde_json::from_slice(&data).map_err(err(subject(), ErrorVerb::Read))?;
-        write_meta(&self.db, MACHINE, &machine).map_err(err(subject(), ErrorVerb::Write))?;
+        write_machine(&self.db, &mut machine, None).map_err(err(subject(), ErrorVerb::Write))?;
         write_meta(
             &self.db,
             SNAPSHOT,

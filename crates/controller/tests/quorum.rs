@@ -278,6 +278,9 @@ async fn a_restarted_controller_keeps_its_state() {
     let mut before = Vec::new();
     for i in 0..3 {
         before.push(g.stop_node_with_state(i).await);
+        // The audit log is stored apart from the rest of the state: it
+        // must come back too.
+        assert!(!before[i].audit().is_empty());
     }
     for i in 0..3 {
         g.isolate(i, true);

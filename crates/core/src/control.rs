@@ -366,6 +366,28 @@ impl ControlState {
         &self.audit
     }
 
+    /// Index of the newest audit entry (0 before the first).
+    pub fn last_audit_index(&self) -> u64 {
+        self.audit_dropped + self.audit.len() as u64
+    }
+
+    /// Entries compacted away: every kept entry has a higher index.
+    pub fn audit_dropped(&self) -> u64 {
+        self.audit_dropped
+    }
+
+    /// Takes the kept audit entries out of the state (to store them apart
+    /// from it); [`ControlState::restore_audit`] puts them back.
+    pub fn take_audit(&mut self) -> Vec<AuditEntry> {
+        std::mem::take(&mut self.audit)
+    }
+
+    /// Puts back the kept audit entries: those with an index above
+    /// [`ControlState::audit_dropped`], oldest first, as taken or as stored.
+    pub fn restore_audit(&mut self, entries: Vec<AuditEntry>) {
+        self.audit = entries;
+    }
+
     fn record_notes(&mut self, at: Duration, notes: Vec<Note>) {
         for (kind, summary, evidence) in notes {
             self.record(at, kind, summary, evidence);
