@@ -41,22 +41,21 @@ async fn east_goes_down(g: &Group) {
     }
 }
 
-async fn write_until_ok(g: &Group, command: &Command) -> Applied {
-    for _ in 0..200 {
-        let node = g.leader().await;
-        if let Ok(a) = g.client(node).write(command).await {
-            return a.applied;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+/// Commits `command` the way the CLI does: once a leader is known, one
+/// call that tries every node in turn (no retries beyond that).
+async fn write_once(g: &Group, command: &Command) -> Applied {
+    g.leader().await;
+    match g.all().write(command).await {
+        Ok(a) => a.applied,
+        Err(e) => panic!("not committed: {command:?}: {e}"),
     }
-    panic!("never committed: {command:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promotion_refused_over_the_budget() {
     let g = Group::start(1, Timings::default()).await;
     let leader = g.leader().await;
-    let lease = write_until_ok(
+    let lease = write_once(
         &g,
         &Command::AcquireLease {
             cluster: CLUSTER.into(),
@@ -106,7 +105,7 @@ async fn promotion_refused_over_the_budget() {
         refusals[0].summary
     );
     // An operator forces it; that is recorded.
-    let forced = write_until_ok(
+    let forced = write_once(
         &g,
         &Command::StartFailover {
             cluster: CLUSTER.into(),
@@ -147,7 +146,7 @@ async fn plan_resumes_after_a_leader_change_seed(seed: u64) {
     let mut rng = Rng::new(seed);
     let mut g = Group::start(seed + 100, t).await;
     g.leader().await;
-    let Applied::Lease(first) = write_until_ok(
+    let Applied::Lease(first) = write_once(
         &g,
         &Command::AcquireLease {
             cluster: CLUSTER.into(),
@@ -318,7 +317,7 @@ async fn a_second_failover_in_sync_mode_does_not_promote_the_stale_old_primary()
     const LEDGER: &str = "ledger";
     let g = Group::start(9, Timings::default()).await;
     g.leader().await;
-    let lease = write_until_ok(
+    let lease = write_once(
         &g,
         &Command::AcquireLease {
             cluster: LEDGER.into(),
@@ -344,7 +343,7 @@ async fn a_second_failover_in_sync_mode_does_not_promote_the_stale_old_primary()
     })
     .await;
     let plan = state.clusters()[LEDGER].plan.clone().unwrap();
-    write_until_ok(
+    write_once(
         &g,
         &Command::PlanStep {
             cluster: LEDGER.into(),
