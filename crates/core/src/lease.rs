@@ -254,6 +254,28 @@ fn lease(cluster: &str, c: &ClusterLease) -> Lease {
     }
 }
 
+/// How often an agent runs its database round for a lease of `lease`: a
+/// tenth of it, between 100 and 500 ms.
+pub fn agent_tick(lease: Duration) -> Duration {
+    (lease / 10).clamp(Duration::from_millis(100), Duration::from_millis(500))
+}
+
+/// The longest a primary's calls to the controllers may take in one round
+/// under an RPO time budget `rpo`: the budget itself, and at least one tick.
+/// A slower renewal could not keep the primary writing anyway (the budget
+/// counts from the last renewal that was sent and answered).
+pub fn rpo_call_bound(rpo: Duration, lease: Duration) -> Duration {
+    rpo.max(agent_tick(lease))
+}
+
+/// The span of acknowledged writes an RPO time budget `rpo` may lose when a
+/// primary is cut off from its standbys and the quorum: the budget, plus the
+/// longest a write can go unnoticed by the agent, one round (its tick, or
+/// its controller calls when they hang: [`rpo_call_bound`]).
+pub fn rpo_loss_window(rpo: Duration, lease: Duration) -> Duration {
+    rpo + rpo_call_bound(rpo, lease)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -104,7 +104,7 @@ pub async fn write_report(
         nodes: &nodes,
         fault_at: fault_ms.map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
         rpo_time: Some(crate::topology::RPO_TIME),
-        agent_round: crate::topology::AGENT_ROUND,
+        agent_round: crate::topology::agent_round(),
     });
     if let Some(n) = nodes.iter().find(|n| n.node == report.final_primary) {
         if let Err(e) = &n.rows {

@@ -29,8 +29,15 @@ pub const CLUSTER: &str = "payments";
 
 /// The lab database's RPO time budget (`rpo_budget`, with 1 MiB).
 pub const RPO_TIME: Duration = Duration::from_secs(1);
-/// How often the lab's agents look at their node: a tenth of the 5 s lease.
-pub const AGENT_ROUND: Duration = Duration::from_millis(500);
+/// The lab database's lease.
+pub const LEASE: Duration = Duration::from_secs(5);
+
+/// The longest an agent's round may leave a write unnoticed under the RPO
+/// time budget: its tick, or its controller calls when they hang
+/// (`tern_core::lease::rpo_call_bound`): 1 s with the lab's settings.
+pub fn agent_round() -> Duration {
+    tern_core::lease::rpo_call_bound(RPO_TIME, LEASE)
+}
 
 /// How the lab runs its database: a primary in the first serving region and
 /// a streaming standby in each other one, made by `pg_basebackup` across the WAN.
@@ -454,9 +461,10 @@ impl Deployment {
             return String::new();
         };
         let mut out = format!(
-            "\n[database.{CLUSTER}]\nreplication = \"{}\"\nrpo_budget = [\"{}ms\", \"1MiB\"]\nlease = \"5s\"\nprimary = \"{}\"\n",
+            "\n[database.{CLUSTER}]\nreplication = \"{}\"\nrpo_budget = [\"{}ms\", \"1MiB\"]\nlease = \"{}ms\"\nprimary = \"{}\"\n",
             if db.settings.sync { "sync" } else { "async" },
             RPO_TIME.as_millis(),
+            LEASE.as_millis(),
             db.nodes[0].region
         );
         for n in &db.nodes {

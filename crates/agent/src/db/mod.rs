@@ -167,7 +167,7 @@ impl DbAgent {
             proxy,
             local: Arc::new(local),
             self_fence: !fault_injection_asked(),
-            tick: (lease / 10).clamp(Duration::from_millis(100), Duration::from_millis(500)),
+            tick: tern_core::lease::agent_tick(lease),
             fence_margin: (lease / 5).max(Duration::from_millis(300)),
             pg: None,
             lease: None,
@@ -292,11 +292,11 @@ impl DbAgent {
         };
         // Under an RPO time budget a primary's round stays short, so that a
         // write made just after this round's status read is noted by the
-        // next round within the budget's "one agent round" (rpo module).
+        // next round within one round (`rpo_loss_window`, rpo module).
         let budget = match self.db.rpo_time {
-            Some(rpo) if self.local.may_accept_writes() => {
-                budget.min((rpo / 2).max(Duration::from_millis(300)))
-            }
+            Some(rpo) if self.local.may_accept_writes() => budget.min(
+                tern_core::lease::rpo_call_bound(rpo, self.db.lease.duration),
+            ),
             _ => budget,
         };
         let cluster = tokio::time::timeout(budget, self.sync(status.as_ref()))

@@ -13,10 +13,11 @@
 //! when it read it, and the most WAL a standby confirmed flushed. The
 //! oldest unconfirmed write is the first position noted beyond the
 //! confirmed one; it is noted up to one round after it was written, so the
-//! bound is the budget plus one agent round. Two things keep a round that
+//! bound is the budget plus one agent round
+//! (`tern_core::lease::rpo_loss_window`). Two things keep a round that
 //! short on a cut network: the WAL is noted and the watchdog armed from the
 //! local status before the controllers are called, and a primary's calls to
-//! the controllers get at most half the budget (at least 300 ms) per round.
+//! the controllers get at most the budget (at least one tick) per round.
 
 use std::time::{Duration, Instant};
 
