@@ -1,7 +1,7 @@
 //! The RPO time budget (DESIGN.md invariant 2, in time as well as bytes):
 //! a primary whose standbys have confirmed none of the WAL it wrote more
 //! than `rpo_time` ago, *and* whose own last lease renewal is older than
-//! `rpo_time`, stops taking writes (the fence), so a primary cut off from
+//! the loss window (`rpo_time` + one round), stops taking writes (the fence), so a primary cut off from
 //! both its standbys and the quorum loses at most that much.
 //! A primary whose standby region simply died keeps writing: it still
 //! renews its lease. Aurora Global Database's `rds.global_db_rpo` is the
@@ -57,11 +57,21 @@ impl DbAgent {
 
     /// When the budget runs out, if it is running: the later of the oldest
     /// unconfirmed write and the last renewal, plus the budget.
+    ///
+    /// The renewal counts as stale only after the whole loss window
+    /// (`rpo_loss_window`: budget + one round), not after the budget: a
+    /// renewal that is merely slow (a loaded host, a WAN) must not fence a
+    /// primary whose standby is gone but which still reaches the quorum,
+    /// and the loss stays within the same window either way.
     pub(super) fn rpo_deadline(&self) -> Option<Instant> {
         let budget = self.db.rpo_time?;
         let (since, _) = self.wal_seen.front()?;
         let renewed = self.last_renewal_ok.unwrap_or(*since);
-        Some((*since).max(renewed) + budget)
+        Some((*since + budget).max(renewed + self.rpo_window(budget)))
+    }
+
+    fn rpo_window(&self, budget: Duration) -> Duration {
+        tern_core::lease::rpo_loss_window(budget, self.db.lease.duration)
     }
 
     /// Whether the primary must stop taking writes for the time budget, and
@@ -70,7 +80,7 @@ impl DbAgent {
         let budget = self.db.rpo_time?;
         let unconfirmed = self.unconfirmed_for()?;
         let renewed = self.last_renewal_ok.map(|t| t.elapsed());
-        let stale = renewed.is_none_or(|r| r > budget);
+        let stale = renewed.is_none_or(|r| r > self.rpo_window(budget));
         (unconfirmed > budget && stale).then(|| {
             format!(
                 "no standby confirmed WAL written {} ms ago and the lease was last renewed {} ago: over the RPO budget of {} ms",
