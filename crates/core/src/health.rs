@@ -37,6 +37,7 @@ pub struct HealthTracker {
     state: HealthState,
     consecutive_ok: u32,
     consecutive_failed: u32,
+    failed_total: u64,
     since: Duration,
     last_probe: Option<Duration>,
 }
@@ -52,6 +53,7 @@ impl HealthTracker {
             state: initial,
             consecutive_ok: 0,
             consecutive_failed: 0,
+            failed_total: 0,
             since: now,
             last_probe: None,
         }
@@ -70,6 +72,11 @@ impl HealthTracker {
         self.consecutive_failed
     }
 
+    /// Failed probes since the tracker was made, in any state.
+    pub fn probe_failures(&self) -> u64 {
+        self.failed_total
+    }
+
     pub fn consecutive_ok(&self) -> u32 {
         self.consecutive_ok
     }
@@ -86,6 +93,7 @@ impl HealthTracker {
             self.consecutive_failed = 0;
         } else {
             self.consecutive_failed = self.consecutive_failed.saturating_add(1);
+            self.failed_total = self.failed_total.saturating_add(1);
             self.consecutive_ok = 0;
         }
         let next = match self.state {

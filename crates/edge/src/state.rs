@@ -311,6 +311,7 @@ impl EdgeState {
                             health: h.state().as_str(),
                             health_since_unix_ms: self.clock.unix_ms(h.since()),
                             consecutive_probe_failures: h.consecutive_failed(),
+                            probe_failures: h.probe_failures(),
                             ejected: outliers.is_ejected(i, now),
                             ejected_for_ms: outliers
                                 .ejected_until(i, now)
@@ -406,6 +407,8 @@ pub struct BackendStatus {
     pub health: &'static str,
     pub health_since_unix_ms: u64,
     pub consecutive_probe_failures: u32,
+    /// Failed health probes since the edge started (HAProxy's `chkfail`).
+    pub probe_failures: u64,
     pub ejected: bool,
     pub ejected_for_ms: Option<u64>,
     pub ejections: u32,

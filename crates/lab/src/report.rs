@@ -188,6 +188,9 @@ pub struct Report {
     pub edge_routing: Vec<RoutingSample>,
     /// Changes of an edge's first-choice regions after its first sample.
     pub edge_route_changes: usize,
+    /// Failed health probes each edge counted over the run, by edge region
+    /// then backend region (from each edge's `/status` at the end).
+    pub probe_failures: BTreeMap<String, BTreeMap<String, u64>>,
     /// From the fault until the controllers committed a verdict on the failed region.
     pub verdict_ms: Option<f64>,
     /// Committed routing-table changes during the run (from the audit log).
@@ -415,6 +418,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         events,
         edge_route_changes: edge_route_changes(routing),
         edge_routing: routing.to_vec(),
+        probe_failures: BTreeMap::new(),
         verdict_ms: None,
         routing_changes: None,
         leader_changes: None,
@@ -675,6 +679,22 @@ impl Report {
                     .map_or("n/a".to_string(), |n| n.to_string()),
                 self.edge_route_changes
             );
+            if self.scenario == "flapping" {
+                let seen = self
+                    .probe_failures
+                    .iter()
+                    .map(|(edge, by)| {
+                        let by = by
+                            .iter()
+                            .map(|(r, n)| format!("{r}={n}"))
+                            .collect::<Vec<_>>()
+                            .join(" ");
+                        format!("{edge} edge: {by}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let _ = writeln!(out, "probes failed       {seen}");
+            }
             if let Some(n) = self.minority_decisions {
                 let _ = writeln!(out, "minority decisions  {n}");
             }

@@ -22,7 +22,7 @@ use crate::report::{self, Event, Moments, Report, RoutingSample};
 use crate::scenario::{Action, Scenario, Step};
 use crate::topology::{default_regions, DbSettings, Deployment, EdgeTuning};
 use crate::wan::Fault;
-use crate::watch::{monitor_routing, wait_until_probed};
+use crate::watch::{self, monitor_routing, wait_until_probed};
 use crate::{db_report, dbrun, dns_report, html, postgres, process};
 
 /// Runs one scenario end to end.
@@ -273,22 +273,25 @@ async fn apply_step(
         Action::Flap {
             region,
             period,
+            down_for,
             duration,
         } => {
             faults.fault_ms.get_or_insert(clock.ms());
             faults.restore_ms = Some(clock.ms() + duration.as_secs_f64() * 1_000.0);
             let store = deployment.store_file(region);
-            let (period, until) = (*period, Instant::now() + *duration);
+            let (period, down_for) = (*period, *down_for);
+            let start = tokio::time::Instant::now();
+            let until = start + *duration;
             tokio::spawn(async move {
-                let mut healthy = true;
-                while Instant::now() < until {
-                    tokio::time::sleep(period).await;
-                    healthy = !healthy;
-                    let _ = if healthy {
-                        std::fs::write(&store, b"ok")
-                    } else {
-                        std::fs::remove_file(&store)
-                    };
+                // Deadlines from the start, not sleeps in a row: a late
+                // wake-up must not stretch every later phase.
+                let mut cycle_start = start;
+                while cycle_start < until {
+                    tokio::time::sleep_until(cycle_start).await;
+                    let _ = std::fs::remove_file(&store);
+                    tokio::time::sleep_until(cycle_start + down_for).await;
+                    let _ = std::fs::write(&store, b"ok");
+                    cycle_start += period;
                 }
                 let _ = std::fs::write(&store, b"ok");
             });
@@ -385,6 +388,7 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
         dns_records.push(r);
     }
     let _ = load.monitor.await;
+    let probe_failures = watch::probe_failures(&admins).await;
     events.push(Event {
         t_ms: end_ms,
         what: "load stops".into(),
@@ -405,6 +409,7 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
             end_ms,
             http_clients: load.http_clients,
             dns_clients: load.dns_clients,
+            probe_failures,
         },
     )
     .await
@@ -420,6 +425,8 @@ struct Judged {
     end_ms: f64,
     http_clients: usize,
     dns_clients: BTreeMap<&'static str, usize>,
+    /// Failed health probes by edge region, then backend region.
+    probe_failures: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// Hands the run's records, the nodes' contents and the controllers' audit
@@ -440,6 +447,7 @@ async fn judge(
         end_ms,
         http_clients,
         dns_clients,
+        probe_failures,
     } = run;
     let Faults {
         fault_ms,
@@ -533,6 +541,7 @@ async fn judge(
         }));
     }
     report.settings = lab_tuning(args).describe();
+    report.probe_failures = probe_failures;
     report.add_control(facts);
     if let Some(w) = writes {
         let w: db_report::WriteOutcome = w.context("the write oracle")?;

@@ -20,11 +20,13 @@ pub enum Action {
     Partition(String),
     /// Heal a partition.
     Heal(String),
-    /// Make the region's health check alternate between failing and passing
-    /// every `period`, for `duration`.
+    /// Make the region's health check fail for `down_for` at the start of
+    /// every `period`, for `duration`. Phases are counted from the fault's
+    /// start, so a late wake-up shifts one phase, never the rest.
     Flap {
         region: String,
         period: Duration,
+        down_for: Duration,
         duration: Duration,
     },
     /// Kill every controller.
@@ -182,13 +184,26 @@ impl Scenario {
                     failed_region: None,
                     steps: vec![Step {
                         at,
+                        // Each failing phase is shorter than one probe
+                        // interval (200 ms in the lab, 1 s by default) and
+                        // the period longer than `fall` probes span, so any
+                        // `fall` consecutive probes see at most one failure:
+                        // hysteresis must absorb it with a margin of two
+                        // more failures (a slow probe on a loaded host), not
+                        // zero. The old 300/300 ms alternation phase-locked
+                        // with 200 ms probes into fail-fail-pass for the
+                        // whole run, so one slow probe moved routing. The
+                        // period is no multiple of the probe interval, so the
+                        // probes' phase slides and every edge sees failures
+                        // (a 600 ms period let one edge's probes miss them all).
                         action: Action::Flap {
                             region: region.clone(),
-                            period: Duration::from_millis(300),
+                            period: Duration::from_millis(700),
+                            down_for: Duration::from_millis(150),
                             duration,
                         },
                         label: format!(
-                            "flapping: {region}'s health alternates every 300 ms for {} s",
+                            "flapping: {region}'s health fails for 150 ms of every 700 ms for {} s",
                             duration.as_secs()
                         ),
                     }],

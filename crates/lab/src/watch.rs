@@ -1,5 +1,6 @@
 //! What the lab reads from the edges' admin API: whether every backend has
-//! been probed, and each change of the regions an edge routes to.
+//! been probed, each change of the regions an edge routes to, and how many
+//! health probes each edge saw fail.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +38,34 @@ pub async fn get_status(client: &AdminClient, admin: SocketAddr) -> Option<serde
         .ok()?
         .to_bytes();
     serde_json::from_slice(&body).ok()
+}
+
+/// Failed health probes each edge counted, by edge region then backend
+/// region (summed over services), read once from every edge's `/status`;
+/// an edge that does not answer is left out. The flapping scenario uses it
+/// to show its fault reached every edge: a flap no probe saw tests nothing.
+pub async fn probe_failures(
+    admins: &[(String, SocketAddr)],
+) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let client = admin_client();
+    let mut out = BTreeMap::new();
+    for (edge, admin) in admins {
+        let Some(status) = get_status(&client, *admin).await else {
+            continue;
+        };
+        let mut by_region: BTreeMap<String, u64> = BTreeMap::new();
+        for svc in status["services"].as_array().into_iter().flatten() {
+            for b in svc["backends"].as_array().into_iter().flatten() {
+                if let (Some(region), Some(n)) =
+                    (b["region"].as_str(), b["probe_failures"].as_u64())
+                {
+                    *by_region.entry(region.to_string()).or_default() += n;
+                }
+            }
+        }
+        out.insert(edge.clone(), by_region);
+    }
+    out
 }
 
 /// Waits until every edge has completed a successful probe of every backend,

@@ -144,7 +144,10 @@ fn lab_partition_majority_decides_minority_does_not() {
     assert_eq!(failed_for(&r, "us-west"), 0, "{output}");
 }
 
-/// us-east's health alternates faster than the thresholds: nothing moves.
+/// us-east's health fails for 150 ms of every 700 ms: no `fall` probes in a
+/// row see more than one failure, so nothing moves, even with a slow probe
+/// or two on a loaded host (300/300 ms phase-locked with 200 ms probes into
+/// fail-fail-pass, and one slow probe moved routing in CI).
 #[test]
 fn lab_flapping_moves_no_routing() {
     let dir = tempfile::tempdir().unwrap();
@@ -154,6 +157,15 @@ fn lab_flapping_moves_no_routing() {
     assert_eq!(r["routing_changes"], 0, "{output}");
     assert_eq!(r["edge_route_changes"], 0, "{output}");
     assert_eq!(r["requests_failed"], 0, "{output}");
+    // The flap reached every edge's probes: a run in which no probe saw it
+    // would pass without testing anything.
+    for edge in ["us-east", "us-west"] {
+        let seen = r["probe_failures"][edge]["us-east"].as_u64().unwrap_or(0);
+        assert!(
+            seen > 0,
+            "the {edge} edge saw no failed probe of us-east:\n{output}"
+        );
+    }
 }
 
 /// Every controller dies for 30 s: the edges keep serving with the last
