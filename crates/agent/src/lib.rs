@@ -179,6 +179,37 @@ impl Agent {
         }
     }
 
+    /// Checks, for each cluster with `app_roles`, that the local node's
+    /// `pg_hba.conf` admits those roles only from the writer proxies
+    /// (`app_sources`). Fails with every offending rule when one lets them
+    /// past the proxy; a node that does not answer now is checked on the
+    /// database loop's first connection instead (and only logged then).
+    pub async fn check_doors(&self) -> Result<()> {
+        let mut open = Vec::new();
+        for d in &self.databases {
+            let Some(conninfo) = db::conninfo(d, &self.region) else {
+                continue;
+            };
+            let found = db::doors::check(d, &conninfo, Duration::from_secs(2)).await;
+            match &found {
+                db::doors::DoorCheck::Open(problems) => open.push(format!(
+                    "database {}: the writer proxy is not the only door for application roles {} on the node in {}:\n  {}\n  \
+                     admit them only from the writer proxies' addresses, or remove app_roles to run without this guarantee",
+                    d.name,
+                    d.app_roles.join(", "),
+                    self.region,
+                    problems.join("\n  ")
+                )),
+                other => db::doors::log(d, other),
+            }
+        }
+        if open.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow!(open.join("\n")))
+        }
+    }
+
     /// Probes and reports every interval until `stop`; runs a database
     /// loop per cluster with a node here, and the writer proxies. A
     /// database loop that panics is started again after a second; its

@@ -661,3 +661,62 @@ async fn a_panic_in_the_database_loop_fences_the_node_and_closes_the_proxy() {
     lab.east_stop.cancel();
     lab.shutdown().await;
 }
+
+/// An agent asked to keep `app` to the writer proxies refuses to start on
+/// initdb's rules (the unix socket and 127.0.0.1 admit every role, and the
+/// proxies connect from 127.0.0.2), naming each line; once the file admits
+/// `app` only from the proxies, the same agent starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_refuses_to_start_while_pg_hba_lets_the_application_past_the_proxy() {
+    let dir = workdir();
+    let east = PgNode::primary(dir.path(), "east");
+    let cfg = Config::from_toml("test.toml", &doors_toml(&east)).expect("configuration");
+    let agent = tern_agent::Agent::new(&cfg).unwrap();
+    let refused = agent
+        .check_doors()
+        .await
+        .expect_err("initdb's rules let app past the proxy");
+    let why = format!("{refused:#}");
+    assert!(why.contains("unix socket"), "{why}");
+    assert!(why.contains("from 127.0.0.1/32"), "{why}");
+
+    std::fs::write(
+        east.data.join("pg_hba.conf"),
+        "local all postgres trust\nlocal all all reject\n\
+         host all postgres 127.0.0.1/32 trust\nhost all app 127.0.0.2/32 trust\n\
+         host all all 0.0.0.0/0 reject\n",
+    )
+    .unwrap();
+    agent
+        .check_doors()
+        .await
+        .expect("app admitted only from the proxies");
+}
+
+/// East's agent, with `app_roles` and the proxies' source address set on
+/// the cluster (no controller is reached by the check).
+fn doors_toml(east: &PgNode) -> String {
+    let mut s = String::from("[agent]\nregion = \"east\"\n");
+    for (r, serves) in [("east", true), ("west", true), ("witness", false)] {
+        s.push_str(&format!(
+            "[[region]]\nname = \"{r}\"\nserves_traffic = {serves}\n"
+        ));
+    }
+    s.push_str(
+        "[service.api]\npolicy = \"failover\"\n\
+         [[service.api.backend]]\nregion = \"east\"\nurl = \"http://127.0.0.1:9\"\n\
+         [controller]\n",
+    );
+    for (i, r) in ["east", "west", "witness"].iter().enumerate() {
+        s.push_str(&format!(
+            "[[controller.node]]\nid = {}\nregion = \"{r}\"\naddr = \"127.0.0.1:{}\"\n",
+            i + 1,
+            i + 1
+        ));
+    }
+    s.push_str(&format!(
+        "[database.payments]\napp_roles = [\"app\"]\napp_sources = [\"127.0.0.2\"]\n{}",
+        node_toml("east", east)
+    ));
+    s
+}

@@ -299,3 +299,55 @@ async fn a_failed_rewind_keeps_the_old_data_directory() {
     let o = Pg::connect(&old.conninfo(), T).await.unwrap();
     assert_eq!(o.status().await.unwrap().role, Role::Standby);
 }
+
+/// initdb's rules admit every role over the unix socket and from 127.0.0.1:
+/// with the writer proxies at 127.0.0.2 both are side doors past the proxy,
+/// and the check names them from the server's own parse of the file. Once
+/// the file admits `app` only from the proxy and rejects it everywhere
+/// else, nothing is named, and the application role is refused directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_hba_rules_that_let_the_application_past_the_writer_proxy_are_named() {
+    let dir = workdir();
+    let node = PgNode::primary(dir.path(), "primary");
+    let pg = Pg::connect(&node.conninfo(), T).await.unwrap();
+    let roles = vec!["app".to_string()];
+    let proxies: Vec<ipnet::IpNet> = vec!["127.0.0.2/32".parse().unwrap()];
+
+    let problems = tern_pg::side_doors(&pg.hba_rules().await.unwrap(), &roles, &proxies);
+    assert!(
+        problems.iter().any(|p| p.contains("unix socket")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("from 127.0.0.1/32")),
+        "{problems:#?}"
+    );
+
+    std::fs::write(
+        node.data.join("pg_hba.conf"),
+        "local all postgres trust\n\
+         local all all reject\n\
+         host all postgres 127.0.0.1/32 trust\n\
+         host all app 127.0.0.2/32 trust\n\
+         host all all 0.0.0.0/0 reject\n\
+         host replication all 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    let rules = pg.hba_rules().await.unwrap();
+    assert!(rules.iter().all(|r| r.error.is_none()), "{rules:#?}");
+    let problems = tern_pg::side_doors(&rules, &roles, &proxies);
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    pg_execute(&node, "CREATE ROLE app LOGIN; SELECT pg_reload_conf()").await;
+    let direct = node.conninfo().replace("user=postgres", "user=app");
+    let refused = tokio_postgres::connect(&direct, tokio_postgres::NoTls).await;
+    assert!(refused.is_err(), "the application role connected directly");
+}
+
+async fn pg_execute(node: &PgNode, sql: &str) {
+    let (c, conn) = tokio_postgres::connect(&node.conninfo(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(sql).await.unwrap();
+}

@@ -110,6 +110,9 @@ pub fn build(i: DnsInputs<'_>) -> DnsPathReport {
             .iter()
             .copied()
             .filter(|r| during(&r.record))
+            // Clients inside the failed region reach it by design (a
+            // partition cuts it off from the others, not from its own).
+            .filter(|r| i.failed_region != Some(r.record.client_region.as_str()))
             .filter(|r| {
                 i.failed_region
                     .is_some_and(|f| r.tried.iter().any(|t| t == f))
@@ -239,6 +242,12 @@ mod tests {
             dns(honours, 3_100.0, &["us-west"]),
             dns(stretches, 9_000.0, &["us-east", "us-west"]),
             dns(stretches, 12_000.0, &["us-east"]), // after the restore: not counted
+            {
+                // A client inside the failed region: not counted.
+                let mut own = dns(honours, 8_000.0, &["us-east"]);
+                own.record.client_region = "us-east".into();
+                own
+            },
         ];
         let http = vec![rec(100.0, true), rec(1_500.0, false)];
         let report = build(DnsInputs {

@@ -173,6 +173,13 @@ pub struct Report {
     pub failed_by_client_region: BTreeMap<String, usize>,
     /// From the fault until the first surviving edge stopped routing to the failed region.
     pub detection_ms: Option<f64>,
+    /// What the clients saw instead: from the fault until the end of the
+    /// last request, by a client outside the failed region, that started
+    /// after the fault and still paid for it (failed, tried a second edge,
+    /// or took longer than one try timeout, so it reached into the failed
+    /// region first); 0 when none did. From the clients' records alone
+    /// ([`clients_detection`]).
+    pub clients_detection_ms: Option<f64>,
     /// From the first failed request's start to the last failed request's end; 0 without failures.
     pub error_window_ms: f64,
     /// From the fault until the success rate was back above 99.9 % for 5 s.
@@ -409,6 +416,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         requests_by_client_region: by_region,
         failed_by_client_region: failed_by_region,
         detection_ms,
+        clients_detection_ms: None,
         error_window_ms,
         rto_ms,
         failback_ms,
@@ -552,6 +560,26 @@ impl Report {
     }
 }
 
+/// [`Report::clients_detection_ms`] from `records`: clients outside
+/// `failed_region`, requests started at or after `fault_ms`; a request
+/// slower than `try_timeout_ms` had a try time out on the way. `None`
+/// without a fault or a failed region.
+pub fn clients_detection(
+    records: &[RequestRecord],
+    failed_region: Option<&str>,
+    fault_ms: Option<f64>,
+    try_timeout_ms: f64,
+) -> Option<f64> {
+    let (region, fault) = (failed_region?, fault_ms?);
+    let paid = records
+        .iter()
+        .filter(|r| r.client_region != region && r.start_ms >= fault)
+        .filter(|r| !r.ok || r.edges_tried > 1 || r.latency_ms > try_timeout_ms)
+        .map(|r| r.end_ms() - fault)
+        .reduce(f64::max);
+    Some(paid.unwrap_or(0.0))
+}
+
 /// The first moment after the fault at which an edge outside the failed
 /// region routed away from it.
 fn detection(routing: &[RoutingSample], failed_region: &str, fault_ms: f64) -> Option<f64> {
@@ -645,7 +673,12 @@ impl Report {
                 .unwrap_or(0);
             let _ = writeln!(out, "  clients {region:<11} {total} total, {failed} failed");
         }
-        let _ = writeln!(out, "detection           {}", opt_ms(self.detection_ms));
+        let _ = writeln!(
+            out,
+            "detection           {} (the edges' clocks); clients outside paid for the fault until {}",
+            opt_ms(self.detection_ms),
+            opt_ms(self.clients_detection_ms)
+        );
         let _ = writeln!(out, "error window        {:.0} ms", self.error_window_ms);
         let _ = writeln!(out, "rto                 {}", opt_ms(self.rto_ms));
         let _ = writeln!(out, "failback            {}", opt_ms(self.failback_ms));
@@ -862,6 +895,33 @@ mod tests {
         assert_eq!(r.detection_ms, Some(640.0));
         assert!(r.targets.detection_under_1s);
         assert_eq!(r.failback_ms, Some(1_500.0));
+    }
+
+    #[test]
+    fn clients_detection_is_the_last_outside_request_that_paid_for_the_fault() {
+        let mut slow = rec(10_200.0, 450.0, "us-west", true);
+        slow.served_by = Some("us-west".into());
+        let mut second_edge = rec(10_500.0, 40.0, "us-west", true);
+        second_edge.edges_tried = 2;
+        let records = vec![
+            // Before the fault, and inside the failed region: not counted.
+            rec(9_000.0, 900.0, "us-west", false),
+            rec(12_000.0, 900.0, "us-east", false),
+            slow,
+            second_edge,
+            rec(10_700.0, 40.0, "us-west", true),
+        ];
+        let d = clients_detection(&records, Some("us-east"), Some(10_000.0), 300.0);
+        assert_eq!(d, Some(650.0));
+        let calm = [rec(10_700.0, 40.0, "us-west", true)];
+        assert_eq!(
+            clients_detection(&calm, Some("us-east"), Some(10_000.0), 300.0),
+            Some(0.0)
+        );
+        assert_eq!(
+            clients_detection(&records, None, Some(10_000.0), 300.0),
+            None
+        );
     }
 
     #[test]

@@ -25,8 +25,10 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
+pub mod hba;
 pub mod local;
 
+pub use hba::{side_doors, HbaRule};
 pub use local::{pg_bin_dir, LocalNode, Stopped};
 
 /// Why an action on a PostgreSQL node failed.
@@ -276,6 +278,35 @@ impl Pg {
         };
         self.alter_system("set synchronous_standby_names", sql)
             .await
+    }
+
+    /// The node's client authentication rules as the server parsed its
+    /// `pg_hba.conf` (`pg_hba_file_rules`; needs a superuser), in file order.
+    pub async fn hba_rules(&self) -> Result<Vec<HbaRule>> {
+        let what = "read pg_hba_file_rules";
+        let rows = self
+            .deadline(
+                what,
+                self.client.query(
+                    "SELECT line_number, type, database, user_name, address, netmask, auth_method, error \
+                     FROM pg_hba_file_rules ORDER BY line_number",
+                    &[],
+                ),
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| HbaRule {
+                line: r.get(0),
+                kind: r.get(1),
+                databases: r.get::<_, Option<Vec<String>>>(2).unwrap_or_default(),
+                users: r.get::<_, Option<Vec<String>>>(3).unwrap_or_default(),
+                address: r.get(4),
+                netmask: r.get(5),
+                method: r.get(6),
+                error: r.get(7),
+            })
+            .collect())
     }
 
     /// One `ALTER SYSTEM` statement, then a configuration reload.

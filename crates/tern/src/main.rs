@@ -131,6 +131,10 @@ fn main() -> ExitCode {
                         return ExitCode::from(EX_CONFIG);
                     }
                 };
+                if let Err(e) = agent.check_doors().await {
+                    eprintln!("tern agent: {e:#}");
+                    return ExitCode::from(EX_CONFIG);
+                }
                 let proxies = match agent.bind_proxies().await {
                     Ok(p) => p,
                     Err(e) => {

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::writer_proxy::WriterProxy;
 
+pub mod doors;
 mod fence;
 mod lease;
 mod rejoin;
@@ -74,6 +75,16 @@ pub enum DbAgentError {
     NoBinaries { cluster: String, region: String },
     #[error("database {cluster} has no node in region {region}")]
     NoNode { cluster: String, region: String },
+}
+
+/// How the agent of `region` connects to its node of `db` (as `postgres`).
+pub fn conninfo(db: &Database, region: &str) -> Option<String> {
+    let node = db.node(region)?;
+    Some(format!(
+        "host={} port={} user=postgres dbname=postgres connect_timeout=2",
+        node.addr.ip(),
+        node.addr.port()
+    ))
 }
 
 /// Checks that the agent of `region` can look after its node of `db`.
@@ -147,6 +158,8 @@ pub struct DbAgent {
     /// When this loop started, for the startup grace (see
     /// [`DbAgent::in_startup_grace`]).
     started: Instant,
+    /// The node's `pg_hba.conf` was checked on this loop's first connection.
+    doors_checked: bool,
 }
 
 impl DbAgent {
@@ -184,6 +197,7 @@ impl DbAgent {
             rpo_fenced_at: None,
             #[cfg(feature = "fault-injection")]
             panic_at: None,
+            doors_checked: false,
             db,
         })
     }
@@ -198,12 +212,7 @@ impl DbAgent {
     }
 
     fn conninfo(&self) -> Option<String> {
-        let node = self.db.node(&self.region)?;
-        Some(format!(
-            "host={} port={} user=postgres dbname=postgres connect_timeout=2",
-            node.addr.ip(),
-            node.addr.port()
-        ))
+        conninfo(&self.db, &self.region)
     }
 
     /// The SQL deadline of one status read: short enough that the round
@@ -220,7 +229,15 @@ impl DbAgent {
         if self.pg.is_none() {
             let conninfo = self.conninfo()?;
             match Pg::connect(&conninfo, self.sql_timeout()).await {
-                Ok(pg) => self.pg = Some(pg),
+                Ok(pg) => {
+                    if !self.doors_checked {
+                        // Once per agent process: the start-up check may
+                        // have found the node down.
+                        self.doors_checked = true;
+                        doors::log(&self.db, &doors::judge(&self.db, &pg).await);
+                    }
+                    self.pg = Some(pg)
+                }
                 Err(e) => {
                     tracing::debug!(cluster = %self.db.name, "local node unreachable: {e}");
                     return None;

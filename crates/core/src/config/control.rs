@@ -99,6 +99,14 @@ pub struct Database {
     pub scale_hook_timeout: Duration,
     /// Longest wait for one step of a failover plan before it is retried.
     pub step_timeout: Duration,
+    /// The application's roles, which must reach the writer only through a
+    /// writer proxy (whose target follows the lease). When not empty, each
+    /// agent checks its node's `pg_hba.conf` at start and refuses to run
+    /// while a rule admits one of them from elsewhere.
+    pub app_roles: Vec<String>,
+    /// The addresses the writer proxies connect to PostgreSQL from
+    /// (default: each node's `proxy` address, as one host each).
+    pub app_sources: Vec<ipnet::IpNet>,
 }
 
 impl Database {
@@ -456,6 +464,43 @@ pub(super) fn validate_databases(
             &format!("{key}.step_timeout"),
             Duration::from_secs(10),
         );
+        let app_roles: Vec<String> = d.app_roles.iter().map(|r| r.get_ref().clone()).collect();
+        let mut app_sources = Vec::new();
+        for (i, s) in d.app_sources.iter().enumerate() {
+            let text = s.get_ref();
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => app_sources.push(net),
+                Err(_) => c.err(
+                    s.span(),
+                    format!("{key}.app_sources[{i}]"),
+                    format!("expected an address or a network like 10.0.1.5 or 10.0.1.0/24, found \"{text}\""),
+                ),
+            }
+        }
+        if d.app_sources.is_empty() {
+            for n in &nodes {
+                match n.proxy {
+                    Some(p) if !p.ip().is_unspecified() => {
+                        app_sources.push(ipnet::IpNet::from(p.ip()))
+                    }
+                    Some(_) if !app_roles.is_empty() => {
+                        let span = d.app_roles.first().map_or(0..0, |r| r.span());
+                        c.err(
+                            span,
+                            format!("{key}.app_sources"),
+                            format!(
+                                "the writer proxy in {} listens on every address, so where it connects from is unknown; give app_sources",
+                                n.region
+                            ),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
         out.push(Database {
             name: name.get_ref().clone(),
             replication,
@@ -470,6 +515,8 @@ pub(super) fn validate_databases(
             scale_hook: d.scale_hook.as_ref().map(|h| h.get_ref().clone()),
             scale_hook_timeout,
             step_timeout,
+            app_roles,
+            app_sources,
         });
     }
     out

@@ -158,6 +158,10 @@ pub struct RawDatabase {
     pub scale_hook_timeout: Option<S<String>>,
     pub step_timeout: Option<S<String>>,
     #[serde(default)]
+    pub app_roles: Vec<S<String>>,
+    #[serde(default)]
+    pub app_sources: Vec<S<String>>,
+    #[serde(default)]
     pub node: Vec<S<RawDbNode>>,
 }
 
