@@ -175,6 +175,8 @@ struct Lab {
     east_links: Vec<Link>,
     client: ControllerClient,
     east_stop: CancellationToken,
+    /// East's database loop; ends once `east_stop` is cancelled.
+    east_agent: Option<tokio::task::JoinHandle<()>>,
     stop: CancellationToken,
     west_proxy: WriterProxy,
     east_proxy: WriterProxy,
@@ -282,7 +284,7 @@ impl Lab {
             east_agent = east_agent.panic_after(after);
         }
         let agents_started = tokio::time::Instant::now();
-        tokio::spawn(east_agent.run(east_stop.clone()));
+        let east_agent = tokio::spawn(east_agent.run(east_stop.clone()));
         let west_agent = DbAgent::new("west", db, client.clone(), Some(west_proxy.clone()))
             .expect("west's agent");
         tokio::spawn(west_agent.run(stop.clone()));
@@ -294,6 +296,7 @@ impl Lab {
             east_links,
             client,
             east_stop,
+            east_agent: Some(east_agent),
             stop,
             west_proxy,
             east_proxy,
@@ -496,8 +499,10 @@ async fn one_writer_per_epoch_seed(seed: u64, fence: bool) -> usize {
     // East's agent stops (its watchdog fences east if it may still take
     // writes); east's own rows are read with the server up again.
     lab.east_stop.cancel();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut lab = lab;
+    if let Some(agent) = lab.east_agent.take() {
+        agent.await.expect("east's agent ended");
+    }
     lab.east.ensure_running();
     let late = keys_on(&lab.east.conninfo())
         .await
