@@ -33,6 +33,11 @@ pub enum AttemptOutcome {
     TimedOut,
     /// A response head with this status.
     Status(u16),
+    /// The backend answered, but with a head the edge cannot parse (more
+    /// headers than `edge.max_headers`, a malformed line): the backend is
+    /// alive, so this neither counts against it nor is retried (the
+    /// request may have taken effect).
+    Unparsable,
 }
 
 impl AttemptOutcome {
@@ -44,13 +49,25 @@ impl AttemptOutcome {
                 true
             }
             AttemptOutcome::Status(s) => matches!(s, 502..=504),
+            AttemptOutcome::Unparsable => false,
         }
+    }
+
+    /// Whether the request provably never reached the backend, so that
+    /// sending it elsewhere is safe for every method (RFC 9110 section
+    /// 9.2.2 allows a retry when the request was not sent). Only a refused or
+    /// timed-out connect proves it: a pooled connection found closed before
+    /// the request was written is retried on a fresh connection by the HTTP
+    /// client itself.
+    pub fn never_sent(self) -> bool {
+        matches!(self, AttemptOutcome::ConnectFailed)
     }
 
     /// Failures that count against a backend in outlier detection.
     pub fn counts_as_failure(self) -> bool {
         match self {
             AttemptOutcome::Status(s) => s >= 500,
+            AttemptOutcome::Unparsable => false,
             _ => true,
         }
     }

@@ -311,7 +311,7 @@ impl Worker {
                 return;
             }
         };
-        let client = proxy::upstream_client(settings.try_timeout);
+        let client = proxy::upstream_client(settings.try_timeout, settings.max_headers);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper refuses buffer limits under 8 KiB.
         builder
@@ -319,6 +319,7 @@ impl Worker {
             .keep_alive(true)
             .timer(TokioTimer::new())
             .header_read_timeout(settings.client_timeout)
+            .max_headers(settings.max_headers)
             .max_buf_size((settings.max_header as usize).max(8192));
         builder
             .http2()

@@ -30,13 +30,16 @@ pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-pub fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
+/// The client toward backends: connections kept 60 s idle; `max_headers`
+/// header lines at most in a response head.
+pub fn upstream_client(connect_timeout: Duration, max_headers: usize) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(512)
+        .http1_max_headers(max_headers)
         .build(connector)
 }
 
@@ -250,14 +253,12 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     let has_key = parts.headers.contains_key(IDEMPOTENCY_KEY);
     let retry_safe = may_retry(parts.method.as_str(), has_key);
-    let buffer_limit = if retry_safe {
-        settings
-            .retry_body_limit
-            .min(settings.max_body.unwrap_or(u64::MAX))
-    } else {
-        // Nothing to gain from holding a body that will never be sent twice.
-        0
-    };
+    // Every method's body is held up to the limit: a request that never
+    // left the edge (connection refused) may go elsewhere whatever its
+    // method, and only a held body can be sent again.
+    let buffer_limit = settings
+        .retry_body_limit
+        .min(settings.max_body.unwrap_or(u64::MAX));
     let held = match tokio::time::timeout_at(
         deadline.into(),
         hold_body(body, buffer_limit, settings.max_body),
@@ -311,7 +312,10 @@ async fn forward(
     for (attempt, &bi) in order.iter().enumerate() {
         let backend = &service.backends[bi];
         if attempt > 0 {
-            if !retry_safe || !replayable {
+            // A request that provably never reached the last backend is
+            // safe to send anywhere; any other only when repeating it is.
+            let never_sent = last_failure.as_ref().is_some_and(|(o, _)| o.never_sent());
+            if !(retry_safe || never_sent) || !replayable {
                 state
                     .metrics
                     .retry_denied(&service.config.name, "not-idempotent");
@@ -371,6 +375,7 @@ async fn forward(
             Err(_) => AttemptOutcome::TimedOut,
             Ok(Ok(resp)) => AttemptOutcome::Status(resp.status().as_u16()),
             Ok(Err(e)) if e.is_connect() => AttemptOutcome::ConnectFailed,
+            Ok(Err(e)) if unparsable_response(e) => AttemptOutcome::Unparsable,
             Ok(Err(_)) => AttemptOutcome::Reset,
         };
         // A 503 with Retry-After is a live backend declining on purpose
@@ -401,6 +406,9 @@ async fn forward(
                 }
                 tracing::debug!(backend = %url, error = %e, "attempt failed");
                 last_failure = Some((outcome, e.to_string()));
+                if !outcome.is_retryable_failure() {
+                    break;
+                }
             }
             Err(_) => {
                 last_failure = Some((
@@ -425,6 +433,19 @@ async fn forward(
     }
 }
 
+/// Whether the backend's answer reached the edge but its head could not be
+/// parsed (hyper's parse errors, too many headers among them).
+fn unparsable_response(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_parse() || h.is_parse_too_large();
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn body_limit_response(e: &hyper_util::client::legacy::Error) -> Option<Response<ProxyBody>> {
     let mut source = e.source();
     while let Some(s) = source {
@@ -444,21 +465,30 @@ fn add_forwarding_headers(
     parts: &http::request::Parts,
     remote: SocketAddr,
 ) {
-    let ip = remote.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    // Every X-Forwarded-For line the client sent, in order, then the
+    // client's address: a list split over several lines is one list
+    // (RFC 9110 section 5.3), and `insert` after `get` kept only the first.
+    let mut xff: Vec<u8> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        let v = v.as_bytes().trim_ascii();
+        if !v.is_empty() {
+            xff.extend_from_slice(v);
+            xff.extend_from_slice(b", ");
+        }
+    }
+    xff.extend_from_slice(remote.ip().to_string().as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&xff) {
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     append_via(headers, parts.version);
-    if !headers.contains_key(header::HOST) {
-        if let Some(a) = parts.uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                headers.insert(header::HOST, v);
-            }
+    // The request was routed by the target's authority when it has one
+    // (absolute form, or HTTP/2's :authority), so the backend must see that
+    // name too: RFC 9112 section 3.2.2 has the absolute-form authority win
+    // over a Host header that disagrees, and a proxy replace it.
+    if let Some(a) = parts.uri.authority() {
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            headers.insert(header::HOST, v);
         }
     }
 }

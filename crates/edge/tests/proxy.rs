@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -185,6 +186,150 @@ async fn forwarding_headers_are_added_and_hop_by_hop_removed() {
     assert!(has("via: 1.1 tern"), "{seen:?}");
     assert!(has("x-keep: yes"), "{seen:?}");
     assert!(!seen.iter().any(|l| l.starts_with("x-private")), "{seen:?}");
+}
+
+/// A client sent X-Forwarded-For on two lines: the backend must see every
+/// value in order, then the client's address (the edge kept only the first
+/// line).
+#[tokio::test]
+async fn two_x_forwarded_for_lines_reach_the_backend_as_one_list_in_order() {
+    let a = Backend::start("a", Mode::Ok).await;
+    let b = Backend::start("b", Mode::Ok).await;
+    let edge = RunningEdge::start(&edge_toml("", &failover(&a, &b, ""))).await;
+    let resp = raw(
+        edge.addr,
+        b"GET /h HTTP/1.1\r\nHost: any\r\nX-Forwarded-For: 203.0.113.1\r\n\
+          X-Forwarded-For: 198.51.100.2, 192.0.2.3\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let seen = a.last_headers.lock().unwrap().clone();
+    let xff: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.starts_with("x-forwarded-for:"))
+        .collect();
+    assert_eq!(
+        xff,
+        ["x-forwarded-for: 203.0.113.1, 198.51.100.2, 192.0.2.3, 127.0.0.1"],
+        "{seen:?}"
+    );
+}
+
+/// `GET http://api.example.com/x` with `Host: internal.example.com`, the
+/// two names being different services: routed by the target's authority,
+/// the request must reach that service's backend under that name too (RFC
+/// 9112 section 3.2.2), not carry the other service's Host.
+#[tokio::test]
+async fn an_absolute_form_target_is_routed_and_forwarded_under_its_own_authority() {
+    let api = Backend::start("api", Mode::Ok).await;
+    let internal = Backend::start("internal", Mode::Ok).await;
+    let services = format!(
+        "[service.api]\npolicy = \"failover\"\nhosts = [\"api.example.com\"]\n{}\n\
+         [service.internal]\npolicy = \"failover\"\nhosts = [\"internal.example.com\"]\n{}",
+        backend_toml("api", "a", api.addr, ""),
+        backend_toml("internal", "a", internal.addr, "")
+    );
+    let edge = RunningEdge::start(&edge_toml("", &services)).await;
+    let resp = raw(
+        edge.addr,
+        b"GET http://api.example.com/x HTTP/1.1\r\nHost: internal.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("api"), "routed to the wrong service: {resp}");
+    let seen = api.last_headers.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|l| l == "host: api.example.com"),
+        "the backend saw another service's Host: {seen:?}"
+    );
+    assert_eq!(internal.hits(), 0);
+}
+
+/// A backend answering 200 with 120 response headers got the client a 502
+/// and was ejected as failing. It is served under the default limit; over
+/// a lower configured limit the client gets a 502 and the backend, alive,
+/// is neither ejected nor marked down.
+#[tokio::test]
+async fn a_response_with_many_headers_is_served_and_never_ejects_its_backend() {
+    let a = Backend::start("a", Mode::ManyHeaders(120)).await;
+    let b = Backend::start("b", Mode::Ok).await;
+    let outlier = "outlier = { consecutive_failures = 2, base_ejection = \"10s\" }";
+    let edge = RunningEdge::start(&edge_toml("", &failover(&a, &b, outlier))).await;
+    let (status, headers, body) = send(
+        Request::get(edge.url("/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "a");
+    assert!(headers.contains_key("x-h-120"));
+
+    let edge = RunningEdge::start(&edge_toml("max_headers = 50", &failover(&a, &b, outlier))).await;
+    for _ in 0..4 {
+        let (status, body) = get(&edge.url("/")).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    }
+    let s = edge.status().await;
+    let backend = &s["services"][0]["backends"][0];
+    assert_eq!(backend["ejected"], false, "{s:#}");
+    assert_eq!(backend["ejections"], 0, "{s:#}");
+    assert_eq!(backend["health"], "up", "{s:#}");
+}
+
+/// A POST without a key to a backend whose port refuses connections (its
+/// health not yet down) got 502 until outlier detection ejected it. The
+/// request never left the edge, so it goes to the next region at once,
+/// whatever its method; a POST the backend did receive is not repeated.
+#[tokio::test]
+async fn a_post_refused_at_connect_goes_to_the_next_region() {
+    // Bound but not listening: connections to it are refused, and the port
+    // stays ours for the whole test.
+    let refusing =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    refusing
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let dead = refusing.local_addr().unwrap().as_socket().unwrap();
+    let b = Backend::start("b", Mode::Ok).await;
+    // Probes far apart: the refusing backend is still up when the POSTs come.
+    let slow_health =
+        "health = { path = \"/health\", interval = \"60s\", timeout = \"40ms\", fall = 2, rise = 2 }";
+    let services = format!(
+        "[service.api]\npolicy = \"failover\"\n\
+         [[service.api.backend]]\nregion = \"a\"\nurl = \"http://{dead}\"\n{slow_health}\n{}",
+        backend_toml("api", "b", b.addr, "")
+    );
+    let edge = RunningEdge::start(&edge_toml("", &services)).await;
+    for i in 0..3 {
+        let (status, _, body) = send(
+            Request::post(edge.url("/pay"))
+                .body(Full::new(Bytes::from(format!("payment {i}"))))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "POST {i}: {body}");
+        assert_eq!(body, "b");
+    }
+    assert_eq!(b.hits(), 3);
+    let s = edge.status().await;
+    assert_eq!(
+        s["services"][0]["backends"][0]["health"], "up",
+        "the test needs the refusing backend still up: {s:#}"
+    );
+
+    // A POST that reached its backend is never sent twice.
+    let a = Backend::start("a", Mode::Drop).await;
+    let c = Backend::start("c", Mode::Ok).await;
+    let edge = RunningEdge::start(&edge_toml("", &failover(&a, &c, ""))).await;
+    let (status, _, _) = send(
+        Request::post(edge.url("/pay"))
+            .body(Full::new(Bytes::from("once")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!((a.hits(), c.hits()), (1, 0));
 }
 
 #[tokio::test]

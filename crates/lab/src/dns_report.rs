@@ -110,9 +110,14 @@ pub fn build(i: DnsInputs<'_>) -> DnsPathReport {
             .iter()
             .copied()
             .filter(|r| during(&r.record))
-            // Clients inside the failed region reach it by design (a
-            // partition cuts it off from the others, not from its own).
-            .filter(|r| i.failed_region != Some(r.record.client_region.as_str()))
+            // A request the failed region itself served was not stuck on
+            // a dead region: a partition cuts it off from the others, and
+            // its own clients still reach it by design.
+            .filter(|r| {
+                !(r.record.ok
+                    && r.record.served_by.is_some()
+                    && r.record.served_by.as_deref() == i.failed_region)
+            })
             .filter(|r| {
                 i.failed_region
                     .is_some_and(|f| r.tried.iter().any(|t| t == f))
@@ -243,9 +248,11 @@ mod tests {
             dns(stretches, 9_000.0, &["us-east", "us-west"]),
             dns(stretches, 12_000.0, &["us-east"]), // after the restore: not counted
             {
-                // A client inside the failed region: not counted.
+                // Served by the failed region itself (its own client in a
+                // partition): not counted.
                 let mut own = dns(honours, 8_000.0, &["us-east"]);
                 own.record.client_region = "us-east".into();
+                own.record.served_by = Some("us-east".into());
                 own
             },
         ];

@@ -70,6 +70,11 @@ pub struct EdgeSettings {
     pub max_body: Option<u64>,
     /// Largest request head accepted; larger gets 431.
     pub max_header: u64,
+    /// Most header lines in one request or response head (default 200;
+    /// HAProxy's `tune.http.maxhdr` is 101, Envoy's `max_headers_count`
+    /// 100). A request with more gets 431; a backend's response with more
+    /// gets the client a 502 but does not count against the backend.
+    pub max_headers: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
     /// Threads serving client traffic; `None` means one per CPU.
@@ -653,6 +658,7 @@ fn validate_edge(
             c.err(h.span(), "edge.max_header", "expected at least 8KiB");
         }
     }
+    let max_headers = c.count(&e.max_headers, "edge.max_headers", 1..10_001, 200) as usize;
     let shutdown_grace = c.duration(
         &e.shutdown_grace,
         "edge.shutdown_grace",
@@ -685,6 +691,7 @@ fn validate_edge(
         retry_body_limit,
         max_body,
         max_header,
+        max_headers,
         shutdown_grace,
     })
 }

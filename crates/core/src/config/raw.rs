@@ -55,6 +55,7 @@ pub struct RawEdge {
     pub retry_body_limit: Option<S<String>>,
     pub max_body: Option<S<String>>,
     pub max_header: Option<S<String>>,
+    pub max_headers: Option<S<i64>>,
     pub shutdown_grace: Option<S<String>>,
     pub workers: Option<S<i64>>,
     pub client_timeout: Option<S<String>>,

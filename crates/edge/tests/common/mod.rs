@@ -34,6 +34,8 @@ pub enum Mode {
     Hang,
     /// Answer after a delay.
     Slow(Duration),
+    /// 200 with this many extra header lines (`x-h-1` ...).
+    ManyHeaders(usize),
 }
 
 pub struct Backend {
@@ -177,6 +179,13 @@ async fn answer(
         Mode::Drop => return Err(std::io::Error::other("dropped on purpose")),
         Mode::Hang => std::future::pending::<()>().await,
         Mode::Slow(d) => tokio::time::sleep(d).await,
+        Mode::ManyHeaders(n) => {
+            let mut resp = Response::builder().header("x-served-by", name);
+            for i in 1..=n {
+                resp = resp.header(format!("x-h-{i}"), "v");
+            }
+            return Ok(resp.body(Full::new(Bytes::from(name.to_string()))).unwrap());
+        }
     }
     Ok(Response::builder()
         .header("x-served-by", name)
@@ -279,8 +288,12 @@ health = {{ path = "/health", interval = "50ms", timeout = "40ms", fall = 2, ris
     )
 }
 
+/// A test client; reads response heads of up to 1,000 header lines (hyper's
+/// default of 100 is lower than what the edge relays).
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+    Client::builder(TokioExecutor::new())
+        .http1_max_headers(1000)
+        .build(HttpConnector::new())
 }
 
 pub async fn send(req: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, String) {
