@@ -273,6 +273,13 @@ fn full_fixture_resolves_every_key() {
                 high: 299
             },
             body_contains: Some("ok".into()),
+            // The service's first host name (the second is a wildcard).
+            host: Some("api.example.com".into()),
+            // Names lower-cased.
+            headers: vec![
+                ("x-probe".into(), "tern".into()),
+                ("authorization".into(), "Bearer t".into()),
+            ],
         }
     );
 
@@ -305,6 +312,9 @@ fn full_fixture_resolves_every_key() {
                 high: 399
             },
             body_contains: None,
+            // A service without host names: the probe sends ip:port.
+            host: None,
+            headers: vec![],
         }
     );
     assert_eq!(b.health.interval, Duration::from_secs(1));
@@ -384,6 +394,14 @@ fn dns_fixture_resolves_names_ttls_and_checks() {
     };
     assert_eq!(p.policy, DnsPolicy::Failover);
     assert_eq!(p.when_all_unhealthy, AllUnhealthy::FailClosed);
+    // An HTTP probe of a target sends the record's name as Host.
+    match &p.targets[0].check {
+        TargetCheck::Probe { health, .. } => match &health.probe {
+            ProbeKind::Http { host, .. } => assert_eq!(host.as_deref(), Some(api.name.as_str())),
+            other => panic!("expected an http probe, found {other:?}"),
+        },
+        other => panic!("expected a probe, found {other:?}"),
+    }
     match &p.targets[1].check {
         TargetCheck::Probe { port, health } => {
             assert_eq!(*port, 8080);

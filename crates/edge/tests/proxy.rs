@@ -332,6 +332,92 @@ async fn a_post_refused_at_connect_goes_to_the_next_region() {
     assert_eq!((a.hits(), c.hits()), (1, 0));
 }
 
+/// A backend that serves only its own name (421 for any other Host, its
+/// health check included), as virtual-hosted servers do.
+async fn name_only_backend(name: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: Request<hyper::body::Incoming>| async move {
+                        let host = req.headers().get("host").and_then(|h| h.to_str().ok());
+                        let status = if host == Some(name) {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::MISDIRECTED_REQUEST
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from("named")))
+                                .unwrap(),
+                        )
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A backend answering only `Host: api.example.com` was marked down by the
+/// probe, which sent `ip:port` as Host, and the service then failed
+/// closed. Probes send the service's first host name by default, or the
+/// configured one.
+#[tokio::test]
+async fn a_backend_that_serves_only_its_own_name_passes_its_health_check() {
+    let named = name_only_backend("api.example.com").await;
+    let services = format!(
+        "[service.api]\npolicy = \"failover\"\nhosts = [\"api.example.com\", \"www.example.com\"]\n\
+         when_all_unhealthy = \"fail-closed\"\n{}",
+        backend_toml("api", "a", named, "")
+    );
+    let edge = RunningEdge::start(&edge_toml("", &services)).await;
+    let s = edge
+        .wait_status("a probe passed (a round trip measured)", |s| {
+            s["services"][0]["backends"][0]["rtt_ms"].is_number()
+        })
+        .await;
+    let b = &s["services"][0]["backends"][0];
+    assert_eq!(
+        (b["health"].as_str(), b["probe_failures"].as_u64()),
+        (Some("up"), Some(0)),
+        "{s:#}"
+    );
+    let (status, _, body) = send(
+        Request::get(edge.url("/"))
+            .header("host", "api.example.com")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "named"));
+
+    // A configured Host wins over the service's names.
+    let other = name_only_backend("health.internal").await;
+    let services = format!(
+        "[service.api]\npolicy = \"failover\"\nhosts = [\"api.example.com\"]\n\
+         [[service.api.backend]]\nregion = \"a\"\nurl = \"http://{other}\"\n\
+         health = {{ path = \"/health\", interval = \"50ms\", timeout = \"40ms\", fall = 2, rise = 2, host = \"health.internal\" }}\n"
+    );
+    let edge = RunningEdge::start(&edge_toml("", &services)).await;
+    let s = edge
+        .wait_status("the configured Host passes", |s| {
+            s["services"][0]["backends"][0]["rtt_ms"].is_number()
+        })
+        .await;
+    assert_eq!(
+        s["services"][0]["backends"][0]["probe_failures"], 0,
+        "{s:#}"
+    );
+}
+
 #[tokio::test]
 async fn h2c_clients_are_served() {
     let a = Backend::start("a", Mode::Ok).await;

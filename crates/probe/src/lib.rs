@@ -87,10 +87,19 @@ pub async fn probe_once(
             path,
             expect_status,
             body_contains,
+            host,
+            headers,
         } => {
             let uri = format!("http://{}{}{}", url.authority(), url.base_path, path);
-            let req = http::Request::get(uri)
-                .header(http::header::USER_AGENT, "tern-edge-probe")
+            let mut req =
+                http::Request::get(uri).header(http::header::USER_AGENT, "tern-edge-probe");
+            if let Some(host) = host {
+                req = req.header(http::header::HOST, host.as_str());
+            }
+            for (name, value) in headers {
+                req = req.header(name.as_str(), value.as_str());
+            }
+            let req = req
                 .body(Empty::new())
                 .map_err(|e| format!("bad probe request: {e}"))?;
             let resp = client

@@ -544,7 +544,8 @@ fn validate_record(
     let mut targets = Vec::new();
     for (i, t) in raw.target.iter().enumerate() {
         let tkey = format!("{key}.target[{i}]");
-        if let Some(target) = validate_target(c, &tkey, t.get_ref(), ipv6, regions, services) {
+        if let Some(target) = validate_target(c, &tkey, t.get_ref(), &name, ipv6, regions, services)
+        {
             targets.push(target);
         }
     }
@@ -580,6 +581,7 @@ fn validate_target(
     c: &mut Checker<'_>,
     key: &str,
     t: &RawTarget,
+    name: &str,
     ipv6: bool,
     regions: &BTreeSet<String>,
     services: &[Service],
@@ -679,8 +681,13 @@ fn validate_target(
                 rise: h.rise.clone(),
                 expect_status: h.expect_status.clone(),
                 body_contains: h.body_contains.clone(),
+                host: h.host.clone(),
+                headers: h.headers.clone(),
             };
-            let health = validate_health(c, &hkey, Some(&as_backend));
+            let mut health = validate_health(c, &hkey, Some(&as_backend));
+            if !name.starts_with('*') {
+                health.probe.default_host(name.trim_end_matches('.'));
+            }
             TargetCheck::Probe { port, health }
         }
         (None, None) => TargetCheck::None,

@@ -192,14 +192,35 @@ impl std::fmt::Display for BackendUrl {
     }
 }
 
+/// What a health probe sends and expects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeKind {
+    /// `GET path` answered with a status in `expect_status` (and a body
+    /// holding `body_contains`, when set).
     Http {
         path: String,
         expect_status: StatusRange,
         body_contains: Option<String>,
+        /// The `Host` the probe sends. `None` sends the target's
+        /// `ip:port`; a backend's check defaults to its service's first
+        /// host name and a DNS target's to the record's name, so that a
+        /// backend serving only its own names is not judged down (HAProxy
+        /// needs `http-check send hdr Host` for the same).
+        host: Option<String>,
+        /// Extra request headers (names lower-case, one value each).
+        headers: Vec<(String, String)>,
     },
+    /// A TCP connect.
     Tcp,
+}
+
+impl ProbeKind {
+    /// Gives an HTTP probe without a configured `Host` this one.
+    pub fn default_host(&mut self, host: &str) {
+        if let ProbeKind::Http { host: h @ None, .. } = self {
+            *h = Some(host.to_string());
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -790,7 +811,10 @@ fn validate_service(
     let mut seen = BTreeSet::new();
     for (i, b) in s.backend.iter().enumerate() {
         let bkey = format!("{key}.backend[{i}]");
-        if let Some(backend) = validate_backend(c, &bkey, b.get_ref(), regions) {
+        if let Some(mut backend) = validate_backend(c, &bkey, b.get_ref(), regions) {
+            if let Some(first) = hosts.first().filter(|h| !h.contains('*')) {
+                backend.health.probe.default_host(first);
+            }
             if !seen.insert((backend.region.clone(), backend.url.to_string())) {
                 c.err(
                     b.get_ref().url.span(),
@@ -916,6 +940,8 @@ fn validate_health(c: &mut Checker<'_>, key: &str, h: Option<&RawHealth>) -> Hea
         rise: None,
         expect_status: None,
         body_contains: None,
+        host: None,
+        headers: None,
     };
     let h = h.unwrap_or(&empty);
     let interval = c.duration(
@@ -984,10 +1010,49 @@ fn validate_health(c: &mut Checker<'_>, key: &str, h: Option<&RawHealth>) -> Hea
                     }
                 }),
             };
+            let host = h.host.as_ref().and_then(|v| {
+                let t = v.get_ref().trim();
+                if is_probe_host(t) {
+                    Some(t.to_ascii_lowercase())
+                } else {
+                    c.err(
+                        v.span(),
+                        format!("{key}.host"),
+                        format!(
+                            "expected a host name or host:port such as \"api.example.com\", found \"{}\"",
+                            v.get_ref()
+                        ),
+                    );
+                    None
+                }
+            });
+            let mut headers = Vec::new();
+            for (name, value) in h.headers.iter().flat_map(|m| m.get_ref().iter()) {
+                let lower = name.to_ascii_lowercase();
+                if !is_header_name(&lower) || lower == "host" || lower == "content-length" {
+                    c.err(
+                        value.span(),
+                        format!("{key}.headers"),
+                        format!(
+                            "expected a header name other than host (use host = ...) and content-length, found \"{name}\""
+                        ),
+                    );
+                } else if !is_header_value(value.get_ref()) {
+                    c.err(
+                        value.span(),
+                        format!("{key}.headers.{name}"),
+                        "expected a header value of visible characters, spaces and tabs",
+                    );
+                } else {
+                    headers.push((lower, value.get_ref().clone()));
+                }
+            }
             ProbeKind::Http {
                 path,
                 expect_status,
                 body_contains: h.body_contains.as_ref().map(|b| b.get_ref().clone()),
+                host,
+                headers,
             }
         }
         "tcp" => {
@@ -995,6 +1060,7 @@ fn validate_health(c: &mut Checker<'_>, key: &str, h: Option<&RawHealth>) -> Hea
                 ("path", &h.path),
                 ("expect_status", &h.expect_status),
                 ("body_contains", &h.body_contains),
+                ("host", &h.host),
             ] {
                 if let Some(v) = v {
                     c.err(
@@ -1023,6 +1089,32 @@ fn validate_health(c: &mut Checker<'_>, key: &str, h: Option<&RawHealth>) -> Hea
         fall,
         rise,
     }
+}
+
+/// A probe's `Host`: a DNS name or IP literal, with an optional port.
+fn is_probe_host(t: &str) -> bool {
+    let (name, port) = match t.rsplit_once(':') {
+        Some((n, p)) if !n.contains(':') || n.ends_with(']') => (n, Some(p)),
+        _ => (t, None),
+    };
+    let name_ok = !name.is_empty()
+        && (name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            || (name.starts_with('[') && name.ends_with(']')));
+    name_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+/// A header name: an RFC 9110 section 5.6.2 token.
+fn is_header_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A header value: visible characters, spaces and tabs (RFC 9110 section 5.5).
+fn is_header_value(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 fn parse_status_range(text: &str) -> Result<StatusRange, String> {

@@ -105,6 +105,8 @@ pub struct RawHealth {
     pub rise: Option<S<i64>>,
     pub expect_status: Option<S<String>>,
     pub body_contains: Option<S<String>>,
+    pub host: Option<S<String>>,
+    pub headers: Option<S<BTreeMap<String, S<String>>>>,
 }
 
 // ---- [controller], [verdict], [agent], [database.NAME] ----
@@ -269,4 +271,6 @@ pub struct RawTargetHealth {
     pub rise: Option<S<i64>>,
     pub expect_status: Option<S<String>>,
     pub body_contains: Option<S<String>>,
+    pub host: Option<S<String>>,
+    pub headers: Option<S<BTreeMap<String, S<String>>>>,
 }

@@ -70,7 +70,7 @@ pub enum TargetHealth {
     /// Follows a service backend's active health checks.
     Backend { service: usize, backend: usize },
     /// A probe of its own, run by `dns::probe`.
-    Probe(ProbeHealth),
+    Probe(Box<ProbeHealth>),
 }
 
 pub struct ProbeHealth {
@@ -729,7 +729,7 @@ fn compile_policy(
                             })
                     })
                     .unwrap_or(TargetHealth::Always),
-                TargetCheck::Probe { port, health } => TargetHealth::Probe(ProbeHealth {
+                TargetCheck::Probe { port, health } => TargetHealth::Probe(Box::new(ProbeHealth {
                     port: *port,
                     check: health.clone(),
                     tracker: Mutex::new(HealthTracker::new(
@@ -739,7 +739,7 @@ fn compile_policy(
                         now,
                     )),
                     up: AtomicBool::new(true),
-                }),
+                })),
             };
             TargetState {
                 address: t.address,
