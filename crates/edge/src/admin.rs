@@ -1,6 +1,7 @@
 //! The admin listener: `/status` (JSON), `/metrics` (Prometheus text) and
-//! `/ready` (200 while serving, 503 otherwise, so a balancer in front stops
-//! sending before the edge drains).
+//! `/ready` (200 while serving, 503 otherwise: from the start of a shutdown,
+//! `edge.unready_delay` before the listeners close, so a balancer in front
+//! stops sending before connections are refused).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -28,18 +29,28 @@ pub async fn serve(
             _ = stop.cancelled() => return,
             a = listener.accept() => match a {
                 Ok(a) => a,
-                Err(_) => continue,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning on it.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
             },
         };
         let state = state.clone();
         let phase = phase.clone();
         let stop = stop.clone();
+        let header_read_timeout = state.settings.client_timeout;
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let resp = answer(&state, *phase.borrow(), &req);
                 async move { Ok::<_, Infallible>(resp) }
             });
+            // A client that never finishes its request head is closed after
+            // the edge's client timeout, as on the traffic listeners.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = stop.cancelled() => {}

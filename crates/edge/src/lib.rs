@@ -47,7 +47,12 @@ const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Starting,
+    /// Accepting and ready.
     Serving,
+    /// Shutting down: `/ready` answers 503 while the listeners still accept
+    /// for `edge.unready_delay`, so that a balancer in front leaves first.
+    Unready,
+    /// The listeners are closed; requests in flight finish.
     Draining,
     Stopped,
 }
@@ -57,6 +62,7 @@ impl Phase {
         match self {
             Phase::Starting => "starting",
             Phase::Serving => "serving",
+            Phase::Unready => "unready",
             Phase::Draining => "draining",
             Phase::Stopped => "stopped",
         }
@@ -216,6 +222,9 @@ impl Edge {
             tasks.spawn("admin api", admin::serve(admin, state, phase, stop));
         }
 
+        // Workers stop accepting on their own token, cancelled only after
+        // the edge has been seen not ready for `unready_delay`.
+        let close_listeners = CancellationToken::new();
         let mut closed = Vec::new();
         let mut drained = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
@@ -224,7 +233,7 @@ impl Edge {
             let worker = Worker {
                 state: state.clone(),
                 listener,
-                shutdown: shutdown.clone(),
+                shutdown: close_listeners.clone(),
                 closed: closed_tx,
                 drained: drained_tx,
             };
@@ -242,6 +251,12 @@ impl Edge {
         tracing::info!(listen = %local_addr, workers = closed.len(), region = %state.region, "edge serving");
 
         shutdown.cancelled().await;
+        // Not ready first, listeners still open: a balancer in front that
+        // polls /ready moves traffic away before connections are refused.
+        phase.send_replace(Phase::Unready);
+        tracing::info!(delay = ?settings.unready_delay, "edge unready; listeners close after the delay");
+        tokio::time::sleep(settings.unready_delay).await;
+        close_listeners.cancel();
         // Draining is announced only once no worker accepts any more.
         for rx in closed {
             let _ = rx.await;

@@ -504,8 +504,11 @@ async fn bad_input_gets_clear_errors_and_the_edge_keeps_serving() {
 async fn graceful_shutdown_finishes_requests_in_flight() {
     let a = Backend::start("a", Mode::Slow(Duration::from_millis(500))).await;
     let b = Backend::start("b", Mode::Ok).await;
-    let mut edge =
-        RunningEdge::start(&edge_toml("try_timeout = \"2s\"", &failover(&a, &b, ""))).await;
+    let mut edge = RunningEdge::start(&edge_toml(
+        "try_timeout = \"2s\"\nunready_delay = \"300ms\"",
+        &failover(&a, &b, ""),
+    ))
+    .await;
     let url = edge.url("/slow");
     let in_flight = tokio::spawn(async move { get(&url).await });
     // Wait until the request reached the backend, then shut down.
@@ -513,6 +516,16 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     edge.stop.cancel();
+    // /ready said 503 while the listeners still accepted: a balancer in
+    // front sees not-ready before connections are refused (it stayed 200
+    // until they were closed).
+    edge.phase.wait_for(|p| *p == Phase::Unready).await.unwrap();
+    assert_eq!(
+        get(&format!("http://{}/ready", edge.admin)).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let still = tokio::net::TcpStream::connect(edge.addr).await;
+    assert!(still.is_ok(), "an unready edge closed its listeners early");
     edge.phase
         .wait_for(|p| *p == Phase::Draining)
         .await
@@ -557,6 +570,36 @@ async fn admin_reports_status_metrics_and_readiness() {
     assert_eq!(
         get(&format!("http://{}/nope", edge.admin)).await.0,
         StatusCode::NOT_FOUND
+    );
+}
+
+/// The admin listener had no header-read timeout: a client that never
+/// finished its request head held a connection for ever.
+#[tokio::test]
+async fn a_slow_admin_client_is_closed_after_the_client_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a", Mode::Ok).await;
+    let b = Backend::start("b", Mode::Ok).await;
+    let edge = RunningEdge::start(&edge_toml(
+        "client_timeout = \"300ms\"",
+        &failover(&a, &b, ""),
+    ))
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(edge.admin).await.unwrap();
+    conn.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the admin listener kept a half-sent request open"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
     );
 }
 

@@ -77,6 +77,11 @@ pub struct EdgeSettings {
     pub max_headers: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// On shutdown, how long `/ready` answers 503 while the listeners still
+    /// accept, so that a load balancer in front stops sending before they
+    /// close (default 2 s; Kubernetes' preStop sleep and Envoy's drain time
+    /// do the same). 0 closes them at once.
+    pub unready_delay: Duration,
     /// Threads serving client traffic; `None` means one per CPU.
     pub workers: Option<u32>,
     /// A client connection that sends no complete request head for this long
@@ -685,6 +690,11 @@ fn validate_edge(
         "edge.shutdown_grace",
         Duration::from_secs(5),
     );
+    let unready_delay = c.duration(
+        &e.unready_delay,
+        "edge.unready_delay",
+        Duration::from_secs(2),
+    );
     let workers = e
         .workers
         .as_ref()
@@ -714,6 +724,7 @@ fn validate_edge(
         max_header,
         max_headers,
         shutdown_grace,
+        unready_delay,
     })
 }
 

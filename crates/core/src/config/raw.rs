@@ -57,6 +57,7 @@ pub struct RawEdge {
     pub max_header: Option<S<String>>,
     pub max_headers: Option<S<i64>>,
     pub shutdown_grace: Option<S<String>>,
+    pub unready_delay: Option<S<String>>,
     pub workers: Option<S<i64>>,
     pub client_timeout: Option<S<String>>,
     pub routing_state: Option<S<String>>,
