@@ -197,6 +197,26 @@ fn every_bad_fixture_reports_its_expected_first_error() {
     );
 }
 
+/// `loop-a CNAME loop-b`, `loop-b CNAME loop-a` and `self CNAME self`
+/// passed the check, and a query got the same CNAME eight times: each loop
+/// is refused once, naming its records; a chain into a loop is not a loop
+/// of its own.
+#[test]
+fn cname_loops_are_refused_naming_their_records() {
+    let path = fixtures("bad").join("dns_cname_loop.toml");
+    let (_, result) = load(&path);
+    let errors = result.expect_err("a zone with CNAME loops loaded");
+    let loops: Vec<&str> = errors
+        .0
+        .iter()
+        .filter(|e| e.message.starts_with("CNAME loop"))
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(loops.len(), 2, "{loops:#?}");
+    assert!(loops[1].contains("self.example.com -> self.example.com"), "{loops:#?}");
+    assert!(!loops.iter().any(|m| m.contains("into-the-loop")), "{loops:#?}");
+}
+
 #[test]
 fn every_good_fixture_loads() {
     let files = toml_files("good");

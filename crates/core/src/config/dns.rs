@@ -9,7 +9,7 @@
 //! (`health = { port = 8080, ... }` against the target's address); a target
 //! with neither is always considered healthy.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -229,12 +229,77 @@ pub(super) fn validate_dns(
             zones.push(zone);
         }
     }
+    check_cname_loops(c, d, &zones);
     Some(DnsConfig {
         listen: listen?,
         workers,
         networks,
         zones,
     })
+}
+
+/// Refuses CNAME chains that come back to a name they passed, within or
+/// across the server's zones (`self CNAME self` included): a resolver
+/// would chase them until its own limit (RFC 1034 section 3.6.2 asks that
+/// loops not be made). The error names every record of the loop.
+fn check_cname_loops(c: &mut Checker<'_>, d: &S<RawDns>, zones: &[Zone]) {
+    let mut cname: BTreeMap<&str, &str> = BTreeMap::new();
+    for z in zones {
+        for r in &z.records {
+            if let RecordData::Static(values) = &r.data {
+                if let Some(StaticValue::Cname(target)) = values.first() {
+                    cname.insert(r.name.as_str(), target.as_str());
+                }
+            }
+        }
+    }
+    // Where each CNAME was written, for the error's line and key.
+    let written = |name: &str| -> Option<(std::ops::Range<usize>, String)> {
+        for (zi, z) in d.get_ref().zone.iter().enumerate() {
+            let zone_name = parse_name(z.get_ref().name.get_ref()).ok()?;
+            for (ri, r) in z.get_ref().record.iter().enumerate() {
+                let r = r.get_ref();
+                if r.kind.get_ref().eq_ignore_ascii_case("CNAME")
+                    && owner_name(r.name.get_ref(), &zone_name).is_ok_and(|n| n == name)
+                {
+                    return Some((r.name.span(), format!("dns.zone[{zi}].record[{ri}].name")));
+                }
+            }
+        }
+        None
+    };
+    let mut reported: BTreeSet<&str> = BTreeSet::new();
+    for &start in cname.keys() {
+        let mut path = vec![start];
+        let mut at = start;
+        while let Some(&next) = cname.get(at) {
+            if let Some(i) = path.iter().position(|&p| p == next) {
+                let ring = &path[i..];
+                if ring.iter().any(|n| reported.contains(n)) {
+                    break;
+                }
+                reported.extend(ring.iter().copied());
+                // Reported at the ring's first name in order, once.
+                let first = *ring.iter().min().expect("a ring has a name");
+                let mut names: Vec<&str> = ring.to_vec();
+                let k = names.iter().position(|&n| n == first).expect("in the ring");
+                names.rotate_left(k);
+                names.push(first);
+                let (span, key) = written(first).unwrap_or((d.span(), "dns.zone".to_string()));
+                c.err(
+                    span,
+                    key,
+                    format!(
+                        "CNAME loop: {}; a chain of CNAMEs must end at a name with other records",
+                        names.join(" -> ")
+                    ),
+                );
+                break;
+            }
+            path.push(next);
+            at = next;
+        }
+    }
 }
 
 fn check_region(c: &mut Checker<'_>, region: &S<String>, key: &str, regions: &BTreeSet<String>) {

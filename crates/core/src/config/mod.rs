@@ -690,11 +690,14 @@ fn validate_edge(
         "edge.shutdown_grace",
         Duration::from_secs(5),
     );
-    let unready_delay = c.duration(
-        &e.unready_delay,
-        "edge.unready_delay",
-        Duration::from_secs(2),
-    );
+    // Zero is allowed here: close the listeners at once.
+    let unready_delay = match &e.unready_delay {
+        None => Duration::from_secs(2),
+        Some(v) => crate::units::parse_duration(v.get_ref()).unwrap_or_else(|msg| {
+            c.err(v.span(), "edge.unready_delay", msg);
+            Duration::from_secs(2)
+        }),
+    };
     let workers = e
         .workers
         .as_ref()

@@ -402,7 +402,14 @@ impl Authority {
         let mut location_dependent = false;
         let mut rcode = ResponseCode::NoError;
         let mut zone = zi;
+        // Names this chain has passed: a loop (refused by the configuration
+        // check, guarded here too) ends the chain instead of repeating records.
+        let mut passed: Vec<LowerName> = Vec::new();
         for _ in 0..MAX_CNAME_CHAIN {
+            if passed.contains(&qname) {
+                break;
+            }
+            passed.push(qname.clone());
             let Some(entry) = self.names.get(&qname) else {
                 rcode = ResponseCode::NXDomain;
                 break;
