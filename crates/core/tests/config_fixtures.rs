@@ -213,8 +213,14 @@ fn cname_loops_are_refused_naming_their_records() {
         .map(|e| e.message.as_str())
         .collect();
     assert_eq!(loops.len(), 2, "{loops:#?}");
-    assert!(loops[1].contains("self.example.com -> self.example.com"), "{loops:#?}");
-    assert!(!loops.iter().any(|m| m.contains("into-the-loop")), "{loops:#?}");
+    assert!(
+        loops[1].contains("self.example.com -> self.example.com"),
+        "{loops:#?}"
+    );
+    assert!(
+        !loops.iter().any(|m| m.contains("into-the-loop")),
+        "{loops:#?}"
+    );
 }
 
 #[test]
