@@ -7,10 +7,12 @@
 //! health checks; [`admin`] serves `/status`, `/metrics` and `/ready`.
 //! [`state::EdgeState`] is the shared view all three read and update.
 //! With a `[dns]` table the edge also answers DNS for its zones ([`dns`]),
-//! from the same health state.
-//! Shutdown follows one contract: a cancellation token stops accepting, the
-//! edge reports `Draining`, in-flight requests get the configured grace time,
-//! then everything is joined.
+//! from the same health state. With `[edge.tls]` it also serves HTTPS
+//! ([`tls`]: certificates by SNI, reloaded without a restart) on a second
+//! listener, and backends may be `https://`.
+//! Shutdown follows one contract: a cancellation token makes the edge
+//! unready, then stops accepting, the edge reports `Draining`, in-flight
+//! requests get the configured grace time, then everything is joined.
 
 pub mod admin;
 pub mod dns;
@@ -20,6 +22,7 @@ pub mod probe;
 pub mod proxy;
 pub mod service;
 pub mod state;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -78,6 +81,10 @@ pub enum EdgeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A certificate, key or CA file cannot be used (a configuration
+    /// error: `tern edge` exits 78).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 pub struct Edge {
@@ -88,6 +95,10 @@ pub struct Edge {
     /// SO_REUSEPORT so that the kernel spreads connections across workers.
     listeners: Vec<std::net::TcpListener>,
     local_addr: SocketAddr,
+    /// The HTTPS listeners (one per worker, like `listeners`) and what
+    /// accepts their handshakes.
+    tls: Option<(Vec<std::net::TcpListener>, tokio_rustls::TlsAcceptor)>,
+    tls_addr: Option<SocketAddr>,
     admin: Option<TcpListener>,
     dns: Option<dns::DnsServer>,
     phase: watch::Sender<Phase>,
@@ -111,6 +122,34 @@ impl Edge {
         for _ in 1..workers {
             listeners.push(reuseport_listener(local_addr).map_err(bind_err)?);
         }
+        let certificates = match &settings.tls {
+            Some(t) => Some(Arc::new(
+                tls::Certificates::new(t.clone()).map_err(|e| EdgeError::Tls(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let (tls, tls_addr) = match (&settings.tls, &certificates) {
+            (Some(t), Some(certs)) => {
+                let tls_err = |source| EdgeError::Bind {
+                    addr: t.listen,
+                    source,
+                };
+                let first = reuseport_listener(t.listen).map_err(tls_err)?;
+                let addr = first.local_addr().map_err(tls_err)?;
+                certs.set_bound(addr);
+                let mut all = vec![first];
+                for _ in 1..workers {
+                    all.push(reuseport_listener(addr).map_err(tls_err)?);
+                }
+                let config =
+                    tls::server_config(certs.clone()).map_err(|e| EdgeError::Tls(e.to_string()))?;
+                (
+                    Some((all, tokio_rustls::TlsAcceptor::from(config))),
+                    Some(addr),
+                )
+            }
+            _ => (None, None),
+        };
         let admin = match settings.admin {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -134,7 +173,16 @@ impl Edge {
             None => None,
         };
         let (phase, _) = watch::channel(Phase::Starting);
-        let state = Arc::new(EdgeState::new(config, settings));
+        let mut state = EdgeState::new(config, settings);
+        state.tls = certificates;
+        // Every https:// backend's CA and client certificate, checked once.
+        proxy::Upstreams::new(
+            &state,
+            state.settings.try_timeout,
+            state.settings.max_headers,
+        )
+        .map_err(EdgeError::Tls)?;
+        let state = Arc::new(state);
         // The last committed table first, so that a restart without
         // controllers serves as before (static stability).
         if let Some(path) = &state.settings.routing_state {
@@ -151,10 +199,17 @@ impl Edge {
             controllers,
             listeners,
             local_addr,
+            tls,
+            tls_addr,
             admin,
             dns,
             phase,
         })
+    }
+
+    /// The HTTPS listener's address, with `[edge.tls]`.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -193,6 +248,8 @@ impl Edge {
             controllers,
             listeners,
             local_addr,
+            tls,
+            tls_addr: _,
             admin,
             dns,
             phase,
@@ -215,6 +272,12 @@ impl Edge {
                 follow::follow(state.clone(), client, path, background.clone()),
             );
         }
+        if let Some(certs) = state.tls.clone() {
+            tasks.spawn(
+                "certificate reload",
+                tls::reload_loop(certs, background.clone()),
+            );
+        }
         if let Some(admin) = admin {
             let state = state.clone();
             let phase = phase.subscribe();
@@ -227,12 +290,21 @@ impl Edge {
         let close_listeners = CancellationToken::new();
         let mut closed = Vec::new();
         let mut drained = Vec::new();
+        let (mut tls_listeners, acceptor) = match tls {
+            Some((l, a)) => (l.into_iter().map(Some).collect(), Some(a)),
+            None => (Vec::new(), None),
+        };
         for (i, listener) in listeners.into_iter().enumerate() {
+            let tls = tls_listeners
+                .get_mut(i)
+                .and_then(Option::take)
+                .zip(acceptor.clone());
             let (closed_tx, closed_rx) = oneshot::channel();
             let (drained_tx, drained_rx) = oneshot::channel();
             let worker = Worker {
                 state: state.clone(),
                 listener,
+                tls,
                 shutdown: close_listeners.clone(),
                 closed: closed_tx,
                 drained: drained_tx,
@@ -288,6 +360,8 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 struct Worker {
     state: Arc<EdgeState>,
     listener: std::net::TcpListener,
+    /// This worker's HTTPS listener and the handshake it runs.
+    tls: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     shutdown: CancellationToken,
     /// Signalled once the listener is closed.
     closed: oneshot::Sender<()>,
@@ -314,6 +388,7 @@ impl Worker {
         let Worker {
             state,
             listener,
+            tls,
             shutdown,
             closed,
             drained,
@@ -326,7 +401,25 @@ impl Worker {
                 return;
             }
         };
-        let client = proxy::upstream_client(settings.try_timeout, settings.max_headers);
+        let (tls_listener, acceptor) = match tls {
+            Some((l, a)) => match TcpListener::from_std(l) {
+                Ok(l) => (Some(l), Some(a)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot register the HTTPS listener");
+                    return;
+                }
+            },
+            None => (None, None),
+        };
+        // Checked at bind; an error here is a file changed since.
+        let client = match proxy::Upstreams::new(&state, settings.try_timeout, settings.max_headers)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the clients toward backends");
+                return;
+            }
+        };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper refuses buffer limits under 8 KiB.
         builder
@@ -342,9 +435,15 @@ impl Worker {
         let graceful = GracefulShutdown::new();
 
         loop {
-            let accepted = tokio::select! {
+            let (accepted, secure) = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                a = listener.accept() => a,
+                a = listener.accept() => (a, false),
+                a = async {
+                    match &tls_listener {
+                        Some(l) => l.accept().await,
+                        None => std::future::pending().await,
+                    }
+                } => (a, true),
             };
             let (stream, remote) = match accepted {
                 Ok(a) => a,
@@ -358,26 +457,60 @@ impl Worker {
             let _ = stream.set_nodelay(true);
             let state = state.clone();
             let client = client.clone();
+            let conn_facts = proxy::ClientConn { remote, secure };
             let svc = service_fn(move |req| {
                 let state = state.clone();
                 let client = client.clone();
                 // Boxed so that an idle connection holds a pointer, not the
                 // whole request future, between requests.
                 Box::pin(async move {
-                    Ok::<_, Infallible>(proxy::handle(state, client, req, remote).await)
+                    Ok::<_, Infallible>(proxy::handle(state, client, req, conn_facts).await)
                 })
             });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), svc)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "client connection ended with an error");
+            match (&acceptor, secure) {
+                (Some(acceptor), true) => {
+                    // The handshake runs in the connection's task, bounded
+                    // like a request head, so a slow client holds no worker.
+                    let acceptor = acceptor.clone();
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    let handshake_timeout = settings.client_timeout;
+                    tokio::spawn(async move {
+                        let tls =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%remote, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                        if let Err(e) = watcher.watch(conn.into_owned()).await {
+                            tracing::debug!(error = %e, "client connection ended with an error");
+                        }
+                    });
                 }
-            });
+                _ => {
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "client connection ended with an error");
+                        }
+                    });
+                }
+            }
         }
         drop(listener);
+        drop(tls_listener);
         let _ = closed.send(());
         if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
             .await

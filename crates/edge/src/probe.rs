@@ -40,7 +40,14 @@ async fn probe_loop(state: Arc<EdgeState>, si: usize, bi: usize, client: ProbeCl
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let outcome = probe(&client, &backend.config.url, &check.probe, check.timeout).await;
+        let outcome = probe(
+            &client,
+            &backend.config.url,
+            backend.config.tls.as_ref(),
+            &check.probe,
+            check.timeout,
+        )
+        .await;
         let (ok, detail, elapsed) = (outcome.ok, outcome.detail, outcome.elapsed);
         if ok {
             let mut rtt = backend.rtt.lock().expect("rtt lock");

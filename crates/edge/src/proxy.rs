@@ -16,9 +16,9 @@ use http_body::{Body as _, Frame};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, BodyStream, Full, LengthLimitError, Limited, StreamBody};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tern_core::config::tls::BackendTls;
 use tern_core::retry::{may_retry, AttemptOutcome};
 use tern_core::routing::RoutePlan;
 
@@ -26,21 +26,62 @@ use crate::state::{EdgeState, ServiceState};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+pub type UpstreamClient = Client<tern_probe::Connector, ProxyBody>;
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// The client toward backends: connections kept 60 s idle; `max_headers`
-/// header lines at most in a response head.
-pub fn upstream_client(connect_timeout: Duration, max_headers: usize) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(512)
-        .http1_max_headers(max_headers)
-        .build(connector)
+/// One worker's clients toward backends: one for plain HTTP and one per
+/// distinct TLS setting of `https://` backends. Cheap to clone.
+#[derive(Clone)]
+pub struct Upstreams {
+    plain: UpstreamClient,
+    tls: Arc<std::collections::HashMap<BackendTls, UpstreamClient>>,
+}
+
+impl Upstreams {
+    /// Clients for every backend of `state`: connections kept 60 s idle;
+    /// `max_headers` header lines at most in a response head. `Err` names
+    /// a TLS file that could not be used (checked once at bind).
+    pub fn new(
+        state: &EdgeState,
+        connect_timeout: Duration,
+        max_headers: usize,
+    ) -> Result<Upstreams, String> {
+        let client = |tls: Option<&BackendTls>| -> Result<UpstreamClient, String> {
+            let connector = tern_probe::connector(tls, Some(connect_timeout))?;
+            Ok(Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(512)
+                .http1_max_headers(max_headers)
+                .build(connector))
+        };
+        let mut tls = std::collections::HashMap::new();
+        for s in &state.services {
+            for b in &s.backends {
+                if let Some(t) = &b.config.tls {
+                    if !tls.contains_key(t) {
+                        tls.insert(t.clone(), client(Some(t))?);
+                    }
+                }
+            }
+        }
+        Ok(Upstreams {
+            plain: client(None)?,
+            tls: Arc::new(tls),
+        })
+    }
+
+    fn for_backend(&self, tls: Option<&BackendTls>) -> &UpstreamClient {
+        tls.and_then(|t| self.tls.get(t)).unwrap_or(&self.plain)
+    }
+}
+
+/// Facts about the client's connection the request path needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientConn {
+    pub remote: SocketAddr,
+    /// The request came over the HTTPS listener.
+    pub secure: bool,
 }
 
 pub fn full(body: impl Into<Bytes>) -> ProxyBody {
@@ -197,19 +238,19 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
 /// Handles one client request. Never fails: errors become responses.
 pub async fn handle(
     state: Arc<EdgeState>,
-    client: UpstreamClient,
+    client: Upstreams,
     req: Request<Incoming>,
-    remote: SocketAddr,
+    conn: ClientConn,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    route_and_forward(&state, &client, req, remote, started).await
+    route_and_forward(&state, &client, req, conn, started).await
 }
 
 async fn route_and_forward(
     state: &EdgeState,
-    client: &UpstreamClient,
+    client: &Upstreams,
     req: Request<Incoming>,
-    remote: SocketAddr,
+    conn: ClientConn,
     started: Instant,
 ) -> Response<ProxyBody> {
     let host = request_host(&req);
@@ -221,17 +262,45 @@ async fn route_and_forward(
         state.metrics.unrouted_request(404);
         return error_response(StatusCode::NOT_FOUND, "no service for this host and path");
     };
-    let resp = forward(state, client, service, req, remote, started).await;
+    if service.config.https_redirect && !conn.secure {
+        if let Some(resp) = https_redirect(state, host.as_deref(), &req) {
+            service.requests.count(resp.status().as_u16());
+            return resp;
+        }
+    }
+    let resp = forward(state, client, service, req, conn, started).await;
     service.requests.count(resp.status().as_u16());
     resp
 }
 
+/// `308 Permanent Redirect` to the same target on the HTTPS listener (308
+/// keeps the method and body, RFC 9110 section 15.4.9); `None` when the
+/// request names no host to redirect to.
+fn https_redirect(
+    state: &EdgeState,
+    host: Option<&str>,
+    req: &Request<Incoming>,
+) -> Option<Response<ProxyBody>> {
+    let tls = state.tls.as_ref()?;
+    let host = host?;
+    let port = match tls.listen_addr().port() {
+        443 => String::new(),
+        p => format!(":{p}"),
+    };
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = HeaderValue::from_str(&format!("https://{host}{port}{target}")).ok()?;
+    let mut resp = Response::new(full("redirecting to HTTPS\n"));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(header::LOCATION, location);
+    Some(resp)
+}
+
 async fn forward(
     state: &EdgeState,
-    client: &UpstreamClient,
+    upstreams: &Upstreams,
     service: &ServiceState,
     req: Request<Incoming>,
-    remote: SocketAddr,
+    conn: ClientConn,
     started: Instant,
 ) -> Response<ProxyBody> {
     let settings = &state.settings;
@@ -306,7 +375,7 @@ async fn forward(
 
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
-    add_forwarding_headers(&mut headers, &parts, remote);
+    add_forwarding_headers(&mut headers, &parts, conn);
 
     let mut last_failure: Option<(AttemptOutcome, String)> = None;
     for (attempt, &bi) in order.iter().enumerate() {
@@ -346,8 +415,10 @@ async fn forward(
             },
         };
         let url = &backend.config.url;
+        let client = upstreams.for_backend(backend.config.tls.as_ref());
         let uri: Uri = match format!(
-            "http://{}{}{}",
+            "{}://{}{}{}",
+            if url.tls { "https" } else { "http" },
             url.authority(),
             url.base_path,
             parts.uri.path_and_query().map_or("/", |p| p.as_str())
@@ -460,11 +531,8 @@ fn body_limit_response(e: &hyper_util::client::legacy::Error) -> Option<Response
     None
 }
 
-fn add_forwarding_headers(
-    headers: &mut HeaderMap,
-    parts: &http::request::Parts,
-    remote: SocketAddr,
-) {
+fn add_forwarding_headers(headers: &mut HeaderMap, parts: &http::request::Parts, conn: ClientConn) {
+    let remote = conn.remote;
     // Every X-Forwarded-For line the client sent, in order, then the
     // client's address: a list split over several lines is one list
     // (RFC 9110 section 5.3), and `insert` after `get` kept only the first.
@@ -480,7 +548,12 @@ fn add_forwarding_headers(
     if let Ok(v) = HeaderValue::from_bytes(&xff) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    // What the client spoke to the edge; a backend builds absolute URLs and
+    // Secure cookies from it (the edge's own TLS ends here).
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if conn.secure { "https" } else { "http" }),
+    );
     append_via(headers, parts.version);
     // The request was routed by the target's authority when it has one
     // (absolute form, or HTTP/2's :authority), so the backend must see that

@@ -7,7 +7,7 @@
 //! never across an `.await`.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -46,6 +46,8 @@ pub struct EdgeState {
     pub metrics: Metrics,
     /// The zones, when the configuration has a `[dns]` table.
     pub dns: Option<Authority>,
+    /// The HTTPS listener's certificates, when `[edge.tls]` is set.
+    pub tls: Option<Arc<crate::tls::Certificates>>,
 }
 
 impl EdgeState {
@@ -104,6 +106,7 @@ impl EdgeState {
             clock,
             metrics,
             dns,
+            tls: None,
         };
         for s in &state.services {
             state.refresh_serving(s);
@@ -349,6 +352,7 @@ impl EdgeState {
             uptime_ms: now.as_millis() as u64,
             services,
             dns: self.dns.as_ref().map(|d| d.status(&self.services)),
+            tls: self.tls.as_ref().map(|t| t.status()),
         }
     }
 }
@@ -374,6 +378,9 @@ pub struct StatusSnapshot {
     /// Policy records and what they answer now; absent without a `[dns]` table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<Vec<DnsRecordStatus>>,
+    /// The HTTPS listener's certificates; absent without `[edge.tls]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsStatus>,
 }
 
 #[derive(Debug, Serialize)]

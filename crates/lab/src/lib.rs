@@ -19,6 +19,7 @@
 //! rows and the controllers' leases to the write oracle ([`db_report`]).
 
 pub mod args;
+pub mod certs;
 pub mod clock;
 pub mod control;
 pub mod db_report;

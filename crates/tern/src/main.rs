@@ -96,6 +96,14 @@ fn main() -> ExitCode {
     match command {
         Command::CheckConfig { file } => match load(&file) {
             Ok(cfg) => {
+                // The certificates are read too: an expired or mismatched
+                // one is a configuration error before anything starts.
+                if let Some(t) = cfg.edge.as_ref().and_then(|e| e.tls.as_ref()) {
+                    if let Err(e) = tern_edge::tls::load(t) {
+                        eprintln!("{}: TLS: {e}", file.display());
+                        return ExitCode::from(EX_CONFIG);
+                    }
+                }
                 print!("{}: ok\n{}", file.display(), cfg.summary());
                 ExitCode::SUCCESS
             }
@@ -217,18 +225,25 @@ async fn run_edge(cfg: Config) -> ExitCode {
             eprintln!("tern edge: the configuration has no [edge] table");
             return ExitCode::from(EX_CONFIG);
         }
+        Err(e @ tern_edge::EdgeError::Tls(_)) => {
+            eprintln!("tern edge: {e}; nothing was started");
+            return ExitCode::from(EX_CONFIG);
+        }
         Err(e) => {
             eprintln!("tern edge: {e}");
             return ExitCode::FAILURE;
         }
     };
     // The ready line: the lab and scripts read the bound addresses from it
-    // ("listening on ADDR admin ADDR[ dns ADDR]").
+    // ("listening on ADDR admin ADDR[ dns ADDR][ https ADDR]").
     let dns = edge
         .dns_addr()
         .map_or(String::new(), |a| format!(" dns {a}"));
+    let https = edge
+        .tls_addr()
+        .map_or(String::new(), |a| format!(" https {a}"));
     println!(
-        "listening on {} admin {}{dns}",
+        "listening on {} admin {}{dns}{https}",
         edge.local_addr(),
         edge.admin_addr()
             .map_or("none".to_string(), |a| a.to_string())

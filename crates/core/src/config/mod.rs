@@ -10,6 +10,7 @@ mod control;
 pub mod dns;
 mod error;
 mod raw;
+pub mod tls;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -82,6 +83,8 @@ pub struct EdgeSettings {
     /// close (default 2 s; Kubernetes' preStop sleep and Envoy's drain time
     /// do the same). 0 closes them at once.
     pub unready_delay: Duration,
+    /// The HTTPS listener and its certificates (`[edge.tls]`).
+    pub tls: Option<tls::EdgeTls>,
     /// Threads serving client traffic; `None` means one per CPU.
     pub workers: Option<u32>,
     /// A client connection that sends no complete request head for this long
@@ -143,6 +146,11 @@ pub struct Service {
     /// Whether the service counts for its regions' verdicts (`critical`,
     /// default true; see `[verdict] region_down`).
     pub critical: bool,
+    /// The certificate served for this service's hosts over HTTPS.
+    pub tls: Option<tls::CertFiles>,
+    /// Plain-HTTP requests get `308 Permanent Redirect` to the same URL on
+    /// the edge's HTTPS listener (`https_redirect`, default false).
+    pub https_redirect: bool,
     pub backends: Vec<Backend>,
 }
 
@@ -174,11 +182,16 @@ pub struct Backend {
     pub url: BackendUrl,
     pub weight: u32,
     pub health: HealthCheck,
+    /// TLS settings of an `https://` backend (trust, client certificate,
+    /// server name); `None` for plain HTTP.
+    pub tls: Option<tls::BackendTls>,
 }
 
-/// An `http://host[:port][/base]` backend address.
+/// An `http://` or `https://host[:port][/base]` backend address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendUrl {
+    /// `https://`: traffic and probes go over TLS.
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     /// Path prefix prepended to proxied paths; empty or starting with `/`, no trailing `/`.
@@ -193,7 +206,12 @@ impl BackendUrl {
 
 impl std::fmt::Display for BackendUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}:{}{}", self.host, self.port, self.base_path)
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(
+            f,
+            "{scheme}://{}:{}{}",
+            self.host, self.port, self.base_path
+        )
     }
 }
 
@@ -562,6 +580,45 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors>
             services.push(s);
         }
     }
+    // The HTTPS listener serves the services' certificates too.
+    let mut edge = edge;
+    if let (Some(settings), Some(raw_tls)) = (
+        edge.as_mut(),
+        raw.edge.as_ref().and_then(|e| e.get_ref().tls.as_ref()),
+    ) {
+        let service_certs = services
+            .iter()
+            .filter_map(|s| {
+                s.tls.as_ref().map(|files| tls::NamedCertificate {
+                    hosts: s.hosts.clone(),
+                    files: files.clone(),
+                })
+            })
+            .collect();
+        settings.tls = tls::validate_edge_tls(&mut c, raw_tls, service_certs);
+    }
+    let has_tls = edge.as_ref().is_some_and(|e| e.tls.is_some());
+    for (name, svc) in &raw.service {
+        let r = svc.get_ref();
+        for (v, what) in [
+            (
+                r.https_redirect
+                    .as_ref()
+                    .filter(|v| *v.get_ref())
+                    .map(|v| v.span()),
+                "https_redirect",
+            ),
+            (r.tls.as_ref().map(|t| t.span()), "tls"),
+        ] {
+            if let (Some(span), Some(_), false) = (v, &edge, has_tls) {
+                c.err(
+                    span,
+                    format!("service.{}.{what}", name.get_ref()),
+                    "the edge has no HTTPS listener; add an [edge.tls] table with listen = ...",
+                );
+            }
+        }
+    }
     if raw.edge.is_some() && raw.service.is_empty() && raw.dns.is_none() {
         c.err(
             raw.edge.as_ref().map_or(0..0, |e| e.span()),
@@ -728,6 +785,8 @@ fn validate_edge(
         max_headers,
         shutdown_grace,
         unready_delay,
+        // Read after the services, whose certificates it serves.
+        tls: None,
     })
 }
 
@@ -793,6 +852,16 @@ fn validate_service(
         }
         hosts.push(host);
     }
+    let service_tls = s.tls.as_ref().and_then(|t| {
+        if s.hosts.is_empty() {
+            c.err(
+                t.span(),
+                format!("{key}.tls"),
+                "a service's certificate is served for its hosts; this service lists none (hosts = [...])",
+            );
+        }
+        tls::cert_pair(c, &format!("{key}.tls"), t)
+    });
     let path_prefix = match &s.path_prefix {
         None => "/".to_string(),
         Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
@@ -858,6 +927,8 @@ fn validate_service(
         when_all_unhealthy,
         outlier,
         critical: s.critical.as_ref().is_none_or(|c| *c.get_ref()),
+        tls: service_tls,
+        https_redirect: s.https_redirect.as_ref().is_some_and(|v| *v.get_ref()),
         backends,
     })
 }
@@ -931,6 +1002,23 @@ fn validate_backend(
         }
     };
     let weight = c.count(&b.weight, &format!("{key}.weight"), 0..1001, 1);
+    let tls = match (&b.tls, url.as_ref().map(|u| u.tls)) {
+        (Some(t), Some(false)) => {
+            c.err(
+                t.span(),
+                format!("{key}.tls"),
+                "only https:// backends take a tls table; this backend's url is http://",
+            );
+            None
+        }
+        (Some(t), _) => Some(tls::validate_backend_tls(c, &format!("{key}.tls"), t)),
+        (None, Some(true)) => Some(tls::BackendTls {
+            ca: None,
+            client: None,
+            server_name: None,
+        }),
+        (None, _) => None,
+    };
     let health = validate_health(
         c,
         &format!("{key}.health"),
@@ -941,6 +1029,7 @@ fn validate_backend(
         url: url?,
         weight,
         health,
+        tls,
     })
 }
 
@@ -1151,12 +1240,12 @@ pub fn parse_backend_url(text: &str) -> Result<BackendUrl, String> {
     let bad = |why: &str| {
         format!("expected a URL such as \"http://127.0.1.10:8080\", found \"{text}\" ({why})")
     };
-    let rest = if let Some(rest) = text.strip_prefix("http://") {
-        rest
-    } else if text.starts_with("https://") {
-        return Err(bad("https backends are not supported yet; use http"));
+    let (tls, rest) = if let Some(rest) = text.strip_prefix("http://") {
+        (false, rest)
+    } else if let Some(rest) = text.strip_prefix("https://") {
+        (true, rest)
     } else {
-        return Err(bad("the scheme must be http://"));
+        return Err(bad("the scheme must be http:// or https://"));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -1185,6 +1274,7 @@ pub fn parse_backend_url(text: &str) -> Result<BackendUrl, String> {
         return Err(bad("missing or invalid host"));
     }
     let port = match port {
+        None if tls => 443,
         None => 80,
         Some(p) => p
             .parse::<u16>()
@@ -1193,6 +1283,7 @@ pub fn parse_backend_url(text: &str) -> Result<BackendUrl, String> {
             .ok_or_else(|| bad("invalid port"))?,
     };
     Ok(BackendUrl {
+        tls,
         host,
         port,
         base_path: path.trim_end_matches('/').to_string(),
@@ -1280,6 +1371,7 @@ health = { kind = "tcp", interval = "2s" }
         assert_eq!(
             parse_backend_url("http://a.example:81/x/").unwrap(),
             BackendUrl {
+                tls: false,
                 host: "a.example".into(),
                 port: 81,
                 base_path: "/x".into()
@@ -1287,9 +1379,12 @@ health = { kind = "tcp", interval = "2s" }
         );
         assert_eq!(parse_backend_url("http://[::1]:9").unwrap().host, "[::1]");
         assert_eq!(parse_backend_url("http://h").unwrap().port, 80);
+        let https = parse_backend_url("https://h").unwrap();
+        assert_eq!((https.tls, https.port), (true, 443));
+        assert_eq!(https.to_string(), "https://h:443");
         for bad in [
             "ftp://h",
-            "https://h",
+            "https://",
             "http://",
             "http://h:0",
             "http://h:99999",

@@ -58,6 +58,7 @@ pub struct RawEdge {
     pub max_headers: Option<S<i64>>,
     pub shutdown_grace: Option<S<String>>,
     pub unready_delay: Option<S<String>>,
+    pub tls: Option<S<RawEdgeTls>>,
     pub workers: Option<S<i64>>,
     pub client_timeout: Option<S<String>>,
     pub routing_state: Option<S<String>>,
@@ -73,8 +74,45 @@ pub struct RawService {
     pub when_all_unhealthy: Option<S<String>>,
     pub outlier: Option<S<RawOutlier>>,
     pub critical: Option<S<bool>>,
+    pub tls: Option<S<RawCertPair>>,
+    pub https_redirect: Option<S<bool>>,
     #[serde(default)]
     pub backend: Vec<S<RawBackend>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEdgeTls {
+    pub listen: S<String>,
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+    #[serde(default)]
+    pub certificate: Vec<S<RawNamedCert>>,
+    pub reload_check: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNamedCert {
+    pub hosts: Vec<S<String>>,
+    pub cert: S<String>,
+    pub key: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    pub cert: S<String>,
+    pub key: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackendTls {
+    pub ca: Option<S<String>>,
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+    pub server_name: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +131,7 @@ pub struct RawBackend {
     pub url: S<String>,
     pub weight: Option<S<i64>>,
     pub health: Option<S<RawHealth>>,
+    pub tls: Option<S<RawBackendTls>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

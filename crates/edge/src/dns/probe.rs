@@ -52,6 +52,7 @@ async fn probe_loop(state: Arc<EdgeState>, pi: usize, ti: usize, client: ProbeCl
         std::net::IpAddr::V6(a) => format!("[{a}]"),
     };
     let url = BackendUrl {
+        tls: false,
         host,
         port: probe.port,
         base_path: String::new(),
@@ -63,7 +64,7 @@ async fn probe_loop(state: Arc<EdgeState>, pi: usize, ti: usize, client: ProbeCl
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let outcome = run_probe(&client, &url, &check.probe, check.timeout).await;
+        let outcome = run_probe(&client, &url, None, &check.probe, check.timeout).await;
         let (ok, detail) = (outcome.ok, outcome.detail);
         let now = state.clock.now();
         let transition = probe.tracker.lock().expect("health lock").observe(ok, now);
