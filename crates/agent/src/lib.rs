@@ -135,7 +135,14 @@ impl Agent {
                 let region = (region.clone(), service.clone());
                 let backend = b.clone();
                 checks.push(tokio::spawn(async move {
-                    let p = probe(&client, &backend.url, &backend.health.probe, timeout).await;
+                    let p = probe(
+                        &client,
+                        &backend.url,
+                        backend.tls.as_ref(),
+                        &backend.health.probe,
+                        timeout,
+                    )
+                    .await;
                     let outcome = if p.ok {
                         Ok(p.elapsed)
                     } else {
