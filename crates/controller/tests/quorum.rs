@@ -261,7 +261,14 @@ async fn a_restarted_controller_keeps_its_state() {
         .write(&set_weights(3, 1))
         .await
         .expect("weights committed");
-    assert!(matches!(answer.applied, Applied::Routing(_)));
+    // Nothing: the first node's answer was lost after the commit (a loaded
+    // host) and the next node applied the same weights again, as the CLI's
+    // one call through every node would; the weights are checked below.
+    assert!(
+        matches!(answer.applied, Applied::Routing(_) | Applied::Nothing),
+        "{:?}",
+        answer.applied
+    );
     report(&g, 1, "west", false, 5).await;
     g.wait_for(1, Duration::from_secs(3), "west down", |s| {
         s.verdicts["west"] == "down"
