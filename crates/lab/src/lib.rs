@@ -27,6 +27,7 @@ pub mod dbrun;
 pub mod dns_client;
 pub mod dns_report;
 pub mod html;
+pub mod https;
 pub mod load;
 pub mod postgres;
 pub mod process;

@@ -76,6 +76,9 @@ pub struct Targets {
     /// when the load started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nothing_failed_before_the_fault: Option<bool>,
+    /// Every edge answered over HTTPS (TLS trusting the lab's CA, h2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_at_every_edge: Option<bool>,
 }
 
 impl Targets {
@@ -93,6 +96,7 @@ impl Targets {
                 self.no_duplicate_keys,
                 self.writes_back_within_10s,
                 self.nothing_failed_before_the_fault,
+                self.https_at_every_edge,
             ]
             .iter()
             .all(|t| t.unwrap_or(true))
@@ -136,6 +140,7 @@ impl Targets {
                 "nothing failed before the fault",
                 self.nothing_failed_before_the_fault,
             ),
+            ("every edge answered over HTTPS", self.https_at_every_edge),
         ];
         out.extend(
             optional
@@ -227,6 +232,9 @@ pub struct Report {
     pub writes: Option<crate::db_report::WriteReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseFacts>,
+    /// Each edge over HTTPS, checked before the load started.
+    #[serde(default)]
+    pub https: Vec<crate::https::HttpsCheck>,
 }
 
 /// The database at the end of a run, as the controllers say.
@@ -404,6 +412,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         no_duplicate_keys: None,
         writes_back_within_10s: None,
         nothing_failed_before_the_fault: moments.fault_ms.map(|_| failed_before_fault.is_empty()),
+        https_at_every_edge: None,
     };
     Report {
         scenario: scenario.to_string(),
@@ -440,6 +449,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         dns_path: None,
         writes: None,
         database: None,
+        https: Vec::new(),
     }
 }
 
@@ -783,6 +793,7 @@ mod tests {
             no_duplicate_keys: Some(true),
             writes_back_within_10s: Some(true),
             nothing_failed_before_the_fault: Some(true),
+            https_at_every_edge: Some(true),
         };
         assert!(t.all_met());
         let n = t.list().len();
@@ -800,7 +811,8 @@ mod tests {
                 8 => broken.no_split_brain_writes = Some(false),
                 9 => broken.no_duplicate_keys = Some(false),
                 10 => broken.writes_back_within_10s = Some(false),
-                _ => broken.nothing_failed_before_the_fault = Some(false),
+                11 => broken.nothing_failed_before_the_fault = Some(false),
+                _ => broken.https_at_every_edge = Some(false),
             }
             assert!(
                 !broken.all_met(),

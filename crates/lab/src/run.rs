@@ -94,6 +94,24 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
         d = Deployment::start(&binary, dir.path(), default_regions(), delay, tuning, db) => d?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted while starting"),
     };
+    // Every edge over HTTPS, as a client that trusts only the lab's CA.
+    let mut https = Vec::new();
+    for rt in &deployment.serving {
+        let c = crate::https::check(&rt.spec.name, rt.https_addr, &deployment.ca_file).await;
+        println!(
+            "https: {} {} at {} ({}), trusting {}",
+            c.region,
+            c.url,
+            c.addr,
+            if c.ok {
+                c.detail.clone()
+            } else {
+                format!("FAILED: {}", c.detail)
+            },
+            deployment.ca_file.display()
+        );
+        https.push(c);
+    }
     let mut interrupted = false;
     let result = tokio::select! {
         r = drive(&mut deployment, &scenario, &args) => r,
@@ -121,7 +139,9 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
         let kept = dir.keep();
         println!("lab directory kept: {}", kept.display());
     }
-    let report = result?;
+    let mut report = result?;
+    report.targets.https_at_every_edge = Some(!https.is_empty() && https.iter().all(|c| c.ok));
+    report.https = https;
     print!("\n{}", report.table());
     if let Some(path) = &args.report_json {
         let json = serde_json::to_string_pretty(&report)?;

@@ -220,6 +220,10 @@ pub struct RegionRuntime {
     pub admin_addr: SocketAddr,
     /// The edge's DNS server (UDP and TCP).
     pub dns_addr: SocketAddr,
+    /// The edge's HTTPS listener, serving [`crate::https::HOST`].
+    pub https_addr: SocketAddr,
+    /// The edge's certificate, signed by the lab's CA.
+    cert: tern_core::config::tls::CertFiles,
     service: Option<Proc>,
     edge: Option<Proc>,
     agent: Option<Proc>,
@@ -248,6 +252,9 @@ pub struct Deployment {
     dir: PathBuf,
     tuning: EdgeTuning,
     pub db: Option<DbRuntime>,
+    /// The lab's certificate authority (PEM): what an HTTPS client of the
+    /// edges trusts.
+    pub ca_file: PathBuf,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -289,6 +296,11 @@ impl Deployment {
             services.push((proc, addr));
         }
 
+        // The lab's own certificate authority, and a certificate per edge
+        // for the service's name, the region's edge name and its address.
+        let ca = crate::certs::Ca::new("tern lab CA")?;
+        let ca_file = dir.join("ca.pem");
+        ca.write(&ca_file)?;
         let mut serving = Vec::new();
         for (j, r) in serving_specs.iter().enumerate() {
             let mut backend_paths = Vec::new();
@@ -309,12 +321,22 @@ impl Deployment {
                 };
                 backend_paths.push((other.name.clone(), addr));
             }
+            let edge_name = format!("{}.edge.lab", r.name);
+            let edge_ip = r.ip(1).to_string();
+            let cert = ca.issue(
+                &[crate::https::HOST, &edge_name, "localhost", &edge_ip],
+                crate::certs::Validity::Current,
+                dir,
+                &format!("edge-{}-cert", r.name),
+            )?;
             serving.push(RegionRuntime {
                 spec: r.clone(),
                 service_addr: services[j].1,
                 edge_addr: SocketAddr::new(r.ip(1), 0),
                 admin_addr: SocketAddr::new(r.ip(1), 0),
                 dns_addr: SocketAddr::new(r.ip(1), 0),
+                https_addr: SocketAddr::new(r.ip(1), 0),
+                cert,
                 service: None,
                 edge: None,
                 agent: None,
@@ -391,6 +413,7 @@ impl Deployment {
             dir: dir.to_path_buf(),
             tuning,
             db,
+            ca_file,
         };
         for k in 0..deployment.controllers.len() {
             deployment.start_controller(k).await?;
@@ -629,6 +652,12 @@ impl Deployment {
             .cloned()
             .collect();
         out.push_str(&edge_dns_config(rt.dns_addr, &serving, t.dns_ttl));
+        out.push_str(&format!(
+            "\n[edge.tls]\nlisten = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            rt.https_addr,
+            rt.cert.cert.display(),
+            rt.cert.key.display()
+        ));
         out
     }
 
@@ -645,7 +674,7 @@ impl Deployment {
         let name = format!("edge-{}", rt.spec.name);
         let (proc, words) =
             Proc::start(&name, &self.binary, &args, &self.dir, READY_TIMEOUT).await?;
-        // "listening on ADDR admin ADDR dns ADDR"
+        // "listening on ADDR admin ADDR dns ADDR https ADDR"
         rt.edge_addr = words
             .first()
             .and_then(|w| w.parse().ok())
@@ -660,6 +689,13 @@ impl Deployment {
                 .parse()
                 .map_err(|_| anyhow!("{name} printed a bad DNS address"))?,
             _ => return Err(anyhow!("{name} printed no DNS address")),
+        };
+        // "... https ADDR": kept too.
+        rt.https_addr = match (words.get(5).map(String::as_str), words.get(6)) {
+            (Some("https"), Some(w)) => w
+                .parse()
+                .map_err(|_| anyhow!("{name} printed a bad HTTPS address"))?,
+            _ => return Err(anyhow!("{name} printed no HTTPS address")),
         };
         rt.edge = Some(proc);
         Ok(())
