@@ -34,7 +34,7 @@ pub enum AttemptOutcome {
     /// A response head with this status.
     Status(u16),
     /// The backend answered, but with a head the edge cannot parse (more
-    /// headers than `edge.max_headers`, a malformed line): the backend is
+    /// headers than `edge.max_response_headers`, a malformed line): the backend is
     /// alive, so this neither counts against it nor is retried (the
     /// request may have taken effect).
     Unparsable,

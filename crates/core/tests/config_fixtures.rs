@@ -263,7 +263,8 @@ fn full_fixture_resolves_every_key() {
     assert_eq!(edge.retry_body_limit, 32 * 1024);
     assert_eq!(edge.max_body, Some(10 * 1024 * 1024));
     assert_eq!(edge.max_header, 32 * 1024);
-    assert_eq!(edge.max_headers, 150);
+    assert_eq!(edge.max_request_headers, 120);
+    assert_eq!(edge.max_response_headers, 150);
     assert_eq!(edge.shutdown_grace, Duration::from_secs(3));
     assert_eq!(edge.unready_delay, Duration::from_millis(750));
     assert_eq!(edge.workers, Some(3));

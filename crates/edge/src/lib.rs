@@ -179,7 +179,7 @@ impl Edge {
         proxy::Upstreams::new(
             &state,
             state.settings.try_timeout,
-            state.settings.max_headers,
+            state.settings.max_response_headers,
         )
         .map_err(EdgeError::Tls)?;
         let state = Arc::new(state);
@@ -412,8 +412,11 @@ impl Worker {
             None => (None, None),
         };
         // Checked at bind; an error here is a file changed since.
-        let client = match proxy::Upstreams::new(&state, settings.try_timeout, settings.max_headers)
-        {
+        let client = match proxy::Upstreams::new(
+            &state,
+            settings.try_timeout,
+            settings.max_response_headers,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the clients toward backends");
@@ -427,8 +430,12 @@ impl Worker {
             .keep_alive(true)
             .timer(TokioTimer::new())
             .header_read_timeout(settings.client_timeout)
-            .max_headers(settings.max_headers)
             .max_buf_size((settings.max_header as usize).max(8192));
+        // hyper parses up to 100 header lines on the stack; a limit set at
+        // all (even 100) moves that to the heap for every request.
+        if settings.max_request_headers != 100 {
+            builder.http1().max_headers(settings.max_request_headers);
+        }
         builder
             .http2()
             .max_header_list_size(settings.max_header.min(u64::from(u32::MAX)) as u32);

@@ -265,7 +265,11 @@ async fn a_response_with_many_headers_is_served_and_never_ejects_its_backend() {
     assert_eq!(body, "a");
     assert!(headers.contains_key("x-h-120"));
 
-    let edge = RunningEdge::start(&edge_toml("max_headers = 50", &failover(&a, &b, outlier))).await;
+    let edge = RunningEdge::start(&edge_toml(
+        "max_response_headers = 50",
+        &failover(&a, &b, outlier),
+    ))
+    .await;
     for _ in 0..4 {
         let (status, body) = get(&edge.url("/")).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
@@ -416,6 +420,29 @@ async fn a_backend_that_serves_only_its_own_name_passes_its_health_check() {
         s["services"][0]["backends"][0]["probe_failures"], 0,
         "{s:#}"
     );
+}
+
+/// A request head of 150 header lines gets 431 under the default limit
+/// (100) and is served when `max_request_headers` allows it.
+#[tokio::test]
+async fn request_header_lines_are_limited_by_max_request_headers() {
+    let a = Backend::start("a", Mode::Ok).await;
+    let b = Backend::start("b", Mode::Ok).await;
+    let mut head = String::from("GET / HTTP/1.1\r\nHost: any\r\nConnection: close\r\n");
+    for i in 0..150 {
+        head.push_str(&format!("x-h-{i}: v\r\n"));
+    }
+    head.push_str("\r\n");
+    let edge = RunningEdge::start(&edge_toml("", &failover(&a, &b, ""))).await;
+    let resp = raw(edge.addr, head.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    let edge = RunningEdge::start(&edge_toml(
+        "max_request_headers = 200",
+        &failover(&a, &b, ""),
+    ))
+    .await;
+    let resp = raw(edge.addr, head.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 }
 
 #[tokio::test]

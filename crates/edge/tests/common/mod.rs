@@ -103,7 +103,9 @@ impl Backend {
                         );
                         async move { answer(req, &name, &m, &h, &hits, &bytes, &headers).await }
                     });
+                    // Generous, so that the edge's own limits are what a test meets.
                     let conn = hyper::server::conn::http1::Builder::new()
+                        .max_headers(1000)
                         .serve_connection(TokioIo::new(stream), svc);
                     tokio::select! {
                         _ = stop.cancelled() => {}
