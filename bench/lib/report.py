@@ -194,11 +194,12 @@ def main():
              "process(es) during the round divided by the requests wrk completed.\n")
 
     if previous is not None:
-        change = ("not worse" if r_rps is None or r_rps >= previous[0] * (1 - TIE)
-                  else "worse")
+        change = (f"not worse: within the {TIE:.0%} tie band or better"
+                  if r_rps is None or r_rps >= previous[0] * (1 - TIE)
+                  else f"worse by more than the {TIE:.0%} tie band")
         L.append(f"Plain-HTTP throughput ratio in the results file this run replaced (tern at "
                  f"commit `{previous[1]}`): {previous[0]:.2f}x; this run: {fmt(r_rps)}x "
-                 f"({change}, within a {TIE:.0%} band). Runs on a shared machine vary.\n")
+                 f"({change}). The two runs are different days on a shared machine.\n")
 
     if tls_rounds["tern"] or tls_rounds["haproxy"]:
         L.append("## HTTPS (median over rounds)\n")
