@@ -30,15 +30,10 @@ fn report(region: &str, role: &str, lsn: u64) -> ReplicationReport {
     }
 }
 
-/// Marks east down: every vantage point reports failures for a while.
+/// Marks east down: every vantage point reports failures until the verdict
+/// is committed.
 async fn east_goes_down(g: &Group) {
-    let client = g.client(g.leader().await);
-    for _ in 0..8 {
-        for vantage in ["east", "west", "witness"] {
-            let _ = client.observe(&batch(vantage, "east", false)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    region_is(g, "east", false).await;
 }
 
 /// Commits `command` the way the CLI does: once a leader is known, one
@@ -77,8 +72,30 @@ async fn promotion_refused_over_the_budget() {
         .report_replication(&report("west", "standby", 4_464))
         .await;
     east_goes_down(&g).await;
-    // Long enough for several automatic attempts.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_state(&g, "the refusal is audited", |s| {
+        s.audit()
+            .iter()
+            .any(|a| a.kind == "failover-refused" && a.summary.contains(CLUSTER))
+    })
+    .await;
+    // The leader tries again once a second for each cluster whose writer is
+    // down, here orders and ledger (both written in east). Each try is a log
+    // entry (committed, then refused by the state machine), and once east is
+    // down nothing else is written to this group: four more applied entries
+    // are two more tries of orders at the gate.
+    let tried = g.status(g.leader().await).last_applied.unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let applied = g.status(g.leader().await).last_applied.unwrap_or(0);
+        if applied >= tried + 4 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no automatic attempt after the refusal: {applied} entries applied, {tried} when it was audited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let state = g.node(g.leader().await).state();
     let c = &state.clusters()[CLUSTER];
     assert!(
@@ -281,10 +298,22 @@ fn report_of(
     }
 }
 
-/// Every vantage point reports `region` up or down, for a while.
+/// Every vantage point reports `region` up or down, one round per verdict
+/// interval (as agents probe), until a leader with a quorum has committed
+/// that verdict.
 async fn region_is(g: &Group, region: &str, ok: bool) {
-    for _ in 0..8 {
-        let client = g.client(g.leader().await);
+    let want = if ok { "up" } else { "down" };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let leader = g.leader().await;
+        if g.status(leader).verdicts.get(region).map(String::as_str) == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{region} was never declared {want}"
+        );
+        let client = g.client(leader);
         for vantage in ["east", "west", "witness"] {
             let _ = client.observe(&batch(vantage, region, ok)).await;
         }

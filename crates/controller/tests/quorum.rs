@@ -21,7 +21,9 @@ fn set_weights(east: u32, west: u32) -> Command {
 }
 
 /// Sends `rounds` probe rounds in which both vantage points see `region`
-/// as `ok`, one round per verdict interval.
+/// as `ok`, one round per verdict interval. A fixed number on purpose: to a
+/// minority node this is the window in which it must decide nothing; after
+/// it, callers that expect a verdict wait for it.
 async fn report(g: &Group, node: usize, region: &str, ok: bool, rounds: usize) {
     let client = g.client(node);
     for _ in 0..rounds {
@@ -42,6 +44,7 @@ async fn the_minority_decides_nothing_seed(seed: u64) {
     let mut rng = Rng::new(seed);
     let mut g = Group::start(seed, Timings::default()).await;
     g.leader().await;
+    // Fault timing: the partition comes at a random moment.
     tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
     let k = rng.below(3) as usize;
     g.isolate(k, true);
@@ -244,6 +247,8 @@ async fn a_lease_is_never_granted_before_the_previous_expired_plus_margin_seed(s
                 }
             }
         }
+        // Fault timing: requests at random intervals, so that grants,
+        // renewals and the restart meet at varied moments.
         tokio::time::sleep(Duration::from_millis(20 + rng.below(120))).await;
     }
     assert!(!epochs.is_empty(), "seed {seed}: no lease was ever granted");
@@ -348,6 +353,8 @@ async fn no_flap_under_alternating_health_seed(seed: u64) {
                 accepted += 1;
             }
         }
+        // One round per verdict interval: the flapping is the fault, and
+        // that no verdict moves over these 30 rounds is what is asserted.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(

@@ -100,8 +100,14 @@ async fn one_failed_probe_changes_nothing_and_rise_successes_bring_a_target_back
         &[("127.0.0.1", "a", &a), ("127.0.0.2", "b", &b)],
     );
     let edge = DnsEdge::start(&dns_toml("", &zone)).await;
-    // Let the first probes land.
-    tokio::time::sleep(Duration::from_millis(2 * INTERVAL_MS)).await;
+    // Both targets' probes run at their interval (each has answered two)
+    // before the window below, which counts on that cadence.
+    eventually(
+        "the first probes answered",
+        Duration::from_secs(5),
+        || async { a.answered() >= 2 && b.answered() >= 2 },
+    )
+    .await;
     assert_eq!(answer(&edge, "api.example.com").await.1, ["127.0.0.1"]);
 
     // Unhealthy for 1.25 intervals: one probe (at most two) fails, fewer

@@ -151,6 +151,8 @@ async fn static_stability_with_all_controllers_down() {
         for c in &controllers {
             c.shutdown().await;
         }
+        // Looked at after a random while: the table must hold at any moment
+        // after the controllers are gone, not only at once.
         tokio::time::sleep(Duration::from_millis(rng.u64(0..400))).await;
         assert!(
             served_by(&edge, 5).await.iter().all(|x| x == "b"),

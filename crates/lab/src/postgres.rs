@@ -44,6 +44,9 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `initdb` and `pg_basebackup` get.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How many ports a new server tries: PostgreSQL cannot be handed a bound socket, so the free
+/// port chosen for it may be taken by another process before the server binds it.
+pub const PORT_ATTEMPTS: u32 = 5;
 /// The database user and database every lab connection uses.
 pub const USER: &str = "postgres";
 
@@ -180,8 +183,10 @@ pub struct PgServer {
     /// The data directory. Its socket directory and log file sit beside it
     /// (`<data>.sock`, `<data>.log`), outside what base backups and `pg_rewind` copy.
     pub data: PathBuf,
-    /// Where the server listens; read by [`PgServer::start`], so a change takes effect at the
-    /// next start.
+    /// Where the server listens. A new server's port (0 for any) is settled by its first
+    /// [`PgServer::start`], which moves to another free port should the chosen one be taken
+    /// before the server binds it: read this after the first start. From then on the address
+    /// stays, since others have been given it.
     pub listen: SocketAddr,
     /// The directory of the PostgreSQL binaries.
     pub bin: PathBuf,
@@ -191,6 +196,8 @@ pub struct PgServer {
     /// it (the lab, or later the region's agent, which fences the node by
     /// stopping it and starts it again).
     node: tern_pg::LocalNode,
+    /// The server has run: its address is settled.
+    started: bool,
 }
 
 impl PgServer {
@@ -302,6 +309,10 @@ impl PgServer {
     /// connections (within [`START_TIMEOUT`]). The server dies with the lab, or more exactly
     /// with the thread that started it (`PR_SET_PDEATHSIG`): call this from a runtime worker,
     /// not from a short-lived blocking thread.
+    ///
+    /// The first start settles the port (see [`PgServer::listen`]): a free one when it is 0,
+    /// and another free one, up to [`PORT_ATTEMPTS`] in all, each time the server exits
+    /// because another process took its port first. A later start keeps the address.
     pub async fn start(&mut self) -> Result<()> {
         if self.is_running() {
             bail!("{}: already running", self.name);
@@ -310,10 +321,64 @@ impl PgServer {
         std::fs::create_dir_all(&sockets)
             .with_context(|| format!("create {}", sockets.display()))?;
         self.chown(&sockets)?;
-        self.node
-            .start(START_TIMEOUT)
-            .await
-            .with_context(|| format!("{}: start postgres", self.name))
+        if self.started {
+            let from = self.log_len();
+            return match self.node.start(START_TIMEOUT).await {
+                Ok(()) => Ok(()),
+                Err(e) if self.port_taken_since(from) => Err(e).with_context(|| {
+                    format!(
+                        "{}: start postgres: its address {} was taken while it was down (it \
+                         keeps it: others have been given it)",
+                        self.name, self.listen
+                    )
+                }),
+                Err(e) => Err(e).with_context(|| format!("{}: start postgres", self.name)),
+            };
+        }
+        let mut attempt = 1;
+        loop {
+            if self.listen.port() == 0 {
+                self.listen.set_port(free_port(self.listen.ip())?);
+                self.node = local_node(&self.data, &self.bin, self.run_as, self.server_args());
+            }
+            let from = self.log_len();
+            let Err(e) = self.node.start(START_TIMEOUT).await else {
+                self.started = true;
+                return Ok(());
+            };
+            if !self.port_taken_since(from) {
+                return Err(e).with_context(|| format!("{}: start postgres", self.name));
+            }
+            if attempt == PORT_ATTEMPTS {
+                return Err(e).with_context(|| {
+                    format!(
+                        "{}: start postgres: each of {PORT_ATTEMPTS} free ports tried on {} was \
+                         taken before the server could bind it",
+                        self.name,
+                        self.listen.ip()
+                    )
+                });
+            }
+            tracing::info!(
+                node = %self.name,
+                taken = %self.listen,
+                "the port was taken before postgres could bind it; trying another"
+            );
+            self.listen.set_port(0);
+            attempt += 1;
+        }
+    }
+
+    /// The length of the server's log now, to read what a start adds to it.
+    fn log_len(&self) -> u64 {
+        std::fs::metadata(self.log_path()).map_or(0, |m| m.len())
+    }
+
+    /// Whether the server's log says, after byte `from`, that its port was taken.
+    fn port_taken_since(&self, from: u64) -> bool {
+        let log = std::fs::read(self.log_path()).unwrap_or_default();
+        let added = log.get(from as usize..).unwrap_or_default();
+        String::from_utf8_lossy(added).contains("Address already in use")
     }
 
     /// Crashes the server as a dead host would: SIGKILL to the postmaster and to every one of
@@ -456,13 +521,12 @@ impl PgServer {
             );
         }
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
-        let node = tern_pg::LocalNode::new(
+        let node = local_node(
             &data,
             bin,
+            run_as,
             server_args(name, listen, &data.with_extension("sock")),
-        )
-        .with_run_as(run_as)
-        .stop_with_parent(true);
+        );
         let server = PgServer {
             name: name.to_string(),
             data,
@@ -470,6 +534,7 @@ impl PgServer {
             bin: bin.to_path_buf(),
             run_as,
             node,
+            started: false,
         };
         server.chown(&server.data)?;
         if let Some((uid, gid)) = run_as {
@@ -538,6 +603,25 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         self.node.crash_now();
     }
+}
+
+/// The server of the data directory `data`, run with `args` after `postgres -D <data>`.
+fn local_node(
+    data: &Path,
+    bin: &Path,
+    run_as: Option<(u32, u32)>,
+    args: Vec<String>,
+) -> tern_pg::LocalNode {
+    tern_pg::LocalNode::new(data, bin, args)
+        .with_run_as(run_as)
+        .stop_with_parent(true)
+}
+
+/// A port on `ip` that was free a moment ago.
+fn free_port(ip: std::net::IpAddr) -> Result<u16> {
+    let l = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+        .with_context(|| format!("find a free port on {ip}"))?;
+    Ok(l.local_addr()?.port())
 }
 
 /// The arguments after `postgres -D <data>` that give a lab node its identity.

@@ -82,7 +82,8 @@ impl DbRuntime {
     }
 }
 
-/// An address on `ip` that was free a moment ago.
+/// An address on `ip` that was free a moment ago, for a process that binds it later (a
+/// writer proxy: see [`start_database`]).
 fn reserve(ip: IpAddr) -> Result<SocketAddr> {
     let l = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
         .with_context(|| format!("reserve an address on {ip}"))?;
@@ -889,8 +890,23 @@ impl Deployment {
 }
 
 /// Starts the database: the primary in the first serving region, the
-/// schema, WAN links between every pair of regions' nodes, and a standby in
-/// every other serving region made by a base backup across the WAN.
+/// schema, and a standby in every other serving region made by a base backup
+/// across the WAN.
+///
+/// Each server runs before anything is given its address. PostgreSQL cannot
+/// be handed a bound socket, so a server's port is settled by its first
+/// start, which moves to another port should the one chosen be taken
+/// meanwhile ([`PgServer::start`]); only then are the WAN links toward it
+/// made, and the configuration files, written later, name it too.
+///
+/// A writer proxy's port is reserved here and bound by the region's agent
+/// when it starts, after the sample service was given it; a port taken in
+/// between fails the agent's start. The agent binds port 0 and reports the
+/// address in its ready line, but the service starts first (the agent's
+/// file needs the WAN links to it) and takes the proxy's address on its
+/// command line; closing the gap would take a listener the lab binds and
+/// hands to the agent (an inherited descriptor), or a service that learns
+/// the address later.
 async fn start_database(
     settings: DbSettings,
     dir: &Path,
@@ -898,66 +914,49 @@ async fn start_database(
     wan: &Wan,
     one_way_delay: Duration,
 ) -> Result<DbRuntime> {
-    let mut addrs = Vec::new();
-    for r in serving {
-        addrs.push((r.clone(), reserve(r.ip(20))?, reserve(r.ip(5))?));
-    }
+    let first = serving
+        .first()
+        .ok_or_else(|| anyhow!("the database needs a serving region"))?;
     let mut paths = BTreeMap::new();
-    for from in serving {
-        for (to, addr, _) in &addrs {
-            if from.name != to.name {
-                let link = wan
-                    .add_link(
-                        &from.name,
-                        &to.name,
-                        SocketAddr::new(from.ip(100), 0),
-                        *addr,
-                        one_way_delay,
-                    )
-                    .await
-                    .with_context(|| {
-                        format!("WAN link {} -> database in {}", from.name, to.name)
-                    })?;
-                paths.insert((from.name.clone(), to.name.clone()), link);
-            }
-        }
-    }
     let mut nodes = Vec::new();
-    let (first, first_addr, first_proxy) = addrs[0].clone();
-    let sync_standby = (settings.sync && addrs.len() > 1).then(|| addrs[1].0.name.clone());
+    let sync_standby = (settings.sync && serving.len() > 1).then(|| serving[1].name.clone());
     let mut primary = PgServer::init_primary(
         &settings.bin,
         &dir.join(format!("pg-{}", first.name)),
         &first.name,
-        first_addr,
+        SocketAddr::new(first.ip(20), 0),
         sync_standby.as_deref(),
     )
     .await?;
     primary.start().await?;
     postgres::create_schema(&primary.conninfo()).await?;
+    let addr = primary.listen;
+    link_database_node(wan, serving, first, addr, one_way_delay, &mut paths).await?;
     nodes.push(DbNodeRuntime {
         region: first.name.clone(),
         server: primary,
-        addr: first_addr,
-        proxy: first_proxy,
+        addr,
+        proxy: reserve(first.ip(5))?,
     });
-    for (r, addr, proxy) in addrs.iter().skip(1) {
+    for r in serving.iter().skip(1) {
         let source = paths[&(r.name.clone(), first.name.clone())];
         let mut standby = PgServer::standby_from(
             &settings.bin,
             &dir.join(format!("pg-{}", r.name)),
             &r.name,
-            *addr,
+            SocketAddr::new(r.ip(20), 0),
             source,
             &r.name,
         )
         .await?;
         standby.start().await?;
+        let addr = standby.listen;
+        link_database_node(wan, serving, r, addr, one_way_delay, &mut paths).await?;
         nodes.push(DbNodeRuntime {
             region: r.name.clone(),
             server: standby,
-            addr: *addr,
-            proxy: *proxy,
+            addr,
+            proxy: reserve(r.ip(5))?,
         });
     }
     if let Some(name) = &sync_standby {
@@ -971,6 +970,32 @@ async fn start_database(
         nodes,
         paths,
     })
+}
+
+/// WAN links from every other serving region to the database node of `to`,
+/// listening at `addr`; recorded in `paths` by (from, to).
+async fn link_database_node(
+    wan: &Wan,
+    serving: &[RegionSpec],
+    to: &RegionSpec,
+    addr: SocketAddr,
+    one_way_delay: Duration,
+    paths: &mut BTreeMap<(String, String), SocketAddr>,
+) -> Result<()> {
+    for from in serving.iter().filter(|from| from.name != to.name) {
+        let link = wan
+            .add_link(
+                &from.name,
+                &to.name,
+                SocketAddr::new(from.ip(100), 0),
+                addr,
+                one_way_delay,
+            )
+            .await
+            .with_context(|| format!("WAN link {} -> database in {}", from.name, to.name))?;
+        paths.insert((from.name.clone(), to.name.clone()), link);
+    }
+    Ok(())
 }
 
 async fn start_service(

@@ -60,12 +60,23 @@ fn chown(path: &Path) {
     }
 }
 
+/// A port that was free a moment ago. PostgreSQL cannot be handed a bound
+/// socket, so another process may take the port before the server binds it:
+/// [`PgNode`] then starts the new server on another one.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// How many ports a new server tries before the test gives up.
+const PORT_ATTEMPTS: u32 = 5;
+
+/// The server could not bind its port: another process took it.
+struct PortTaken {
+    log: String,
 }
 
 fn run(cmd: &mut Command, what: &str) {
@@ -118,13 +129,7 @@ impl PgNode {
               hot_standby = on\nwal_keep_size = '256MB'\n",
         )
         .unwrap();
-        let mut node = PgNode {
-            data,
-            port: free_port(),
-            child: None,
-        };
-        node.start();
-        node
+        PgNode::first_start(data)
     }
 
     /// A streaming standby of `primary` in `root/name`.
@@ -145,13 +150,34 @@ impl PgNode {
                 .args(["-R", "-X", "stream", "-c", "fast"]),
             "pg_basebackup",
         );
+        PgNode::first_start(data)
+    }
+
+    /// Starts a new node's server on a free port. Nobody knows the port
+    /// yet, so one taken meanwhile is replaced by another.
+    fn first_start(data: PathBuf) -> PgNode {
         let mut node = PgNode {
             data,
-            port: free_port(),
+            port: 0,
             child: None,
         };
-        node.start();
-        node
+        for _ in 0..PORT_ATTEMPTS {
+            node.port = free_port();
+            match node.try_start() {
+                Ok(()) => return node,
+                Err(PortTaken { log }) => {
+                    eprintln!(
+                        "postgres in {}: port {} was taken before it could bind it; trying another\n{log}",
+                        node.data.display(),
+                        node.port
+                    );
+                }
+            }
+        }
+        panic!(
+            "postgres in {}: every one of {PORT_ATTEMPTS} free ports was taken before the server could bind it",
+            node.data.display()
+        );
     }
 
     /// The arguments after `postgres -D DATA` that give this node its port
@@ -184,17 +210,39 @@ impl PgNode {
         }
     }
 
+    /// Starts the server again on its port (others, such as an agent's
+    /// configuration or a standby, may know it); panics if it does not start.
     pub fn start(&mut self) {
+        if let Err(PortTaken { log }) = self.try_start() {
+            panic!(
+                "postgres in {}: its port {} was taken while it was down:\n{log}",
+                self.data.display(),
+                self.port
+            );
+        }
+    }
+
+    /// Starts the server and waits until it accepts connections; answers
+    /// `PortTaken` when it exited because another process holds its port,
+    /// and panics on any other failure.
+    fn try_start(&mut self) -> Result<(), PortTaken> {
         // Sockets outside the data directory: pg_rewind copies that directory.
         let sockets = self.data.with_extension("sock");
         std::fs::create_dir_all(&sockets).unwrap();
         chown(&sockets);
+        let log_path = self.data.with_extension("log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.data.with_extension("log"))
+            .open(&log_path)
             .unwrap();
-        chown(&self.data.with_extension("log"));
+        chown(&log_path);
+        // This start's lines: the log is appended to across restarts.
+        let from = log.metadata().map_or(0, |m| m.len() as usize);
+        let this_start = || {
+            let all = std::fs::read(&log_path).unwrap_or_default();
+            String::from_utf8_lossy(all.get(from..).unwrap_or_default()).into_owned()
+        };
         let child = command("postgres")
             .arg("-D")
             .arg(&self.data)
@@ -204,24 +252,47 @@ impl PgNode {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start postgres");
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ready = command("pg_isready")
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
-                return;
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                let log = this_start();
+                if log.contains("Address already in use") {
+                    return Err(PortTaken { log });
+                }
+                panic!(
+                    "postgres on port {} exited while starting ({status}); log:\n{log}",
+                    self.port
+                );
+            }
+            // Ours, not whatever else answers on the port: the pid file names
+            // this server, which says it is ready once its sockets are bound.
+            if self.pid_file_says_ready(pid) && self.is_ready() {
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
                 "postgres on port {} did not start; log:\n{}",
                 self.port,
-                std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+                this_start()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether `postmaster.pid` names `pid` with the status `ready` (a
+    /// primary) or `standby` (a hot standby that accepts connections).
+    fn pid_file_says_ready(&self, pid: u32) -> bool {
+        let text = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap_or_default();
+        let mut lines = text.lines();
+        lines.next().map(str::trim) == Some(pid.to_string().as_str())
+            && matches!(lines.nth(6).map(str::trim), Some("ready" | "standby"))
     }
 
     pub fn conninfo(&self) -> String {

@@ -256,24 +256,35 @@ impl Group {
             listen: Some(self.addrs[i]),
             join: false,
         };
-        let listener = self.reserved[i].take();
-        let node = Controller::start_on(
-            &self.configs[i],
-            options,
-            listener,
-            tern_controller::clock::WallClock::new(),
-        )
-        .await
+        // The first start takes the listener bound in `start`; a restart
+        // binds the node's address again.
+        let listener = match self.reserved[i].take() {
+            Some(l) => l,
+            None => bind_again(self.addrs[i]).await,
+        };
+        // A restarted node's database may still be held for a moment by the
+        // stopped node's last tasks; opening it waits for the lock by
+        // blocking its thread, so it runs where it does not keep those tasks
+        // (or another seed's) from running on this runtime.
+        let config = &self.configs[i];
+        let node = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(Controller::start_on(
+                config,
+                options,
+                Some(listener),
+                tern_controller::clock::WallClock::new(),
+            ))
+        })
         .expect("start controller");
         self.nodes[i] = Some(node);
     }
 
     pub async fn stop_node(&mut self, i: usize) {
+        // The shutdown joins the node's server task, so its listener is
+        // closed when this returns; `start_node` binds the address again.
         if let Some(n) = self.nodes[i].take() {
             n.shutdown().await;
         }
-        // Let the listener go before a restart binds it again.
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     /// Stops node `i` and returns its state as it was when it stopped.
@@ -282,7 +293,6 @@ impl Group {
         n.shutdown().await;
         let state = n.state();
         drop(n);
-        tokio::time::sleep(Duration::from_millis(50)).await;
         state
     }
 
@@ -352,6 +362,23 @@ impl Group {
                 panic!("node {} never got to: {what}; status: {s:#?}", i + 1);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Binds a stopped node's address again for its restart: its listener is
+/// closed once its shutdown returned, and should the address still be busy
+/// (a socket of the old node not yet let go), it is tried again until it
+/// binds, for up to 5 s.
+async fn bind_again(addr: SocketAddr) -> std::net::TcpListener {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => return l,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                panic!("the address {addr} of a stopped node is still taken after 5 s: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }

@@ -253,6 +253,8 @@ where
 pub struct HealthServer {
     pub addr: SocketAddr,
     healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Requests answered so far (probes, in these tests).
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
 }
 
@@ -264,16 +266,17 @@ impl HealthServer {
         let s = HealthServer {
             addr: listener.local_addr().unwrap(),
             healthy: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            answered: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
             stop: CancellationToken::new(),
         };
-        let (healthy, stop) = (s.healthy.clone(), s.stop.clone());
+        let (healthy, answered, stop) = (s.healthy.clone(), s.answered.clone(), s.stop.clone());
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = tokio::select! {
                     _ = stop.cancelled() => return,
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                 };
-                let (healthy, stop) = (healthy.clone(), stop.clone());
+                let (healthy, answered, stop) = (healthy.clone(), answered.clone(), stop.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     let mut seen = Vec::new();
@@ -296,6 +299,7 @@ impl HealthServer {
                             if stream.write_all(resp.as_bytes()).await.is_err() {
                                 return;
                             }
+                            answered.fetch_add(1, Ordering::SeqCst);
                         }
                     }
                 });
@@ -307,6 +311,11 @@ impl HealthServer {
     /// The flag behind `set_healthy`, for a task that times a health change.
     pub fn healthy_handle(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
         self.healthy.clone()
+    }
+
+    /// How many requests (probes) it has answered.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn set_healthy(&self, healthy: bool) {
