@@ -10,7 +10,7 @@ pub mod writer_proxy;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use tern_core::config::{Backend, Config, Database};
 use tern_probe::{probe, probe_client, ProbeClient};
 use tern_proto::api::{ObservationBatch, RegionResult};
@@ -96,7 +96,19 @@ impl Agent {
     /// Binds the writer proxy of each cluster that has one in this region;
     /// answers (cluster, address) for each. Until the controllers say who
     /// the writer is, a proxy refuses connections.
-    pub async fn bind_proxies(&mut self) -> Result<Vec<(String, std::net::SocketAddr)>> {
+    ///
+    /// `inherited` holds listeners bound already, by cluster name (handed
+    /// over by the process that started the agent); a cluster's proxy uses
+    /// its listener instead of binding one.
+    ///
+    /// # Errors
+    /// An address that cannot be bound; an inherited listener bound to
+    /// another address than the cluster's configured `proxy`, or for a
+    /// cluster without a proxy in this region.
+    pub async fn bind_proxies(
+        &mut self,
+        mut inherited: BTreeMap<String, std::net::TcpListener>,
+    ) -> Result<Vec<(String, std::net::SocketAddr)>> {
         let mut out = Vec::new();
         for d in &self.databases {
             let Some(listen) = d.node(&self.region).and_then(|n| n.proxy) else {
@@ -105,12 +117,35 @@ impl Agent {
             let closed = writer_proxy::Target::Closed {
                 reason: "the agent has not heard from the controllers yet".into(),
             };
-            let (proxy, task) = writer_proxy::WriterProxy::bind(listen, &d.name, closed)
-                .await
-                .map_err(|e| anyhow!("writer proxy of {} on {listen}: {e:#}", d.name))?;
+            let bound = match inherited.remove(&d.name) {
+                Some(l) => {
+                    let at = l.local_addr()?;
+                    if at != listen {
+                        bail!(
+                            "the writer proxy socket of {} handed over is bound to {at}, but its configured proxy address is {listen}",
+                            d.name
+                        );
+                    }
+                    l.set_nonblocking(true)?;
+                    writer_proxy::WriterProxy::bind_on(
+                        tokio::net::TcpListener::from_std(l)?,
+                        &d.name,
+                        closed,
+                    )
+                }
+                None => writer_proxy::WriterProxy::bind(listen, &d.name, closed).await,
+            };
+            let (proxy, task) =
+                bound.map_err(|e| anyhow!("writer proxy of {} on {listen}: {e:#}", d.name))?;
             out.push((d.name.clone(), proxy.local_addr()));
             self.proxies.push((d.name.clone(), proxy));
             self.proxy_tasks.push(task);
+        }
+        if let Some(cluster) = inherited.keys().next() {
+            bail!(
+                "a writer proxy socket was handed over for {cluster}, which has no proxy in region {}",
+                self.region
+            );
         }
         Ok(out)
     }

@@ -171,6 +171,23 @@ impl WriterProxy {
         cluster: &str,
         initial: Target,
     ) -> Result<(WriterProxy, ProxyTask)> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("bind the writer proxy on {listen}"))?;
+        WriterProxy::bind_on(listener, cluster, initial)
+    }
+
+    /// [`WriterProxy::bind`] on a listener bound already (handed over by
+    /// the process that started the agent, so that no other process can
+    /// take its port in between).
+    ///
+    /// # Errors
+    /// A first target of another cluster, or a listener without an address.
+    pub fn bind_on(
+        listener: TcpListener,
+        cluster: &str,
+        initial: Target,
+    ) -> Result<(WriterProxy, ProxyTask)> {
         let highest_epoch = match &initial {
             Target::Writable(w) if w.cluster != cluster => {
                 return Err(anyhow!(
@@ -181,9 +198,6 @@ impl WriterProxy {
             Target::Writable(w) => w.epoch,
             Target::Closed { .. } => 0,
         };
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("bind the writer proxy on {listen}"))?;
         let local_addr = listener.local_addr()?;
         tracing::info!(%cluster, %local_addr, target = %initial, "writer proxy bound");
         let (current, _) = watch::channel(Current {

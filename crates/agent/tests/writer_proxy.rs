@@ -281,11 +281,11 @@ async fn psql_prints_why_the_proxy_refused_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_primary_is_answered_with_an_error() {
-    // A port nobody listens on: bound, then released.
-    let gone = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port nobody listens on: bound without listening (connections to it
+    // are refused) and held for the whole test, so no other process takes it.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let gone = held.local_addr().unwrap();
     let proxy = Proxy::start(Target::Writable(WriterTarget {
         addr: gone,
         epoch: 7,

@@ -47,6 +47,10 @@ impl Controller {
 
     /// [`Controller::start`] on a listener the caller bound already (so
     /// that nothing else can take its port in between), and a wall clock.
+    ///
+    /// # Errors
+    /// Besides [`Controller::start`]'s: a listener bound to another address
+    /// than the node's (`options.listen`, else its configured address).
     pub async fn start_on(
         config: &Config,
         options: NodeOptions,
@@ -151,6 +155,15 @@ impl Controller {
         let listen = options.listen.unwrap_or(me.addr);
         let listener = match listener {
             Some(l) => {
+                // Peers and clients are given the configured address: a
+                // socket bound elsewhere would leave them talking to nobody.
+                let bound = l.local_addr()?;
+                if bound != listen {
+                    return Err(anyhow!(
+                        "the listening socket handed over is bound to {bound}, but node {}'s address is {listen}",
+                        options.id
+                    ));
+                }
                 l.set_nonblocking(true)?;
                 TcpListener::from_std(l)?
             }

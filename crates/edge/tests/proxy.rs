@@ -64,7 +64,10 @@ async fn outlier_detection_ejects_a_failing_backend_and_lets_it_return() {
     );
     // Health probes still pass, so once the ejection ends, a serves again.
     a.set_mode(Mode::Ok);
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    edge.wait_status("a's ejection ended", |s| {
+        s["services"][0]["backends"][0]["ejected"] == false
+    })
+    .await;
     assert_eq!(get(&edge.url("/")).await.1, "a");
 }
 

@@ -1,8 +1,13 @@
 //! Child processes of the lab: started from the `tern` binary itself, their
 //! output kept in log files, and killed with the lab, however it ends.
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -27,13 +32,28 @@ impl Proc {
         log_dir: &Path,
         ready_timeout: Duration,
     ) -> Result<(Proc, Vec<String>)> {
+        Proc::start_with(name, binary, args, log_dir, ready_timeout, Vec::new()).await
+    }
+
+    /// [`Proc::start`], handing the child listening `sockets` by name (see
+    /// [`hand_over`]). The lab's copies are closed once the child is ready.
+    pub async fn start_with(
+        name: &str,
+        binary: &Path,
+        args: &[String],
+        log_dir: &Path,
+        ready_timeout: Duration,
+        sockets: Vec<(String, std::net::TcpListener)>,
+    ) -> Result<(Proc, Vec<String>)> {
         let log = log_dir.join(format!("{name}.log"));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .with_context(|| format!("open {}", log.display()))?;
-        let mut cmd = Command::new(binary);
+        let mut cmd = std::process::Command::new(binary);
+        hand_over(&mut cmd, sockets).with_context(|| format!("start {name}"))?;
+        let mut cmd = Command::from(cmd);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -133,4 +153,98 @@ pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Hands listening `sockets` to the program `cmd` starts, the way systemd's
+/// socket activation does (`sd_listen_fds(3)`): descriptors 3, 4, ... in
+/// order, `LISTEN_FDS` their count and `LISTEN_FDNAMES` their names joined
+/// by `:` (`tern` reads them: a controller takes `controller`, an agent
+/// `writer-proxy.CLUSTER`). `LISTEN_PID` is left unset, as the child's pid
+/// is not known before it exists; `tern` accepts that. The sockets stay
+/// open until the command is dropped.
+///
+/// # Errors
+/// More than 64 sockets, a name with `:`, or a descriptor that cannot be
+/// duplicated.
+pub fn hand_over(
+    cmd: &mut std::process::Command,
+    sockets: Vec<(String, TcpListener)>,
+) -> Result<()> {
+    if sockets.is_empty() {
+        return Ok(());
+    }
+    if sockets.len() > 64 {
+        bail!("{} sockets to hand over: at most 64", sockets.len());
+    }
+    let mut names = Vec::new();
+    let mut fds = Vec::new();
+    for (name, listener) in sockets {
+        if name.is_empty() || name.contains(':') {
+            bail!("socket name {name:?}: not empty and without ':'");
+        }
+        // A copy above any descriptor the child is given (3 to 3 + 64), so
+        // that moving one into place never overwrites another; close-on-exec,
+        // so that no other program the lab starts inherits it.
+        // SAFETY: fcntl on a descriptor the listener owns; the result is a
+        // new descriptor owned by nobody else.
+        let fd = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("duplicate the socket {name}"));
+        }
+        // SAFETY: `fd` was just made and is owned by nobody else.
+        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        names.push(name);
+    }
+    cmd.env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .env_remove("LISTEN_PID");
+    // SAFETY: dup2 is async-signal-safe and touches no memory of ours; the
+    // targets are the child's own descriptors 3, 4, ..., and dup2 leaves
+    // them open across exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(fd.as_raw_fd(), 3 + i as libc::c_int) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// Listening sockets the lab binds before the process that serves them
+/// starts, so that no other process can take their ports in between: bound
+/// once by [`Held::bind`], handed to the first process that serves the
+/// address ([`Held::take`]) and bound again for each later one.
+#[derive(Default)]
+pub struct Held(Mutex<BTreeMap<SocketAddr, TcpListener>>);
+
+impl Held {
+    /// Binds a free port on `ip` and keeps the socket; answers its address.
+    ///
+    /// # Errors
+    /// No port could be bound on `ip`.
+    pub fn bind(&self, ip: IpAddr) -> Result<SocketAddr> {
+        let l = TcpListener::bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("bind a listening socket on {ip}"))?;
+        let addr = l.local_addr()?;
+        self.0.lock().expect("held sockets").insert(addr, l);
+        Ok(addr)
+    }
+
+    /// The socket for `addr`: the one kept since [`Held::bind`], or, when a
+    /// process has served it already (a restart), the address bound again.
+    ///
+    /// # Errors
+    /// The address is taken (by another process, or by a previous server
+    /// that has not let it go).
+    pub fn take(&self, addr: SocketAddr) -> Result<TcpListener> {
+        if let Some(l) = self.0.lock().expect("held sockets").remove(&addr) {
+            return Ok(l);
+        }
+        TcpListener::bind(addr).with_context(|| format!("bind {addr} again for its restart"))
+    }
 }

@@ -21,7 +21,7 @@ use anyhow::{anyhow, Context, Result};
 
 use crate::load::EdgePath;
 use crate::postgres::{self, PgServer};
-use crate::process::Proc;
+use crate::process::{Held, Proc};
 use crate::wan::{Fault, Wan};
 
 /// The lab's database cluster.
@@ -80,14 +80,6 @@ impl DbRuntime {
         }
         self.paths.get(&(from.to_string(), to.to_string())).copied()
     }
-}
-
-/// An address on `ip` that was free a moment ago, for a process that binds it later (a
-/// writer proxy: see [`start_database`]).
-fn reserve(ip: IpAddr) -> Result<SocketAddr> {
-    let l = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
-        .with_context(|| format!("reserve an address on {ip}"))?;
-    Ok(l.local_addr()?)
 }
 
 /// Health and retry settings the lab gives its edges; tuned for detection
@@ -256,6 +248,9 @@ pub struct Deployment {
     /// The lab's certificate authority (PEM): what an HTTPS client of the
     /// edges trusts.
     pub ca_file: PathBuf,
+    /// Controllers' and writer proxies' sockets, bound by the lab and
+    /// handed to the process that serves them.
+    held: Held,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -271,15 +266,16 @@ impl Deployment {
         db: Option<DbSettings>,
     ) -> Result<Deployment> {
         let wan = Wan::new();
+        let held = Held::default();
         let serving_specs: Vec<RegionSpec> = regions
             .iter()
             .filter(|r| r.serves_traffic)
             .cloned()
             .collect();
         let db = match db {
-            Some(settings) => {
-                Some(start_database(settings, dir, &serving_specs, &wan, one_way_delay).await?)
-            }
+            Some(settings) => Some(
+                start_database(settings, dir, &serving_specs, &wan, one_way_delay, &held).await?,
+            ),
             None => None,
         };
 
@@ -352,12 +348,13 @@ impl Deployment {
         // the others (through the WAN).
         let mut controllers = Vec::new();
         for (k, r) in regions.iter().enumerate() {
-            let probe = std::net::TcpListener::bind(SocketAddr::new(r.ip(7), 0))
-                .with_context(|| format!("reserve a controller address in {}", r.name))?;
+            let addr = held
+                .bind(r.ip(7))
+                .with_context(|| format!("a controller address in {}", r.name))?;
             controllers.push(ControllerRuntime {
                 id: k as u64 + 1,
                 spec: r.clone(),
-                addr: probe.local_addr()?,
+                addr,
                 proc: None,
             });
         }
@@ -415,6 +412,7 @@ impl Deployment {
             tuning,
             db,
             ca_file,
+            held,
         };
         for k in 0..deployment.controllers.len() {
             deployment.start_controller(k).await?;
@@ -546,7 +544,16 @@ impl Deployment {
                 .to_string(),
         ];
         let name = format!("controller-{region}");
-        let (proc, _) = Proc::start(&name, &self.binary, &args, &self.dir, READY_TIMEOUT).await?;
+        let socket = self.held.take(c.addr)?;
+        let (proc, _) = Proc::start_with(
+            &name,
+            &self.binary,
+            &args,
+            &self.dir,
+            READY_TIMEOUT,
+            vec![("controller".into(), socket)],
+        )
+        .await?;
         self.controllers[k].proc = Some(proc);
         Ok(())
     }
@@ -592,7 +599,19 @@ impl Deployment {
             path.display().to_string(),
         ];
         let name = format!("agent-{region}");
-        let (proc, _) = Proc::start(&name, &self.binary, &args, &self.dir, READY_TIMEOUT).await?;
+        let mut sockets = Vec::new();
+        if let Some(n) = self.db.as_ref().and_then(|d| d.node(region)) {
+            sockets.push((format!("writer-proxy.{CLUSTER}"), self.held.take(n.proxy)?));
+        }
+        let (proc, _) = Proc::start_with(
+            &name,
+            &self.binary,
+            &args,
+            &self.dir,
+            READY_TIMEOUT,
+            sockets,
+        )
+        .await?;
         Ok(proc)
     }
 
@@ -899,20 +918,16 @@ impl Deployment {
 /// meanwhile ([`PgServer::start`]); only then are the WAN links toward it
 /// made, and the configuration files, written later, name it too.
 ///
-/// A writer proxy's port is reserved here and bound by the region's agent
-/// when it starts, after the sample service was given it; a port taken in
-/// between fails the agent's start. The agent binds port 0 and reports the
-/// address in its ready line, but the service starts first (the agent's
-/// file needs the WAN links to it) and takes the proxy's address on its
-/// command line; closing the gap would take a listener the lab binds and
-/// hands to the agent (an inherited descriptor), or a service that learns
-/// the address later.
+/// A writer proxy's socket is bound here, before the sample service is
+/// given its address, and handed to the region's agent when it starts
+/// ([`Held`]).
 async fn start_database(
     settings: DbSettings,
     dir: &Path,
     serving: &[RegionSpec],
     wan: &Wan,
     one_way_delay: Duration,
+    held: &Held,
 ) -> Result<DbRuntime> {
     let first = serving
         .first()
@@ -936,7 +951,7 @@ async fn start_database(
         region: first.name.clone(),
         server: primary,
         addr,
-        proxy: reserve(first.ip(5))?,
+        proxy: held.bind(first.ip(5))?,
     });
     for r in serving.iter().skip(1) {
         let source = paths[&(r.name.clone(), first.name.clone())];
@@ -956,7 +971,7 @@ async fn start_database(
             region: r.name.clone(),
             server: standby,
             addr,
-            proxy: reserve(r.ip(5))?,
+            proxy: held.bind(r.ip(5))?,
         });
     }
     if let Some(name) = &sync_standby {

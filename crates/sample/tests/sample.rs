@@ -49,10 +49,13 @@ fn dep(name: &str, check: DependencyCheck, critical: bool) -> Dependency {
     }
 }
 
-/// An address nothing listens on: bound once, then released.
-async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+/// An address nothing listens on: a socket bound without listening, so
+/// that connections are refused; the port stays taken while it is held.
+fn closed_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
 }
 
 struct Answer {
@@ -134,10 +137,11 @@ async fn health_is_ok_when_every_dependency_passes() {
 
 #[tokio::test]
 async fn health_fails_when_a_critical_dependency_fails() {
+    let (_held, closed) = closed_port();
     let svc = start(
         "us-east",
         vec![
-            dep("db", DependencyCheck::Tcp(closed_port().await), true),
+            dep("db", DependencyCheck::Tcp(closed), true),
             dep("cache", DependencyCheck::Always(true), false),
         ],
     )

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod ops;
+mod sockets;
 
 use clap::{Parser, Subcommand};
 use tern_core::config::Config;
@@ -75,6 +76,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First, while the process has one thread: it clears the variables.
+    let sockets = match sockets::Inherited::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tern: sockets handed over: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -93,6 +102,13 @@ fn main() -> ExitCode {
         Command::Controller(_) => "info,openraft=error",
         _ => "warn",
     });
+    // Only controllers and agents serve sockets handed over.
+    if !matches!(command, Command::Controller(_) | Command::Agent { .. }) {
+        if let Err(e) = sockets.all_taken() {
+            eprintln!("tern: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    }
     match command {
         Command::CheckConfig { file } => match load(&file) {
             Ok(cfg) => {
@@ -125,7 +141,7 @@ fn main() -> ExitCode {
             }
             runtime().block_on(run_edge(cfg))
         }
-        Command::Controller(args) => runtime().block_on(ops::run_controller(args)),
+        Command::Controller(args) => runtime().block_on(ops::run_controller(args, sockets)),
         Command::Agent { config } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -143,7 +159,13 @@ fn main() -> ExitCode {
                     eprintln!("tern agent: {e:#}");
                     return ExitCode::from(EX_CONFIG);
                 }
-                let proxies = match agent.bind_proxies().await {
+                let mut sockets = sockets;
+                let inherited = sockets.take_prefixed("writer-proxy.");
+                if let Err(e) = sockets.all_taken() {
+                    eprintln!("tern agent: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+                let proxies = match agent.bind_proxies(inherited).await {
                     Ok(p) => p,
                     Err(e) => {
                         eprintln!("tern agent: {e:#}");

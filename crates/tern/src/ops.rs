@@ -16,6 +16,7 @@ use tern_proto::api::{MembershipChange, StatusView};
 use tern_proto::http::CallError;
 use tern_proto::ControllerClient;
 
+use crate::sockets::Inherited;
 use crate::{load, shutdown_on_signal, EX_CONFIG, EX_USAGE};
 
 /// Exit code when no controller could do it (EX_UNAVAILABLE).
@@ -346,7 +347,9 @@ async fn follow_plan(
     }
 }
 
-pub async fn run_controller(args: ControllerArgs) -> ExitCode {
+/// Runs `tern controller`, on the socket named `controller` when one was
+/// handed over (see [`crate::sockets`]).
+pub async fn run_controller(args: ControllerArgs, mut sockets: Inherited) -> ExitCode {
     let cfg = match load(&args.config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -357,7 +360,19 @@ pub async fn run_controller(args: ControllerArgs) -> ExitCode {
         listen: args.listen,
         join: args.join,
     };
-    let node = match Controller::start(&cfg, options).await {
+    let listener = sockets.take("controller");
+    if let Err(e) = sockets.all_taken() {
+        eprintln!("tern controller: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    let node = match Controller::start_on(
+        &cfg,
+        options,
+        listener,
+        tern_controller::clock::WallClock::new(),
+    )
+    .await
+    {
         Ok(n) => n,
         Err(e) => {
             eprintln!("tern controller: {e:#}");

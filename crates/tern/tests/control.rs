@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use tern_lab::process::hand_over;
+
 struct Node(Child);
 
 impl Drop for Node {
@@ -57,6 +59,23 @@ fn config(dir: &Path, addrs: &[SocketAddr]) -> std::path::PathBuf {
     path
 }
 
+/// `tern controller` for node `id`, its output dropped.
+fn controller(config: &str, id: usize, data: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+    cmd.args([
+        "controller",
+        "--config",
+        config,
+        "--id",
+        &id.to_string(),
+        "--data",
+    ])
+    .arg(data)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    cmd
+}
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !f() {
@@ -68,35 +87,21 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn operator_commands_work_against_any_node_and_say_when_out_of_quorum() {
     let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<SocketAddr> = (0..3)
-        .map(|_| {
-            TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-        })
+    // Bound here and handed to each controller at its start, so that no
+    // other process can take a port in between.
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     let cfg = config(dir.path(), &addrs);
     let cfg_s = cfg.to_str().unwrap();
-    let mut nodes: Vec<Option<Node>> = (1..=3)
-        .map(|id| {
-            let data = dir.path().join(format!("data{id}"));
-            Some(Node(
-                Command::new(env!("CARGO_BIN_EXE_tern"))
-                    .args([
-                        "controller",
-                        "--config",
-                        cfg_s,
-                        "--id",
-                        &id.to_string(),
-                        "--data",
-                    ])
-                    .arg(&data)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("start controller"),
-            ))
+    let mut nodes: Vec<Option<Node>> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, listener)| {
+            let mut cmd = controller(cfg_s, i + 1, &dir.path().join(format!("data{}", i + 1)));
+            hand_over(&mut cmd, vec![("controller".into(), listener)]).unwrap();
+            Some(Node(cmd.spawn().expect("start controller")))
         })
         .collect();
     let second = addrs[1].to_string();
