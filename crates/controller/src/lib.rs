@@ -25,6 +25,7 @@ pub mod election;
 pub mod leader;
 pub mod lifecycle;
 pub mod membership;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod plans;

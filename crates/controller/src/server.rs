@@ -110,6 +110,15 @@ async fn route(node: Arc<Controller>, req: http::Request<Incoming>) -> Resp {
             Err(resp) => resp,
         },
         (Method::GET, "/v1/status") => json(StatusCode::OK, &node.status()),
+        (Method::GET, "/metrics") => {
+            let mut resp =
+                http::Response::new(Full::new(Bytes::from(crate::metrics::render(&node))));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
         (Method::GET, "/v1/events") => {
             let limit: usize = query(&req, "limit")
                 .and_then(|l| l.parse().ok())

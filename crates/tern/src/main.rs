@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod notify;
 mod ops;
 mod sockets;
 
@@ -177,12 +178,14 @@ fn main() -> ExitCode {
                     .iter()
                     .map(|(c, a)| format!(" writer-proxy {c} {a}"))
                     .collect();
-                println!(
-                    "ready: agent in {} watching {}{}",
+                let line = format!(
+                    "agent in {} watching {}{}",
                     agent.region(),
                     regions.join(", "),
                     proxies.concat()
                 );
+                println!("ready: {line}");
+                notify::ready(&line);
                 agent.run(shutdown_on_signal()).await;
                 ExitCode::SUCCESS
             })
@@ -264,12 +267,14 @@ async fn run_edge(cfg: Config) -> ExitCode {
     let https = edge
         .tls_addr()
         .map_or(String::new(), |a| format!(" https {a}"));
-    println!(
+    let line = format!(
         "listening on {} admin {}{dns}{https}",
         edge.local_addr(),
         edge.admin_addr()
             .map_or("none".to_string(), |a| a.to_string())
     );
+    println!("{line}");
+    notify::ready(&format!("edge {line}"));
     edge.run(shutdown_on_signal()).await;
     ExitCode::SUCCESS
 }
@@ -285,6 +290,7 @@ pub(crate) fn shutdown_on_signal() -> CancellationToken {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        notify::stopping();
         t.cancel();
     });
     token

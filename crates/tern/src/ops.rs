@@ -380,6 +380,10 @@ pub async fn run_controller(args: ControllerArgs, mut sockets: Inherited) -> Exi
         }
     };
     println!("controller {} listening on {}", node.id, node.addr);
+    crate::notify::ready(&format!(
+        "controller {} listening on {}",
+        node.id, node.addr
+    ));
     shutdown_on_signal().cancelled().await;
     node.shutdown().await;
     ExitCode::SUCCESS

@@ -1,11 +1,15 @@
-//! Sockets handed to `tern` at its start (systemd's socket activation
-//! protocol, `LISTEN_FDS` and `LISTEN_FDNAMES`): a controller serves the one
-//! named `controller` (the operator commands' test runs on them), and every
-//! handover tern cannot serve exactly is refused before anything starts.
+//! tern under a service manager. Sockets handed over at its start
+//! (systemd's socket activation protocol, `LISTEN_FDS` and
+//! `LISTEN_FDNAMES`): a controller serves the one named `controller` (the
+//! operator commands' test runs on them), and every handover tern cannot
+//! serve exactly is refused before anything starts. Readiness
+//! (`NOTIFY_SOCKET`): `READY=1` once a role serves, `STOPPING=1` at shutdown.
 
 use std::net::TcpListener;
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use tern_lab::process::hand_over;
 
@@ -119,4 +123,46 @@ fn a_handover_whose_names_do_not_match_its_count_is_refused() {
         .env("LISTEN_FDNAMES", "controller");
     let (code, out) = run(cmd);
     assert_eq!(code, Some(0), "{out}");
+}
+
+#[test]
+fn a_controller_tells_the_service_manager_it_is_ready_once_it_serves_and_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let own = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = own.local_addr().unwrap();
+    let cfg = config(dir.path(), &addr.to_string());
+    let notify_path = dir.path().join("notify.sock");
+    let manager = UnixDatagram::bind(&notify_path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut cmd = controller(&cfg, &dir.path().join("data"));
+    cmd.env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    hand_over(&mut cmd, vec![("controller".into(), own)]).unwrap();
+    let mut child = cmd.spawn().unwrap();
+    let mut buf = [0u8; 4096];
+    let n = manager.recv(&mut buf).expect("a READY=1 notification");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(message.lines().any(|l| l == "READY=1"), "{message}");
+    assert!(
+        message.contains(&format!("STATUS=controller 1 listening on {addr}")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("MAINPID={}", child.id())),
+        "{message}"
+    );
+    // Ready means serving: the node answers on its address now.
+    std::net::TcpStream::connect(addr).expect("the controller serves once it said READY=1");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let n = manager.recv(&mut buf).expect("a STOPPING=1 notification");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), "STOPPING=1");
+    assert!(child.wait().unwrap().success());
 }
