@@ -5,6 +5,7 @@
 //! aggregates the batches and commits only verdict changes.
 
 pub mod db;
+pub mod metrics;
 pub mod writer_proxy;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,10 @@ pub struct Agent {
     databases: Vec<Database>,
     proxies: Vec<(String, writer_proxy::WriterProxy)>,
     proxy_tasks: Vec<writer_proxy::ProxyTask>,
+    metrics: metrics::AgentMetrics,
+    /// `agent.admin`, and its listener once bound.
+    admin: Option<std::net::SocketAddr>,
+    admin_listener: Option<std::net::TcpListener>,
 }
 
 impl Agent {
@@ -78,7 +83,6 @@ impl Agent {
             db::check_node(d, &region)?;
         }
         Ok(Agent {
-            region,
             interval: config.verdict.interval,
             timeout: config.verdict.timeout,
             targets,
@@ -90,7 +94,44 @@ impl Agent {
             databases,
             proxies: Vec::new(),
             proxy_tasks: Vec::new(),
+            metrics: metrics::AgentMetrics::new(&region),
+            admin: config.agent_admin,
+            admin_listener: None,
+            region,
         })
+    }
+
+    /// Binds the admin endpoint (`/metrics`, `/ready`) at `agent.admin`, or
+    /// takes `inherited` (a listener handed over, which must be bound to
+    /// that address); answers its address, or `None` when the
+    /// configuration names none.
+    ///
+    /// # Errors
+    /// The address cannot be bound; an inherited listener bound elsewhere,
+    /// or handed over without `agent.admin` in the configuration.
+    pub fn bind_admin(
+        &mut self,
+        inherited: Option<std::net::TcpListener>,
+    ) -> Result<Option<std::net::SocketAddr>> {
+        let listener = match (self.admin, inherited) {
+            (None, None) => return Ok(None),
+            (None, Some(_)) => {
+                bail!("an admin socket was handed over, but the configuration has no agent.admin")
+            }
+            (Some(addr), Some(l)) => {
+                let at = l.local_addr()?;
+                if at != addr {
+                    bail!(
+                        "the admin socket handed over is bound to {at}, but agent.admin is {addr}"
+                    );
+                }
+                l
+            }
+            (Some(addr), None) => metrics::bind(addr)?,
+        };
+        let at = listener.local_addr()?;
+        self.admin_listener = Some(listener);
+        Ok(Some(at))
     }
 
     /// Binds the writer proxy of each cluster that has one in this region;
@@ -138,6 +179,7 @@ impl Agent {
             let (proxy, task) =
                 bound.map_err(|e| anyhow!("writer proxy of {} on {listen}: {e:#}", d.name))?;
             out.push((d.name.clone(), proxy.local_addr()));
+            self.metrics.add_proxy(&d.name, proxy.clone());
             self.proxies.push((d.name.clone(), proxy));
             self.proxy_tasks.push(task);
         }
@@ -264,6 +306,15 @@ impl Agent {
         {
             tasks.spawn(format!("writer proxy {cluster}"), task.run(tasks.token()));
         }
+        if let Some(l) = self.admin_listener.take() {
+            let metrics = self.metrics.clone();
+            let token = tasks.token();
+            tasks.spawn("admin endpoint".to_string(), async move {
+                if let Err(e) = metrics::serve(l, metrics, token).await {
+                    tracing::error!("the agent's admin endpoint stopped: {e:#}");
+                }
+            });
+        }
         let databases = std::mem::take(&mut self.databases);
         for d in &databases {
             self.spawn_db_loop(&mut tasks, d);
@@ -299,7 +350,10 @@ impl Agent {
             .find(|(c, _)| *c == d.name)
             .map(|(_, p)| p.clone());
         match db::DbAgent::new(&self.region, d.clone(), self.controllers.clone(), proxy) {
-            Ok(agent) => tasks.spawn(db_loop_name(d), agent.run(tasks.token())),
+            Ok(agent) => tasks.spawn(
+                db_loop_name(d),
+                agent.with_metrics(self.metrics.clone()).run(tasks.token()),
+            ),
             Err(e) => tracing::error!("{e}"),
         }
     }
@@ -314,8 +368,12 @@ impl Agent {
                 _ = ticker.tick() => {}
             }
             let batch = self.round().await;
-            for r in batch.results.iter().filter(|r| !r.ok) {
-                tracing::debug!(region = %r.region, detail = %r.detail, "probe failed");
+            for r in &batch.results {
+                self.metrics
+                    .probe(&r.region, r.service.as_deref(), r.ok, r.latency_ms);
+                if !r.ok {
+                    tracing::debug!(region = %r.region, detail = %r.detail, "probe failed");
+                }
             }
             match self.controllers.observe(&batch).await {
                 Ok(()) => {
@@ -325,6 +383,7 @@ impl Agent {
                     }
                 }
                 Err(e) => {
+                    self.metrics.report_failed();
                     if !unreachable {
                         tracing::warn!(error = %e, "observations not delivered; no controller with a quorum answers");
                         unreachable = true;

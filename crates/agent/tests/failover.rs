@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{workdir, PgNode};
 use tern_agent::db::DbAgent;
+use tern_agent::metrics::AgentMetrics;
 use tern_agent::writer_proxy::{Target, WriterProxy};
 use tern_controller::node::NodeOptions;
 use tern_controller::Controller;
@@ -183,6 +184,8 @@ struct Lab {
     east_proxy: WriterProxy,
     /// When the agents were started.
     agents_started: tokio::time::Instant,
+    /// East's agent metrics (its database loop and proxy record here).
+    east_metrics: AgentMetrics,
 }
 
 impl Lab {
@@ -284,6 +287,9 @@ impl Lab {
         if let Some(after) = faults.east_panic_after {
             east_agent = east_agent.panic_after(after);
         }
+        let east_metrics = AgentMetrics::new("east");
+        east_metrics.add_proxy("payments", east_proxy.clone());
+        let east_agent = east_agent.with_metrics(east_metrics.clone());
         let agents_started = tokio::time::Instant::now();
         let east_agent = tokio::spawn(east_agent.run(east_stop.clone()));
         let west_agent = DbAgent::new("west", db, client.clone(), Some(west_proxy.clone()))
@@ -302,6 +308,7 @@ impl Lab {
             west_proxy,
             east_proxy,
             agents_started,
+            east_metrics,
         }
     }
 
@@ -767,4 +774,104 @@ fn doors_toml(east: &PgNode) -> String {
         node_toml("east", east)
     ));
     s
+}
+
+/// The value of the series `name` whose labels include every one of
+/// `labels` (`key="value"`), in a metrics page.
+fn series(page: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    page.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+        let (set, value) = rest.split_once("} ")?;
+        labels
+            .iter()
+            .all(|want| set.split(',').any(|have| have == *want))
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
+}
+
+/// `GET /metrics` from an agent's admin endpoint, as Prometheus scrapes it.
+async fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_metrics_show_the_role_the_lease_and_the_fence_as_they_change() {
+    let lab = Lab::start(false, true).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = listener.local_addr().unwrap();
+    tokio::spawn(tern_agent::metrics::serve(
+        listener,
+        lab.east_metrics.clone(),
+        lab.stop.clone(),
+    ));
+    lab.wait_writer("east", Duration::from_secs(20)).await;
+    let cluster = "cluster=\"payments\"";
+    // East holds the lease: a primary, not fenced, time left on epoch 1.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let page = scrape(admin).await;
+        if series(&page, "tern_agent_lease_epoch", &[cluster]) == Some(1.0) {
+            break page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no lease in the metrics:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        series(
+            &page,
+            "tern_agent_node_role",
+            &[cluster, "role=\"primary\""]
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        series(&page, "tern_agent_node_fenced", &[cluster]),
+        Some(0.0),
+        "{page}"
+    );
+    assert!(
+        series(&page, "tern_agent_lease_remaining_seconds", &[cluster]).unwrap() > 0.0,
+        "{page}"
+    );
+    assert!(
+        series(&page, "tern_agent_writer_proxy_connections", &[cluster]).is_some(),
+        "{page}"
+    );
+    assert!(page.contains("agent_region=\"east\""), "{page}");
+
+    // Cut from the controllers, east fences itself: the metrics say so.
+    for l in &lab.east_links {
+        l.cut.store(true, Ordering::SeqCst);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let page = scrape(admin).await;
+        if series(&page, "tern_agent_node_fenced", &[cluster]) == Some(1.0) {
+            assert_eq!(
+                series(&page, "tern_agent_lease_epoch", &[cluster]),
+                Some(0.0),
+                "{page}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "east never showed fenced:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lab.stop.cancel();
 }

@@ -1,5 +1,5 @@
-//! Prometheus metrics of a controller (`GET /metrics`, text exposition
-//! format 0.0.4), named `tern_controller_<thing>_<unit>[_total]`: Raft
+//! Prometheus metrics of a controller (`GET /metrics`, OpenMetrics text
+//! format 1.0), named `tern_controller_<thing>_<unit>[_total]`: Raft
 //! (term, leader, quorum, log and apply index), the replicated state
 //! (verdicts, leases, plans and their steps, the audit log) and the
 //! replication reports this node holds. Every figure is read from the node

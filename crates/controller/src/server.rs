@@ -115,7 +115,9 @@ async fn route(node: Arc<Controller>, req: http::Request<Incoming>) -> Resp {
                 http::Response::new(Full::new(Bytes::from(crate::metrics::render(&node))));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             resp
         }

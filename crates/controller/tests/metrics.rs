@@ -56,7 +56,10 @@ async fn metrics_say_who_leads_who_is_in_quorum_and_what_the_leases_hold() {
     .await;
 
     let (content_type, body) = scrape(&g, leader).await;
-    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
     let me = |i: usize| {
         let s = g.status(i);
         format!("{{node=\"{}\",region=\"{}\"}}", s.node, s.region)

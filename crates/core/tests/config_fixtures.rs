@@ -376,6 +376,7 @@ fn full_fixture_resolves_every_key() {
         Some(Duration::from_millis(300))
     );
     assert_eq!(cfg.agent.as_deref(), Some("us-west"));
+    assert_eq!(cfg.agent_admin, Some("127.0.2.8:9091".parse().unwrap()));
     let db = &cfg.databases[0];
     assert_eq!(db.name, "payments");
     assert_eq!(db.replication, tern_core::config::Replication::Sync);

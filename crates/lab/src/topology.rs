@@ -239,6 +239,8 @@ pub struct Deployment {
     witness_agents: Vec<(RegionSpec, Paths, Option<Proc>)>,
     /// How a process in region `.0` reaches controller `.1`.
     controller_paths: BTreeMap<(String, u64), SocketAddr>,
+    /// Each region's agent's admin endpoint (`/metrics`), by region.
+    pub agent_admins: BTreeMap<String, SocketAddr>,
     pub wan: Wan,
     pub one_way_delay: Duration,
     binary: PathBuf,
@@ -380,6 +382,13 @@ impl Deployment {
             }
         }
 
+        let mut agent_admins = BTreeMap::new();
+        for r in &regions {
+            let addr = held
+                .bind(r.ip(8))
+                .with_context(|| format!("an agent admin address in {}", r.name))?;
+            agent_admins.insert(r.name.clone(), addr);
+        }
         let mut witness_agents = Vec::new();
         for w in regions.iter().filter(|r| !r.serves_traffic) {
             let mut paths = Vec::new();
@@ -405,6 +414,7 @@ impl Deployment {
             controllers,
             witness_agents,
             controller_paths,
+            agent_admins,
             wan,
             one_way_delay,
             binary: binary.to_path_buf(),
@@ -585,8 +595,9 @@ impl Deployment {
     }
 
     async fn spawn_agent(&self, region: &str, paths: &[(String, SocketAddr)]) -> Result<Proc> {
+        let admin = self.agent_admins[region];
         let config = format!(
-            "{}[agent]\nregion = \"{region}\"\n\n{}{}",
+            "{}[agent]\nregion = \"{region}\"\nadmin = \"{admin}\"\n\n{}{}",
             self.regions_toml(),
             self.service_toml(paths),
             self.control_toml(region)
@@ -599,7 +610,7 @@ impl Deployment {
             path.display().to_string(),
         ];
         let name = format!("agent-{region}");
-        let mut sockets = Vec::new();
+        let mut sockets = vec![("admin".to_string(), self.held.take(admin)?)];
         if let Some(n) = self.db.as_ref().and_then(|d| d.node(region)) {
             sockets.push((format!("writer-proxy.{CLUSTER}"), self.held.take(n.proxy)?));
         }

@@ -162,6 +162,13 @@ fn main() -> ExitCode {
                 }
                 let mut sockets = sockets;
                 let inherited = sockets.take_prefixed("writer-proxy.");
+                let admin = match agent.bind_admin(sockets.take("admin")) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("tern agent: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                };
                 if let Err(e) = sockets.all_taken() {
                     eprintln!("tern agent: {e}");
                     return ExitCode::from(EX_USAGE);
@@ -178,8 +185,9 @@ fn main() -> ExitCode {
                     .iter()
                     .map(|(c, a)| format!(" writer-proxy {c} {a}"))
                     .collect();
+                let admin = admin.map_or(String::new(), |a| format!(" admin {a}"));
                 let line = format!(
-                    "agent in {} watching {}{}",
+                    "agent in {} watching {}{}{admin}",
                     agent.region(),
                     regions.join(", "),
                     proxies.concat()

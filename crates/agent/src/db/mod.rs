@@ -155,6 +155,8 @@ pub struct DbAgent {
     /// Fault injection: panic at this instant.
     #[cfg(feature = "fault-injection")]
     panic_at: Option<Instant>,
+    /// Where each round's view of the node and lease is recorded.
+    metrics: Option<crate::metrics::AgentMetrics>,
     /// When this loop started, for the startup grace (see
     /// [`DbAgent::in_startup_grace`]).
     started: Instant,
@@ -195,6 +197,7 @@ impl DbAgent {
             wal_seen: std::collections::VecDeque::new(),
             confirmed_lsn: 0,
             rpo_fenced_at: None,
+            metrics: None,
             #[cfg(feature = "fault-injection")]
             panic_at: None,
             doors_checked: false,
@@ -252,6 +255,12 @@ impl DbAgent {
                 None
             }
         }
+    }
+
+    /// Records each round's view of the node and the lease in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::AgentMetrics) -> DbAgent {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Runs until `stop`; the fence watchdog runs beside it and outlives a
@@ -327,6 +336,32 @@ impl DbAgent {
             self.plan_steps(c, status.as_ref()).await;
         }
         self.point_proxy();
+        self.record(status.as_ref());
+    }
+
+    /// This round's view of the node and the lease, for `/metrics`.
+    fn record(&self, status: Option<&PgStatus>) {
+        let Some(m) = &self.metrics else { return };
+        let lease = self
+            .lease
+            .filter(|_| self.lease_valid())
+            .map(|(epoch, until)| {
+                (
+                    epoch,
+                    until
+                        .saturating_duration_since(Instant::now())
+                        .as_secs_f64(),
+                )
+            });
+        m.db_round(&crate::metrics::DbRound {
+            cluster: &self.db.name,
+            role: status.map(|s| s.role.as_str()),
+            // Down, or a primary that takes no writes; a standby is not fenced.
+            fenced: status.is_none_or(|s| s.role == Role::Primary && s.read_only),
+            lag_bytes: status.and_then(|s| s.lag_bytes),
+            lag_seconds: status.and_then(|s| s.lag_seconds).map(|l| l.max(0.0)),
+            lease,
+        });
     }
 
     /// Reports the node, reads the cluster's committed state and keeps the lease.

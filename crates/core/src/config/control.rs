@@ -335,11 +335,18 @@ pub(super) fn validate_verdict(c: &mut Checker<'_>, raw: Option<&S<RawVerdict>>)
     }
 }
 
+/// The agent's region, and the address of its admin endpoint (`/metrics`)
+/// when it has one.
 pub(super) fn validate_agent(
     c: &mut Checker<'_>,
     raw: &S<RawAgent>,
     regions: &BTreeSet<String>,
-) -> Option<String> {
+) -> Option<(String, Option<SocketAddr>)> {
+    let admin = raw
+        .get_ref()
+        .admin
+        .as_ref()
+        .and_then(|a| c.socket_addr(a, "agent.admin"));
     let region = raw.get_ref().region.get_ref().clone();
     if !regions.contains(&region) {
         c.err(
@@ -352,7 +359,7 @@ pub(super) fn validate_agent(
         );
         return None;
     }
-    Some(region)
+    Some((region, admin))
 }
 
 pub(super) fn validate_databases(

@@ -42,6 +42,8 @@ pub struct Config {
     pub verdict: VerdictConfig,
     /// The region of the agent role, when this file configures one.
     pub agent: Option<String>,
+    /// Where the agent serves `/metrics` (`agent.admin`), if anywhere.
+    pub agent_admin: Option<SocketAddr>,
     pub databases: Vec<Database>,
 }
 
@@ -346,7 +348,10 @@ impl Config {
         );
         }
         if let Some(region) = &self.agent {
-            let _ = writeln!(out, "agent: region {region}");
+            let admin = self
+                .agent_admin
+                .map_or(String::new(), |a| format!(", admin {a}"));
+            let _ = writeln!(out, "agent: region {region}{admin}");
         }
         for d in &self.databases {
             let _ = writeln!(
@@ -648,10 +653,11 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors>
         .as_ref()
         .and_then(|r| control::validate_controller(&mut c, r, &region_names));
     let verdict = control::validate_verdict(&mut c, raw.verdict.as_ref());
-    let agent = raw
+    let (agent, agent_admin) = raw
         .agent
         .as_ref()
-        .and_then(|a| control::validate_agent(&mut c, a, &region_names));
+        .and_then(|a| control::validate_agent(&mut c, a, &region_names))
+        .map_or((None, None), |(region, admin)| (Some(region), admin));
     let databases = control::validate_databases(&mut c, &raw.database, &region_names);
 
     if c.errors.is_empty() {
@@ -663,6 +669,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors>
             controller,
             verdict,
             agent,
+            agent_admin,
             databases,
         })
     } else {

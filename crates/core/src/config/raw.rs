@@ -187,6 +187,7 @@ pub struct RawVerdict {
 #[serde(deny_unknown_fields)]
 pub struct RawAgent {
     pub region: S<String>,
+    pub admin: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
