@@ -106,8 +106,8 @@ pub fn render(node: &Controller) -> String {
         .inc_by(node.machine.with(|s| s.state.last_audit_index()));
     let warnings = family::<Gauge>(
         &mut r,
-        "tern_controller_placement_warnings",
-        "Layout warnings accepted by configuration (allow_unsafe_placement)",
+        "tern_controller_config_warnings",
+        "Warnings the configuration accepted in so many words (allow_unsafe_placement, insecure_plaintext)",
     );
     warnings
         .get_or_create(&me)

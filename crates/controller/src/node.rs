@@ -182,6 +182,7 @@ impl Controller {
                 .map(|w| {
                     format!("unsafe controller placement accepted (allow_unsafe_placement): {w}")
                 })
+                .chain(self.settings.plaintext_warning.clone())
                 .collect(),
         }
     }

@@ -452,3 +452,23 @@ fn dns_fixture_resolves_names_ttls_and_checks() {
     assert_eq!(p6.targets[1].weight, 0);
     assert_eq!(p6.targets[0].check, TargetCheck::None);
 }
+
+#[test]
+fn a_plaintext_control_plane_off_loopback_loads_only_when_the_file_says_so() {
+    let path = fixtures("bad").join("controller_plaintext_off_loopback.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let said = text.replace(
+        "[controller]\n",
+        "[controller]\ninsecure_plaintext = true\n",
+    );
+    let cfg = Config::from_toml("plaintext.toml", &said).expect("accepted in so many words");
+    let warning = cfg.controller.unwrap().plaintext_warning;
+    assert_eq!(
+        warning.as_deref(),
+        Some("the control plane runs in plaintext (insecure_plaintext) on 10.0.2.7:7400 (west), 10.0.3.7:7400 (witness)")
+    );
+    // On loopback (one host, the lab) nothing needs saying.
+    let lab = text.replace("10.0.", "127.0.");
+    let cfg = Config::from_toml("loopback.toml", &lab).expect("loopback is fine");
+    assert_eq!(cfg.controller.unwrap().plaintext_warning, None);
+}

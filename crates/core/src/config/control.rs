@@ -31,6 +31,10 @@ pub struct ControllerSettings {
     /// quorum (`allow_unsafe_placement = true`): then this says which
     /// region, for `tern status` to warn about.
     pub placement_warning: Option<String>,
+    /// The file runs the control plane in plaintext on addresses off
+    /// loopback (`insecure_plaintext = true`): then this names them, for
+    /// `tern status` to warn about.
+    pub plaintext_warning: Option<String>,
 }
 
 impl ControllerSettings {
@@ -181,6 +185,8 @@ pub(super) fn validate_controller(
     }
     let mut ids = BTreeSet::new();
     let mut nodes = Vec::new();
+    // The first address off loopback, with its span, and all of them.
+    let mut exposed: (Option<(std::ops::Range<usize>, String)>, Vec<String>) = (None, Vec::new());
     for (i, n) in r.node.iter().enumerate() {
         let n = n.get_ref();
         let key = format!("controller.node[{i}]");
@@ -212,6 +218,13 @@ pub(super) fn validate_controller(
             );
         }
         if let Some(addr) = c.socket_addr(&n.addr, &format!("{key}.addr")) {
+            if !addr.ip().is_loopback() {
+                let said = format!("{addr} ({region})");
+                exposed
+                    .0
+                    .get_or_insert((n.addr.span(), format!("{key}.addr")));
+                exposed.1.push(said);
+            }
             nodes.push(ControllerNode {
                 id: id as u64,
                 region,
@@ -235,12 +248,31 @@ pub(super) fn validate_controller(
             );
         }
     }
+    let insecure = r.insecure_plaintext.as_ref().is_some_and(|b| *b.get_ref());
+    let mut plaintext_warning = None;
+    if let (Some((span, key)), addrs) = exposed {
+        let addrs = addrs.join(", ");
+        if insecure {
+            plaintext_warning = Some(format!(
+                "the control plane runs in plaintext (insecure_plaintext) on {addrs}"
+            ));
+        } else {
+            c.err(
+                span,
+                key,
+                format!(
+                    "controllers listening off loopback ({addrs}) would carry the control plane in plaintext (it has no TLS yet): anyone who reaches them can change routing and leases; keep them on a private network and set insecure_plaintext = true in [controller] to say so"
+                ),
+            );
+        }
+    }
     Some(ControllerSettings {
         nodes,
         heartbeat,
         election_timeout,
         rpc_timeout,
         placement_warning: placement_warning.filter(|_| allow_unsafe),
+        plaintext_warning,
     })
 }
 

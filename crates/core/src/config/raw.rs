@@ -156,6 +156,7 @@ pub struct RawHealth {
 #[serde(deny_unknown_fields)]
 pub struct RawController {
     pub allow_unsafe_placement: Option<S<bool>>,
+    pub insecure_plaintext: Option<S<bool>>,
     pub heartbeat: Option<S<String>>,
     pub election_timeout: Option<S<String>>,
     pub rpc_timeout: Option<S<String>>,
