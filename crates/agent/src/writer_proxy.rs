@@ -10,6 +10,11 @@
 //! a PostgreSQL `FATAL` error (SQLSTATE `57P03`, "cannot connect now") whose
 //! message gives the reason, so that psql and drivers show why.
 //!
+//! A led connection is relayed from its first byte, the client's TLS
+//! request included, so TLS runs end to end between the client and the
+//! primary (`sslmode=require` works through the proxy). A refused client's
+//! TLS request is declined: the refusal is plaintext.
+//!
 //! **Invariant:** a connection never outlives the epoch it was made under.
 //! Every change of target (a new epoch, another address, or closing) ends
 //! every connection made under an earlier target, both directions at once,

@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{bin_dir, workdir, PgNode};
+use common::{bin_dir, chown, workdir, PgNode};
 use tern_agent::writer_proxy::{Target, WriterProxy, WriterTarget};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::error::SqlState;
@@ -360,5 +360,101 @@ async fn a_target_past_its_lease_cuts_connections_and_refuses_new_ones() {
             .message()
             .contains("not been seen renewed"),
         "{err:?}"
+    );
+}
+
+/// psql through the proxy with `sslmode`, on `node`'s database: its
+/// standard output, or its error.
+async fn psql(port: u16, sslmode: &str, sql: &str) -> Result<String, String> {
+    let out = tokio::time::timeout(
+        T,
+        tokio::process::Command::new(bin_dir().join("psql"))
+            .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+            .env("PGSSLMODE", sslmode)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .env("LC_ALL", "C")
+            .output(),
+    )
+    .await
+    .expect("psql did not finish")
+    .expect("run psql (install the postgresql-client package)");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_from_the_client_reaches_the_primary_through_the_proxy() {
+    let dir = workdir();
+    let node = PgNode::primary(dir.path(), "east");
+    // The server's certificate (self-signed), owned by the server's user.
+    let (cert, key) = (node.data.join("server.crt"), node.data.join("server.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=east.db"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    chown(&cert);
+    chown(&key);
+    let (admin, connection) = tokio_postgres::connect(&node.conninfo(), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute("ALTER SYSTEM SET ssl = on")
+        .await
+        .unwrap();
+    admin
+        .query_one("SELECT pg_reload_conf()", &[])
+        .await
+        .unwrap();
+
+    let proxy = Proxy::start(writable(&node, 1)).await;
+    let port = proxy.handle.local_addr().port();
+    // The reload is the server's to finish: wait until it speaks TLS.
+    let deadline = tokio::time::Instant::now() + T;
+    let ssl = loop {
+        match psql(
+            port,
+            "require",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        )
+        .await
+        {
+            Ok(ssl) => break ssl,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no TLS through the proxy: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // The session is encrypted end to end: the server says so of it.
+    assert_eq!(ssl, "t");
+    assert_eq!(
+        psql(
+            port,
+            "disable",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        )
+        .await,
+        Ok("f".to_string())
     );
 }

@@ -54,7 +54,8 @@ fn command(name: &str) -> Command {
     cmd
 }
 
-fn chown(path: &Path) {
+/// Gives `path` to the `postgres` user when the tests run as root.
+pub fn chown(path: &Path) {
     if let Some((uid, gid)) = run_as() {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to postgres");
     }
