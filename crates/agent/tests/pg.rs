@@ -351,3 +351,49 @@ async fn pg_execute(node: &PgNode, sql: &str) {
     tokio::spawn(conn);
     c.batch_execute(sql).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reaches_its_own_node_over_its_unix_socket() {
+    let dir = workdir();
+    let mut node = PgNode::primary(dir.path(), "east");
+    let text = format!(
+        "[[region]]\nname = \"east\"\n[[region]]\nname = \"west\"\n\
+         [service.api]\npolicy = \"failover\"\n\
+         [[service.api.backend]]\nregion = \"east\"\nurl = \"http://127.0.0.1:9\"\n\
+         [database.payments]\n\
+         [[database.payments.node]]\nregion = \"east\"\naddr = \"127.0.0.1:{}\"\ndata_dir = {:?}\nbin_dir = {:?}\n\
+         [[database.payments.node]]\nregion = \"west\"\naddr = \"127.0.0.1:9\"\n",
+        node.port,
+        node.data.display().to_string(),
+        bin_dir().display().to_string(),
+    );
+    let cfg = tern_core::config::Config::from_toml("agent.toml", &text).unwrap();
+    let conninfo = tern_agent::db::conninfo(&cfg.databases[0], "east").unwrap();
+    let sockets = node.data.with_extension("sock");
+    assert!(
+        conninfo.contains(&format!("host='{}'", sockets.display())),
+        "{conninfo}"
+    );
+    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // The server sees a local connection: no client address.
+    let row = client
+        .query_one(
+            "SELECT client_addr IS NULL FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    drop(client);
+
+    // A stopped server has no socket: TCP at its address, which then refuses.
+    node.kill();
+    let conninfo = tern_agent::db::conninfo(&cfg.databases[0], "east").unwrap();
+    assert!(
+        conninfo.contains(&format!("host=127.0.0.1 port={}", node.port)),
+        "{conninfo}"
+    );
+}

@@ -127,6 +127,19 @@ impl LocalNode {
         self.postmaster().is_some()
     }
 
+    /// Where the running server takes local connections: the directory of
+    /// its Unix socket and its port, as its `postmaster.pid` says (lines 4
+    /// and 5), when a server runs, has a socket directory, and its socket
+    /// file (`.s.PGSQL.<port>`) is there.
+    pub fn socket(&self) -> Option<(PathBuf, u16)> {
+        self.postmaster()?;
+        let text = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
+        let mut lines = text.lines().skip(3);
+        let port: u16 = lines.next()?.trim().parse().ok()?;
+        let dir = PathBuf::from(lines.next()?.trim());
+        (dir.is_absolute() && dir.join(format!(".s.PGSQL.{port}")).exists()).then_some((dir, port))
+    }
+
     /// The data directory says the server runs in recovery (a standby).
     pub fn is_standby(&self) -> bool {
         self.data.join("standby.signal").exists() || self.data.join("recovery.signal").exists()

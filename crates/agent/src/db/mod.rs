@@ -80,11 +80,30 @@ pub enum DbAgentError {
 /// How the agent of `region` connects to its node of `db` (as `postgres`).
 pub fn conninfo(db: &Database, region: &str) -> Option<String> {
     let node = db.node(region)?;
-    Some(format!(
-        "host={} port={} user=postgres dbname=postgres connect_timeout=2",
-        node.addr.ip(),
-        node.addr.port()
-    ))
+    let socket = local_node(db, region).ok().and_then(|l| l.socket());
+    Some(local_conninfo(node.addr, socket))
+}
+
+/// How the agent reaches its own node: over the server's Unix socket when
+/// it has one (as libpq users expect of a local server: no network, and
+/// `peer` authentication for the `postgres` user the agent runs as),
+/// otherwise over TCP at the node's `addr`.
+fn local_conninfo(addr: std::net::SocketAddr, socket: Option<(std::path::PathBuf, u16)>) -> String {
+    match socket {
+        Some((dir, port)) => format!(
+            "host='{}' port={port} user=postgres dbname=postgres connect_timeout=2",
+            // A conninfo value in quotes: backslash and quote escaped.
+            dir.display()
+                .to_string()
+                .replace('\\', "\\\\")
+                .replace('\'', "\\'")
+        ),
+        None => format!(
+            "host={} port={} user=postgres dbname=postgres connect_timeout=2",
+            addr.ip(),
+            addr.port()
+        ),
+    }
 }
 
 /// Checks that the agent of `region` can look after its node of `db`.
@@ -215,7 +234,8 @@ impl DbAgent {
     }
 
     fn conninfo(&self) -> Option<String> {
-        conninfo(&self.db, &self.region)
+        let node = self.db.node(&self.region)?;
+        Some(local_conninfo(node.addr, self.local.socket()))
     }
 
     /// The SQL deadline of one status read: short enough that the round
