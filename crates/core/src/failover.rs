@@ -675,18 +675,25 @@ pub fn leader_view(
         .filter(|p| p.role == NodeRole::Primary);
     let lag_bytes = match (primary, received) {
         (Some(p), Some(received)) => {
+            // The figure is only as fresh as the primary's last report: say
+            // how old it is and what it cannot see, beside the figure.
+            let t = chosen.as_deref().unwrap_or_default();
+            let lag = p.lsn.saturating_sub(received);
+            let age = p.age.as_millis();
             evidence.push(format!(
-                "primary {} last reported WAL at {} ({} ms ago; writes since are not in the figure)",
+                "lag {lag} bytes toward {t} as of primary {}'s last report, {age} ms old \
+                 (WAL at {}; {t} had received {received}, reported {} ms ago): WAL the \
+                 primary wrote after that report is not in the figure; {}",
                 c.writer.region,
                 p.lsn,
-                p.age.as_millis()
+                reports.get(t).map_or(0, |n| n.age.as_millis()),
+                if c.spec.sync {
+                    "in sync mode a commit was acknowledged only once a standby had it"
+                } else {
+                    "in async mode, writes it acknowledged since then may be lost"
+                }
             ));
-            let t = chosen.as_deref().unwrap_or_default();
-            evidence.push(format!(
-                "standby {t} has received {received} ({} ms ago)",
-                reports.get(t).map_or(0, |n| n.age.as_millis())
-            ));
-            Some(p.lsn.saturating_sub(received))
+            Some(lag)
         }
         (None, _) => {
             evidence.push(format!(
@@ -1030,6 +1037,46 @@ mod tests {
         // An operator's target gets its own lag figure.
         let v = leader_view(&three("west", 2), true, &all, &reports, Some("east"));
         assert_eq!(v.lag_bytes, Some(500));
+    }
+
+    // Broke when the audit line approving a failover said `lag 0 bytes`
+    // computed from a primary report 3.5 s old, with nothing saying so.
+    #[test]
+    fn the_lag_figure_says_how_old_it_is_and_what_it_cannot_see() {
+        use NodeRole::*;
+        let mut primary = report(Primary, 1_000, None, None);
+        primary.age = Duration::from_millis(3_500);
+        let reports: BTreeMap<String, NodeReport> = [
+            ("west".to_string(), primary),
+            (
+                "east".to_string(),
+                report(Standby, 990, Some(1_200), Some(2)),
+            ),
+        ]
+        .into();
+        for (sync, blind) in [
+            (
+                true,
+                "in sync mode a commit was acknowledged only once a standby had it",
+            ),
+            (
+                false,
+                "in async mode, writes it acknowledged since then may be lost",
+            ),
+        ] {
+            let mut c = three("west", 2);
+            c.spec.sync = sync;
+            let v = leader_view(&c, true, &|_| true, &reports, None);
+            assert_eq!(v.lag_bytes, Some(0));
+            let line = v.evidence.join("; ");
+            for needle in [
+                "lag 0 bytes toward east as of primary west's last report, 3500 ms old",
+                "WAL the primary wrote after that report is not in the figure",
+                blind,
+            ] {
+                assert!(line.contains(needle), "{needle:?} in {line:?}");
+            }
+        }
     }
 
     /// A plan of `c` from east to west, started at 2 s with east holding
