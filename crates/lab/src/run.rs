@@ -26,6 +26,13 @@ use crate::watch::{self, monitor_routing, wait_until_probed};
 use crate::{db_report, dbrun, dns_report, html, postgres, process};
 
 /// Runs one scenario end to end.
+///
+/// However the run ends, every process it started is stopped and its
+/// directory removed, unless `--keep-dir`: with a report, with an error,
+/// with a panic that unwinds, and on SIGTERM, SIGINT or SIGHUP. After such a
+/// signal the lab cleans up, then ends the process by that same signal, as
+/// a Unix tool does, so that whoever started it sees how it ended (a second
+/// signal while it stops kills the processes instead of waiting for them).
 pub async fn run(args: LabArgs) -> Result<Outcome> {
     let scenario = Scenario::by_name(&args.scenario, args.seed, args.fault)?;
     if args.clients_per_region == 0 || args.pace_ms == 0 {
@@ -37,23 +44,15 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
     {
         bail!("--dns-stretch-share must be from 0 to 1; --dns-ttl-s and --dns-pace-ms at least 1");
     }
-    let db = match (args.db.as_str(), postgres::pg_bin_dir()) {
-        ("off", _) => None,
-        ("auto", None) => {
-            println!(
-                "PostgreSQL server binaries not found (on PATH or under /usr/lib/postgresql/*/bin): running without the database"
-            );
-            None
-        }
-        ("auto" | "async", Some(bin)) => Some(DbSettings { bin, sync: false }),
-        (_, Some(bin)) => Some(DbSettings { bin, sync: true }),
-        (mode, None) => bail!(
-            "--db {mode} needs PostgreSQL server binaries (on PATH or under /usr/lib/postgresql/*/bin)"
-        ),
-    };
+    let db = db_settings(&args.db, postgres::pg_bin_dir())?;
+    if db.is_none() && args.db == "auto" {
+        println!(
+            "PostgreSQL server binaries not found (on PATH or under /usr/lib/postgresql/*/bin): running without the database"
+        );
+    }
     if scenario.needs_db && db.is_none() {
         bail!(
-            "scenario {} is about the database and needs it (--db async or sync, and PostgreSQL installed)",
+            "scenario {} is about the database and needs it (--db sync or async, and PostgreSQL installed)",
             scenario.name
         );
     }
@@ -65,36 +64,172 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
         Some(b) => b.clone(),
         None => std::env::current_exe().context("find the tern binary")?,
     };
-    let dir = tempfile::Builder::new()
-        .prefix("tern-lab-")
-        .tempdir()
-        .context("create the lab directory")?;
-    let delay = Duration::from_millis(args.delay_ms);
+    // Caught before the directory exists, so that none of them can end the
+    // process between its creation and its removal.
+    let mut signals = Signals::install()?;
+    let dir = LabDir::create(args.keep_dir)?;
     println!(
         "tern lab: scenario {} (seed {}), regions us-east 127.0.1.0/24, us-west 127.0.2.0/24, witness 127.0.3.0/24, {} ms one way between regions",
         scenario.name, args.seed, args.delay_ms
     );
     println!(
-        "starting: {}sample service, edge, agent and controller in each serving region, a controller and an agent at the witness, WAN emulator",
+        "starting: {}sample service, edge, agent and controller in each serving region, a controller and an agent at the witness, WAN emulator (in {})",
         match &db {
             Some(d) => format!(
                 "PostgreSQL ({} replication: primary in us-east, standby in us-west by base backup across the WAN), ",
                 if d.sync { "synchronous" } else { "asynchronous" }
             ),
             None => String::new(),
-        }
+        },
+        dir.path.display()
     );
+    let ended = run_in(&args, &scenario, db, &binary, &dir.path, &mut signals).await;
+    // Every process of the lab has stopped.
+    if args.keep_dir {
+        say(&format!("lab directory kept: {}", dir.path.display()));
+    }
+    let path = dir.path.clone();
+    drop(dir);
+    let (result, https) = match ended {
+        Ended::Signal(signal) => {
+            say(&format!(
+                "tern lab: {}: every process stopped; {}",
+                signal_name(signal),
+                if args.keep_dir {
+                    format!("{} kept", path.display())
+                } else {
+                    format!("{} removed", path.display())
+                }
+            ));
+            end_by(signal);
+            bail!("stopped by {}", signal_name(signal));
+        }
+        Ended::Ran { report, https } => (report, https),
+    };
+    let mut report = (*result)?;
+    report.targets.https_at_every_edge = Some(!https.is_empty() && https.iter().all(|c| c.ok));
+    report.https = https;
+    report.summary = report.verdict_line();
+    print!("\n{}", report.table());
+    if let Some(path) = &args.report_json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    if let Some(path) = &args.report_html {
+        std::fs::write(path, html::render(&report))
+            .with_context(|| format!("write {}", path.display()))?;
+        println!("timeline written to {}", path.display());
+    }
+    // The last line of every run, to be quoted as it is.
+    println!("{}", report.summary);
+    Ok(Outcome {
+        report,
+        check: args.check,
+    })
+}
 
+/// The database of a run from `--db` and the PostgreSQL binaries found:
+/// `auto` is asynchronous replication when PostgreSQL is installed, none
+/// otherwise.
+fn db_settings(mode: &str, bin: Option<std::path::PathBuf>) -> Result<Option<DbSettings>> {
+    Ok(match (mode, bin) {
+        ("off", _) | ("auto", None) => None,
+        ("sync", Some(bin)) => Some(DbSettings { bin, sync: true }),
+        ("auto" | "async", Some(bin)) => Some(DbSettings { bin, sync: false }),
+        (mode, None) => bail!(
+            "--db {mode} needs PostgreSQL server binaries (on PATH or under /usr/lib/postgresql/*/bin)"
+        ),
+        (mode, Some(_)) => bail!("--db {mode}: expected auto, sync, async or off"),
+    })
+}
+
+/// How [`run_in`] ended.
+enum Ended {
+    /// The run went to its end, or failed; the HTTPS checks made before the load.
+    Ran {
+        report: Box<Result<Report>>,
+        https: Vec<crate::https::HttpsCheck>,
+    },
+    /// A signal stopped it (its number).
+    Signal(i32),
+}
+
+/// Starts the deployment in `dir`, runs the scenario and stops every
+/// process, whatever happens meanwhile.
+async fn run_in(
+    args: &LabArgs,
+    scenario: &Scenario,
+    db: Option<DbSettings>,
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    signals: &mut Signals,
+) -> Ended {
     let tuning = EdgeTuning {
         retries: !args.no_edge_retries,
         dns_ttl: Duration::from_secs(args.dns_ttl_s),
-        ..lab_tuning(&args)
+        ..lab_tuning(args)
     };
+    let delay = Duration::from_millis(args.delay_ms);
+    // A signal while it starts drops the start: the processes it started
+    // die with their handles.
     let mut deployment = tokio::select! {
-        d = Deployment::start(&binary, dir.path(), default_regions(), delay, tuning, db) => d?,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted while starting"),
+        d = Deployment::start(binary, dir, default_regions(), delay, tuning, db) => match d {
+            Ok(d) => d,
+            Err(e) => return Ended::Ran { report: Box::new(Err(e)), https: Vec::new() },
+        },
+        signal = signals.recv() => {
+            say(&format!("tern lab: {} while starting; stopping every process", signal_name(signal)));
+            return Ended::Signal(signal);
+        }
     };
-    // Every edge over HTTPS, as a client that trusts only the lab's CA.
+    let mut https = Vec::new();
+    let mut stopped_by = None;
+    let result = tokio::select! {
+        r = async {
+            https = check_https(&deployment).await;
+            drive(&mut deployment, scenario, args).await
+        } => r,
+        signal = signals.recv() => {
+            say(&format!("tern lab: {}; stopping every process", signal_name(signal)));
+            stopped_by = Some(signal);
+            Err(anyhow::anyhow!("stopped by {}", signal_name(signal)))
+        }
+    };
+    if let (Err(e), None) = (&result, stopped_by) {
+        eprintln!("tern lab: the run failed ({e:#}); last log lines of each process:");
+        for rt in &deployment.serving {
+            for name in [
+                format!("edge-{}", rt.spec.name),
+                format!("service-{}", rt.spec.name),
+                format!("agent-{}", rt.spec.name),
+                format!("controller-{}", rt.spec.name),
+            ] {
+                let path = deployment.log_dir().join(format!("{name}.log"));
+                eprintln!("--- last lines of {name} ---\n{}", process::tail(&path, 8));
+            }
+        }
+    }
+    tokio::select! {
+        () = deployment.shutdown() => {}
+        signal = signals.recv() => {
+            say(&format!("tern lab: {} again; killing every process", signal_name(signal)));
+            stopped_by.get_or_insert(signal);
+        }
+    }
+    // Whatever the shutdown left running dies with its handle here.
+    drop(deployment);
+    match stopped_by {
+        Some(signal) => Ended::Signal(signal),
+        None => Ended::Ran {
+            report: Box::new(result),
+            https,
+        },
+    }
+}
+
+/// Every edge over HTTPS, as a client that trusts only the lab's CA.
+async fn check_https(deployment: &Deployment) -> Vec<crate::https::HttpsCheck> {
     let mut https = Vec::new();
     for rt in &deployment.serving {
         let c = crate::https::check(&rt.spec.name, rt.https_addr, &deployment.ca_file).await;
@@ -112,65 +247,117 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
         );
         https.push(c);
     }
-    let mut interrupted = false;
-    let result = tokio::select! {
-        r = drive(&mut deployment, &scenario, &args) => r,
-        _ = tokio::signal::ctrl_c() => {
-            interrupted = true;
-            Err(anyhow::anyhow!("interrupted; stopping every process of the lab"))
+    https
+}
+
+/// The signals that end a lab early, caught for the whole run.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("catch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("catch SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("catch SIGHUP")?,
+        })
+    }
+
+    /// The next of them to arrive (its number).
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.hup.recv() => libc::SIGHUP,
         }
-    };
-    if let (Err(e), false) = (&result, interrupted) {
-        eprintln!("tern lab: the run failed ({e:#}); last log lines of each process:");
-        for rt in &deployment.serving {
-            for name in [
-                format!("edge-{}", rt.spec.name),
-                format!("service-{}", rt.spec.name),
-                format!("agent-{}", rt.spec.name),
-                format!("controller-{}", rt.spec.name),
-            ] {
-                let path = deployment.log_dir().join(format!("{name}.log"));
-                eprintln!("--- last lines of {name} ---\n{}", process::tail(&path, 8));
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
+}
+
+/// Ends the process by `signal`, its default action restored (the lab has
+/// cleaned up by then). Returns only if the signal did not end it.
+fn end_by(signal: i32) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    // SAFETY: plain syscalls; the handler is replaced by the default action,
+    // which ends the process, before the signal is raised again.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+}
+
+/// A line on stdout that never panics: after SIGHUP the terminal may be gone.
+fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// The lab's directory (configurations, logs, the databases' data): removed
+/// when dropped, whether the run ended well, with an error or with a
+/// panic, unless it is to be kept.
+struct LabDir {
+    path: std::path::PathBuf,
+    keep: bool,
+}
+
+impl LabDir {
+    fn create(keep: bool) -> Result<LabDir> {
+        let dir = tempfile::Builder::new()
+            .prefix("tern-lab-")
+            .tempdir()
+            .context("create the lab directory")?;
+        Ok(LabDir {
+            path: dir.keep(),
+            keep,
+        })
+    }
+}
+
+impl Drop for LabDir {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        // A process killed a moment ago may still be writing its last
+        // file: try again until the directory is gone, for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match std::fs::remove_dir_all(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(e) if Instant::now() >= deadline => {
+                    eprintln!("tern lab: could not remove {}: {e}", self.path.display());
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
     }
-    deployment.shutdown().await;
-    if args.keep_dir {
-        let kept = dir.keep();
-        println!("lab directory kept: {}", kept.display());
-    }
-    let mut report = result?;
-    report.targets.https_at_every_edge = Some(!https.is_empty() && https.iter().all(|c| c.ok));
-    report.https = https;
-    print!("\n{}", report.table());
-    if let Some(path) = &args.report_json {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
-        println!("report written to {}", path.display());
-    }
-    if let Some(path) = &args.report_html {
-        std::fs::write(path, html::render(&report))
-            .with_context(|| format!("write {}", path.display()))?;
-        println!("timeline written to {}", path.display());
-    }
-    Ok(Outcome {
-        report,
-        check: args.check,
-    })
 }
 
-/// The load of a run while it goes: the clients' records as they arrive
-/// and the edges' routing as the monitor sees it.
+/// The load of a run while it goes: the task collecting the clients'
+/// records (and printing the progress line) and the edges' routing as the
+/// monitor sees it.
 struct Load {
     stop: CancellationToken,
-    records: mpsc::UnboundedReceiver<RequestRecord>,
-    dns_records: mpsc::UnboundedReceiver<DnsRequestRecord>,
+    collector: JoinHandle<load::Collected>,
     /// HTTP clients started, and DNS clients by how they treat TTLs.
     http_clients: usize,
     dns_clients: BTreeMap<&'static str, usize>,
     routing: Arc<Mutex<Vec<RoutingSample>>>,
-    /// Each edge's current first-choice regions, for the progress line.
-    current: Arc<Mutex<BTreeMap<String, Vec<String>>>>,
     monitor: JoinHandle<()>,
 }
 
@@ -213,14 +400,24 @@ fn start_load(
         current.clone(),
         stop.clone(),
     ));
-    Load {
-        stop,
+    let collector = tokio::spawn(load::collect(
         records,
         dns_records,
+        load::Progress {
+            t0: tokio::time::Instant::from_std(t0),
+            every: Duration::from_secs(1),
+            writes_apart: deployment.db.is_some(),
+            routes: current,
+        },
+        stop.clone(),
+        |line| say(&line),
+    ));
+    Load {
+        stop,
+        collector,
         http_clients: id,
         dns_clients,
         routing,
-        current,
         monitor,
     }
 }
@@ -351,10 +548,11 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
     let client_paths = deployment.client_paths(Duration::from_micros(500)).await?;
     let clock = Arc::new(Clock::start());
     let t0 = clock.t0();
-    let mut load = start_load(deployment, &client_paths, &admins, args, &clock);
+    let load = start_load(deployment, &client_paths, &admins, args, &clock);
+    // However this ends (a failed step, a signal dropping it), the clients
+    // and the progress line stop with it.
+    let _stop_load = load.stop.clone().drop_guard();
 
-    let mut records: Vec<RequestRecord> = Vec::new();
-    let mut dns_records: Vec<DnsRequestRecord> = Vec::new();
     let mut events = vec![Event {
         t_ms: 0.0,
         what: "load starts".into(),
@@ -364,49 +562,26 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
         clock.stamp(),
         args.clients_per_region
     );
+    // The steps, each at its time; the progress line is the collector's,
+    // on time however long a step takes.
     let mut faults = Faults::default();
-    let mut steps = scenario.steps.iter().peekable();
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    ticker.tick().await;
-    let mut last_count = 0usize;
-    let end = t0 + scenario.duration;
-    loop {
-        let next_step_at = steps.peek().map(|s| t0 + s.at).unwrap_or(end).min(end);
-        tokio::select! {
-            Some(r) = load.records.recv() => records.push(r),
-            Some(r) = load.dns_records.recv() => dns_records.push(r),
-            _ = ticker.tick() => {
-                let failed = records.iter().filter(|r| !r.ok).count();
-                let edges = load.current.lock().expect("routing lock").iter()
-                    .map(|(e, to)| format!("{e}->{}", if to.is_empty() { "none".to_string() } else { to.join("+") }))
-                    .collect::<Vec<_>>().join(", ");
-                println!(
-                    "{} {:>4} req/s, {failed} failed so far; edges route: {edges}",
-                    clock.stamp(),
-                    records.len() - last_count
-                );
-                last_count = records.len();
-            }
-            _ = tokio::time::sleep_until(next_step_at.into()) => {
-                if Instant::now() >= end && steps.peek().is_none() {
-                    break;
-                }
-                let Some(step) = steps.next() else { continue };
-                println!("{} {}", clock.stamp(), step.label);
-                apply_step(deployment, step, &clock, &mut faults).await?;
-                events.push(Event { t_ms: clock.ms(), what: step.label.clone() });
-            }
-        }
+    for step in &scenario.steps {
+        tokio::time::sleep_until((t0 + step.at).into()).await;
+        println!("{} {}", clock.stamp(), step.label);
+        apply_step(deployment, step, &clock, &mut faults).await?;
+        events.push(Event {
+            t_ms: clock.ms(),
+            what: step.label.clone(),
+        });
     }
+    tokio::time::sleep_until((t0 + scenario.duration).into()).await;
     load.stop.cancel();
     let end_ms = clock.ms();
-    // Clients finish the request in hand; collect those records too.
-    while let Some(r) = load.records.recv().await {
-        records.push(r);
-    }
-    while let Some(r) = load.dns_records.recv().await {
-        dns_records.push(r);
-    }
+    // Clients finish the request in hand; the collector gathers those records too.
+    let load::Collected {
+        mut records,
+        dns_records,
+    } = load.collector.await.context("the records' collector")?;
     let _ = load.monitor.await;
     let probe_failures = watch::probe_failures(&admins).await;
     events.push(Event {
@@ -459,7 +634,7 @@ async fn judge(
     run: Judged,
 ) -> Result<Report> {
     let Judged {
-        mut records,
+        records,
         mut dns_records,
         routing,
         events,
@@ -476,13 +651,25 @@ async fn judge(
         minority_decisions,
         ..
     } = faults;
-    // Before the fault nothing may fail, writes included (counted before the
-    // payments are left out of the HTTP figures): requests that ended before
-    // it (one in flight at the fault is the fault's).
+    // With the database, payments are the write load, counted apart from
+    // the HTTP requests the same way as the live line counts them: the
+    // write oracle judges them; the HTTP figures are about the rest.
+    let writes_apart = deployment.db.is_some();
+    let (writes, records): (Vec<RequestRecord>, Vec<RequestRecord>) = records
+        .into_iter()
+        .partition(|r| report::is_write(r, writes_apart));
+    // Before the fault nothing may fail, writes included: requests that
+    // ended before it (one in flight at the fault is the fault's).
     let failed_before_fault: Vec<String> = fault_ms.map_or(Vec::new(), |fault| {
-        records
+        let mut failed: Vec<&RequestRecord> = records
             .iter()
-            .filter(|r| r.end_ms() < fault && !r.ok)
+            .filter(|r| !r.ok)
+            .chain(writes.iter().filter(|w| !report::write_acked(w)))
+            .filter(|r| r.end_ms() < fault)
+            .collect();
+        failed.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
+        failed
+            .into_iter()
             .map(|r| {
                 format!(
                     "{:.0} ms {} client {}: {}",
@@ -512,22 +699,18 @@ async fn judge(
         }
     }
     events.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
-    // With the database, payments are the write load: the write oracle
-    // judges them; the HTTP figures are about the rest.
-    let writes = match &deployment.db {
-        Some(_) => Some(dbrun::write_report(deployment, &records, fault_ms).await),
+    let write_outcome = match &deployment.db {
+        Some(_) => Some(dbrun::write_report(deployment, &writes, fault_ms).await),
         None => None,
     };
-    if deployment.db.is_some() {
-        records.retain(|r| r.payment.is_none());
-        dns_records.retain(|r| r.record.payment.is_none());
-    }
+    dns_records.retain(|r| !report::is_write(&r.record, writes_apart));
     let mut report = report::build(report::Inputs {
         scenario: scenario.name,
         seed: args.seed,
         failed_region: scenario.failed_region.as_deref(),
         one_way_delay_ms: args.delay_ms,
         records: &records,
+        writes: &writes,
         routing: &routing,
         moments: Moments {
             fault_ms,
@@ -569,7 +752,7 @@ async fn judge(
     );
     report.probe_failures = probe_failures;
     report.add_control(facts);
-    if let Some(w) = writes {
+    if let Some(w) = write_outcome {
         let w: db_report::WriteOutcome = w.context("the write oracle")?;
         let sync = deployment.db.as_ref().is_some_and(|d| d.settings.sync);
         report.add_writes(w, sync);
