@@ -61,8 +61,8 @@ pub struct LabArgs {
     /// Milliseconds between the starts of one DNS client's requests.
     #[arg(long, default_value_t = 100)]
     pub dns_pace_ms: u64,
-    /// The database: `auto` (asynchronous replication when PostgreSQL is
-    /// installed, none otherwise), `async`, `sync` or `off`.
+    /// The database: `auto` (synchronous replication when PostgreSQL is
+    /// installed, none otherwise), `sync`, `async` or `off`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "async", "sync", "off"])]
     pub db: String,
     /// Agents never fence their database. Only for showing that the oracle

@@ -130,13 +130,14 @@ pub async fn run(args: LabArgs) -> Result<Outcome> {
 }
 
 /// The database of a run from `--db` and the PostgreSQL binaries found:
-/// `auto` is asynchronous replication when PostgreSQL is installed, none
-/// otherwise.
+/// `auto` is synchronous replication when PostgreSQL is installed (the
+/// configuration a payments service needs: nothing acknowledged is lost),
+/// none otherwise.
 fn db_settings(mode: &str, bin: Option<std::path::PathBuf>) -> Result<Option<DbSettings>> {
     Ok(match (mode, bin) {
         ("off", _) | ("auto", None) => None,
-        ("sync", Some(bin)) => Some(DbSettings { bin, sync: true }),
-        ("auto" | "async", Some(bin)) => Some(DbSettings { bin, sync: false }),
+        ("auto" | "sync", Some(bin)) => Some(DbSettings { bin, sync: true }),
+        ("async", Some(bin)) => Some(DbSettings { bin, sync: false }),
         (mode, None) => bail!(
             "--db {mode} needs PostgreSQL server binaries (on PATH or under /usr/lib/postgresql/*/bin)"
         ),
@@ -854,5 +855,27 @@ fn lab_tuning(args: &LabArgs) -> EdgeTuning {
         EdgeTuning::product_defaults()
     } else {
         EdgeTuning::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Broke when the lab's default database replicated asynchronously: a
+    /// first run printed lost acknowledged writes beside "target met",
+    /// while a payments service wants nothing acknowledged lost.
+    #[test]
+    fn the_default_database_replicates_synchronously() {
+        let bin = || Some(std::path::PathBuf::from("/usr/lib/postgresql/17/bin"));
+        let sync = |mode: &str| db_settings(mode, bin()).unwrap().map(|d| d.sync);
+        assert_eq!(sync(&LabArgs::default().db), Some(true));
+        assert_eq!(sync("sync"), Some(true));
+        assert_eq!(sync("async"), Some(false));
+        assert_eq!(sync("off"), None);
+        // Without PostgreSQL the default runs without the database; asking
+        // for one is an error.
+        assert!(db_settings("auto", None).unwrap().is_none());
+        assert!(db_settings("sync", None).is_err());
     }
 }
