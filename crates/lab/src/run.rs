@@ -1,7 +1,8 @@
 //! One run of a scenario: start the deployment, wait until it is ready,
 //! drive load from every region while the scenario's steps break and heal
 //! it ([`drive`]), then hand the clients' records and the nodes' contents
-//! to the oracle and write the report.
+//! to the oracle and write the report. A task of its own ([`collect`])
+//! gathers the records and prints the live line on time meanwhile.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -354,7 +355,7 @@ impl Drop for LabDir {
 /// monitor sees it.
 struct Load {
     stop: CancellationToken,
-    collector: JoinHandle<load::Collected>,
+    collector: JoinHandle<Collected>,
     /// HTTP clients started, and DNS clients by how they treat TTLs.
     http_clients: usize,
     dns_clients: BTreeMap<&'static str, usize>,
@@ -401,10 +402,10 @@ fn start_load(
         current.clone(),
         stop.clone(),
     ));
-    let collector = tokio::spawn(load::collect(
+    let collector = tokio::spawn(collect(
         records,
         dns_records,
-        load::Progress {
+        Progress {
             t0: tokio::time::Instant::from_std(t0),
             every: Duration::from_secs(1),
             writes_apart: deployment.db.is_some(),
@@ -579,7 +580,7 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
     load.stop.cancel();
     let end_ms = clock.ms();
     // Clients finish the request in hand; the collector gathers those records too.
-    let load::Collected {
+    let Collected {
         mut records,
         dns_records,
     } = load.collector.await.context("the records' collector")?;
@@ -848,6 +849,83 @@ fn spawn_dns_clients(
     started
 }
 
+/// How [`collect`] reports progress while the load runs.
+struct Progress {
+    /// Lab time zero, on tokio's clock (`tokio::time::Instant::from_std`
+    /// of the lab's clock).
+    t0: tokio::time::Instant,
+    /// Time between two progress lines.
+    every: Duration,
+    /// Whether payments are writes, counted apart ([`crate::report::Tally`]).
+    writes_apart: bool,
+    /// Each edge's current first-choice regions, as the routing monitor last saw them.
+    routes: Arc<Mutex<BTreeMap<String, Vec<String>>>>,
+}
+
+/// Every record of a run's clients, as [`collect`] gathered them.
+#[derive(Debug, Default)]
+struct Collected {
+    records: Vec<RequestRecord>,
+    dns_records: Vec<DnsRequestRecord>,
+}
+
+/// Gathers the HTTP clients' and the DNS clients' records until both
+/// channels close (every client stopped and handed in the request it had in
+/// hand), and hands `out` a progress line every `progress.every` until
+/// `stop`, then one with the totals. Run it as a task of its own: its ticks
+/// depend on nothing else the lab does (a step that takes seconds, such as a
+/// region's restart, holds up no line), and a tick it missed is skipped, not
+/// made up in a burst.
+async fn collect(
+    mut records: mpsc::UnboundedReceiver<RequestRecord>,
+    mut dns_records: mpsc::UnboundedReceiver<DnsRequestRecord>,
+    progress: Progress,
+    stop: CancellationToken,
+    mut out: impl FnMut(String) + Send,
+) -> Collected {
+    use crate::report::{load_stopped_line, progress_line, Tally};
+    let mut ticker = tokio::time::interval_at(progress.t0 + progress.every, progress.every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut collected = Collected::default();
+    let mut total = Tally::default();
+    let (mut last, mut last_at) = (total, progress.t0);
+    let (mut http_open, mut dns_open, mut ticking) = (true, true, true);
+    while http_open || dns_open {
+        tokio::select! {
+            r = records.recv(), if http_open => match r {
+                Some(r) => {
+                    total.add(&r, progress.writes_apart);
+                    collected.records.push(r);
+                }
+                None => http_open = false,
+            },
+            r = dns_records.recv(), if dns_open => match r {
+                Some(r) => collected.dns_records.push(r),
+                None => dns_open = false,
+            },
+            _ = stop.cancelled(), if ticking => ticking = false,
+            now = ticker.tick(), if ticking => {
+                let routes = progress.routes.lock().expect("routing lock").clone();
+                out(progress_line(
+                    now - progress.t0,
+                    now - last_at,
+                    &total.since(&last),
+                    &total,
+                    progress.writes_apart,
+                    &routes,
+                ));
+                (last, last_at) = (total, now);
+            }
+        }
+    }
+    out(load_stopped_line(
+        tokio::time::Instant::now() - progress.t0,
+        &total,
+        progress.writes_apart,
+    ));
+    collected
+}
+
 /// The edges' health settings of a run: the lab's fast ones, or the
 /// product's defaults with `--product-defaults`.
 fn lab_tuning(args: &LabArgs) -> EdgeTuning {
@@ -861,6 +939,90 @@ fn lab_tuning(args: &LabArgs) -> EdgeTuning {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::{PaymentAck, PaymentRecord};
+    fn record(start_ms: f64, ok: bool, payment: Option<bool>) -> RequestRecord {
+        RequestRecord {
+            start_ms,
+            latency_ms: 5.0,
+            client_region: "us-west".into(),
+            method: if payment.is_some() { "POST" } else { "GET" },
+            status: Some(if ok { 200 } else { 503 }),
+            ok,
+            edge_region: Some("us-west".into()),
+            served_by: ok.then(|| "us-west".to_string()),
+            edges_tried: 1,
+            error: None,
+            payment: payment.map(|acked| PaymentRecord {
+                key: format!("k{start_ms}"),
+                ack: acked.then(|| PaymentAck {
+                    id: start_ms as i64,
+                    node: "us-west".into(),
+                    timeline: "00000002".into(),
+                    written_at_ms: 0,
+                    replay: false,
+                }),
+            }),
+        }
+    }
+
+    /// Broke when the progress line was printed by the loop that also
+    /// carried out the scenario's steps: a region's restart held it for
+    /// 3 to 4 s, then it printed a burst of lines with one timestamp.
+    #[tokio::test(start_paused = true)]
+    async fn progress_ticks_on_time_while_the_lab_is_busy_elsewhere() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (_dns_tx, dns_rx) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = lines.clone();
+        let t0 = tokio::time::Instant::now();
+        let collector = tokio::spawn(collect(
+            rx,
+            dns_rx,
+            Progress {
+                t0,
+                every: Duration::from_secs(1),
+                writes_apart: true,
+                routes: Arc::default(),
+            },
+            stop.clone(),
+            move |l| sink.lock().unwrap().push(l),
+        ));
+        tx.send(record(100.0, true, None)).unwrap();
+        // The rest of the lab is busy for 4.5 s (a restart) and sends nothing.
+        tokio::time::sleep(Duration::from_millis(4_500)).await;
+        tx.send(record(4_600.0, false, Some(false))).unwrap();
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        stop.cancel();
+        drop(tx);
+        drop(_dns_tx);
+        let collected = collector.await.unwrap();
+        assert_eq!(collected.records.len(), 2);
+        let lines = lines.lock().unwrap().clone();
+        let stamps: Vec<&str> = lines.iter().map(|l| &l[..8]).collect();
+        assert_eq!(
+            stamps,
+            ["[  1.0s]", "[  2.0s]", "[  3.0s]", "[  4.0s]", "[  5.0s]", "[  5.5s]"],
+            "{lines:#?}"
+        );
+        assert!(
+            lines[0].contains("http    1 req/s, 0 failed so far"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[4].contains("writes   1/s, 1 failed so far"),
+            "{}",
+            lines[4]
+        );
+        assert!(
+            lines[5].contains(
+                "http requests 1 sent, 0 failed; writes 1 sent, 0 acknowledged, 1 failed"
+            ),
+            "{}",
+            lines[5]
+        );
+    }
 
     /// Broke when the lab's default database replicated asynchronously: a
     /// first run printed lost acknowledged writes beside "target met",
