@@ -56,16 +56,24 @@ pub fn plan(
     if available.is_empty() {
         return match when_all_unhealthy {
             AllUnhealthy::FailClosed => RoutePlan::FailClosed,
-            AllUnhealthy::FailOpen => RoutePlan::Try {
-                order: order_by_policy(
+            AllUnhealthy::FailOpen => {
+                let mut order = order_by_policy(
                     policy,
                     local_region,
                     backends,
                     (0..backends.len()).collect(),
                     random,
-                ),
-                degraded: true,
-            },
+                );
+                // The least bad first: a backend whose probes pass (only
+                // ejected for its answers) before one that fails them, and
+                // among those failing, one not ejected too. A stable sort,
+                // so the policy's order holds within each group.
+                order.sort_by_key(|i| (!backends[*i].healthy, backends[*i].ejected));
+                RoutePlan::Try {
+                    order,
+                    degraded: true,
+                }
+            }
         };
     }
     RoutePlan::Try {
@@ -313,13 +321,32 @@ mod tests {
             plan(Failover, FailClosed, "a", &backends, 0),
             RoutePlan::FailClosed
         );
+        // Fail-open tries the healthy but ejected b before the failing a.
         assert_eq!(
             plan(Failover, FailOpen, "a", &backends, 0),
             RoutePlan::Try {
-                order: vec![0, 1],
+                order: vec![1, 0],
                 degraded: true
             }
         );
+    }
+
+    /// A surviving edge sent its traffic to a dead first region for 2 s:
+    /// the dead region's outlier ejection ended while the healthy region
+    /// was ejected, so every backend was unavailable and fail-open took
+    /// the file order. The least bad goes first.
+    #[test]
+    fn fail_open_never_puts_a_region_failing_its_probes_before_one_passing_them() {
+        let backends = vec![
+            view("dead", 1, false, false, None),
+            view("alive", 1, true, true, None),
+            view("dead-and-ejected", 1, false, true, None),
+        ];
+        for policy in [Failover, Latency, Weighted] {
+            let o = order(plan(policy, FailOpen, "dead", &backends, 7));
+            assert_eq!(o[0], 1, "{policy:?}: {o:?}");
+            assert_eq!(o, vec![1, 0, 2], "{policy:?}");
+        }
     }
 
     #[test]

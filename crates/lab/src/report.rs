@@ -47,7 +47,12 @@ pub struct Targets {
     /// (scenarios with a failed region).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_failures_outside_failed_region: Option<bool>,
-    /// `detection_ms` under 1000 (scenarios with a failed region).
+    /// Detection under 1000 ms as the clients saw it: the last request of a
+    /// client outside the failed region that paid for the fault (failed,
+    /// tried a second edge, or waited out a try) ended within 1000 ms of
+    /// it (`clients_detection_ms`, from the clients' records; the edges'
+    /// own `detection_ms` only until those are in). Scenarios with a failed
+    /// region.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detection_under_1s: Option<bool>,
     /// The controllers committed a verdict on the failed region.
@@ -727,6 +732,19 @@ impl Report {
                 self.targets.no_extra_flap = Some(self.edge_route_changes == 0);
             }
             _ => {}
+        }
+    }
+}
+
+impl Report {
+    /// Sets what the clients saw of the fault ([`clients_detection`]) and
+    /// judges the detection target on it, not on the edges' clocks: the
+    /// oracle takes the clients' word, not the system's.
+    pub fn judge_detection_by_clients(&mut self, clients_detection_ms: Option<f64>) {
+        self.clients_detection_ms = clients_detection_ms;
+        if self.targets.detection_under_1s.is_some() {
+            self.targets.detection_under_1s =
+                Some(clients_detection_ms.is_some_and(|d| d < 1_000.0));
         }
     }
 }
@@ -1577,6 +1595,26 @@ mod tests {
             n,
             "every counted target is printed:\n{table}"
         );
+    }
+
+    /// Broke when the detection target took the edges' word: an edge can
+    /// route away from the dead region and back (or clients can pay for it
+    /// some other way) while its first change looks fast.
+    #[test]
+    fn the_detection_target_is_judged_on_what_the_clients_paid() {
+        let (_, mut report) = outage_with_writes();
+        report.detection_ms = Some(250.0);
+        report.targets.detection_under_1s = Some(true);
+        report.judge_detection_by_clients(Some(4_413.0));
+        assert_eq!(report.targets.detection_under_1s, Some(false));
+        report.judge_detection_by_clients(Some(558.0));
+        assert_eq!(report.targets.detection_under_1s, Some(true));
+        report.judge_detection_by_clients(None);
+        assert_eq!(report.targets.detection_under_1s, Some(false));
+        // No failed region, no detection target to judge.
+        report.targets.detection_under_1s = None;
+        report.judge_detection_by_clients(Some(10.0));
+        assert_eq!(report.targets.detection_under_1s, None);
     }
 
     /// Broke when `switchover` printed `detection under 1000 ms: met`

@@ -746,12 +746,12 @@ async fn judge(
         }));
     }
     report.settings = lab_tuning(args).describe();
-    report.clients_detection_ms = report::clients_detection(
+    report.judge_detection_by_clients(report::clients_detection(
         &records,
         scenario.failed_region.as_deref(),
         fault_ms,
         lab_tuning(args).try_timeout_ms as f64,
-    );
+    ));
     report.probe_failures = probe_failures;
     report.add_control(facts);
     if let Some(w) = write_outcome {
