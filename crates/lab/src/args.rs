@@ -1,15 +1,26 @@
 //! The arguments of `tern lab` and what a run answers.
+//!
+//! Arguments with a fixed set of values (`--scenario`, `--db`, `--fault`)
+//! give clap each value with a one-line description, so `tern lab --help`
+//! lists them and clap refuses anything else before the lab starts: a bad
+//! value is a usage error (exit 64), never confused with a missed target
+//! (exit 1 under `--check`).
 
+use std::ffi::OsStr;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+
 use crate::report::Report;
+use crate::scenario;
 use crate::wan::Fault;
 
 /// Arguments of `tern lab`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LabArgs {
     /// Scenario to run.
-    #[arg(long, default_value = "region-outage")]
+    #[arg(long, default_value = "region-outage", value_parser = ScenarioParser)]
     pub scenario: String,
     /// Write the report as JSON to this file.
     #[arg(long)]
@@ -20,9 +31,8 @@ pub struct LabArgs {
     /// Seed for the load mix and the fault's timing.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// How the failed region's network breaks: `blackhole` (packets vanish,
-    /// connections hang) or `reset` (connections are refused and reset).
-    #[arg(long, default_value = "blackhole", value_parser = parse_fault)]
+    /// How the failed region's network breaks.
+    #[arg(long, default_value = "blackhole", value_parser = fault_parser())]
     pub fault: Fault,
     /// One-way delay between regions, in milliseconds.
     #[arg(long, default_value_t = 35)]
@@ -61,9 +71,8 @@ pub struct LabArgs {
     /// Milliseconds between the starts of one DNS client's requests.
     #[arg(long, default_value_t = 100)]
     pub dns_pace_ms: u64,
-    /// The database: `auto` (synchronous replication when PostgreSQL is
-    /// installed, none otherwise), `sync`, `async` or `off`.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "async", "sync", "off"])]
+    /// The database.
+    #[arg(long, default_value = "auto", value_parser = db_parser())]
     pub db: String,
     /// Agents never fence their database. Only for showing that the oracle
     /// counts the writes this lets through.
@@ -103,12 +112,17 @@ impl Default for LabArgs {
     }
 }
 
+/// What a finished run answers: its report, and whether `--check` was given.
 pub struct Outcome {
+    /// The run's report, as printed and written.
     pub report: Report,
+    /// `--check`: a missed target fails the run.
     pub check: bool,
 }
 
 impl Outcome {
+    /// The lab's exit status: 1 when `--check` was given and a target was
+    /// missed, 0 otherwise (usage errors exit 64 before a run starts).
     pub fn exit_code(&self) -> u8 {
         if self.check && !self.report.targets.all_met() {
             1
@@ -116,6 +130,72 @@ impl Outcome {
             0
         }
     }
+}
+
+/// `--scenario`: one of [`scenario::NAMES`], each listed with its
+/// [`scenario::about`] line. clap's own error for a value outside a list
+/// puts the names on one line without what they do; an unknown scenario
+/// deserves the list a user chooses from, so this parser writes it.
+#[derive(Debug, Clone, Copy)]
+struct ScenarioParser;
+
+impl TypedValueParser for ScenarioParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<String, clap::Error> {
+        if let Some(name) = value.to_str().filter(|v| scenario::NAMES.contains(v)) {
+            return Ok(name.to_string());
+        }
+        let arg = arg.map_or_else(|| "--scenario".to_string(), ToString::to_string);
+        let mut message = format!(
+            "invalid value '{}' for '{arg}'\n\nscenarios:",
+            value.to_string_lossy()
+        );
+        let width = scenario::NAMES.iter().map(|n| n.len()).max().unwrap_or(0);
+        for name in scenario::NAMES {
+            let about = scenario::about(name).unwrap_or_default();
+            let _ = write!(message, "\n  {name:<width$}  {about}");
+        }
+        Err(
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, message)
+                .format(&mut cmd.clone()),
+        )
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(scenario::NAMES.iter().map(|name| {
+            PossibleValue::new(*name).help(scenario::about(name).unwrap_or_default())
+        })))
+    }
+}
+
+/// `--db`: each mode with what it runs.
+fn db_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new([
+        PossibleValue::new("auto")
+            .help("synchronous replication when PostgreSQL is installed, no database otherwise"),
+        PossibleValue::new("sync").help(
+            "a primary and a standby with synchronous replication: nothing acknowledged is lost",
+        ),
+        PossibleValue::new("async").help(
+            "asynchronous replication: a failover may lose what the standby had not received",
+        ),
+        PossibleValue::new("off").help("no database"),
+    ])
+}
+
+/// `--fault`: each way a region's network breaks.
+fn fault_parser() -> impl TypedValueParser<Value = Fault> {
+    PossibleValuesParser::new([
+        PossibleValue::new("blackhole").help("packets vanish and connections hang"),
+        PossibleValue::new("reset").help("connections are refused and reset"),
+    ])
+    .try_map(|s| parse_fault(&s))
 }
 
 pub(crate) fn parse_fault(s: &str) -> Result<Fault, String> {

@@ -59,6 +59,7 @@ pub struct Scenario {
     pub needs_db: bool,
 }
 
+/// Every scenario's name, the default first, in the order `tern lab --help` lists them.
 pub const NAMES: &[&str] = &[
     "region-outage",
     "partition",
@@ -68,6 +69,24 @@ pub const NAMES: &[&str] = &[
     "failback",
     "agent-loss",
 ];
+
+/// What a scenario does, in the one line that `tern lab --help` and the
+/// error for an unknown `--scenario` print beside its name; `None` for a
+/// name that is not in [`NAMES`].
+pub fn about(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "region-outage" => {
+            "us-east goes dark (--fault), its processes are killed, then it restarts (default)"
+        }
+        "partition" => "us-east is cut from us-west and the witness (its own clients still reach it), then healed",
+        "flapping" => "us-east's health fails for 150 ms of every 700 ms for 15 s; routing must not move",
+        "controller-loss" => "every controller is killed for 30 s, then restarted from its data",
+        "switchover" => "an operator moves the database's writer to us-west, planned (needs the database)",
+        "failback" => "us-east is killed and the database fails over; us-east rejoins and gets the writer back (needs the database)",
+        "agent-loss" => "us-east's agent is killed while its node is the primary, then starts again (needs the database)",
+        _ => return None,
+    })
+}
 
 impl Scenario {
     /// Builds a scenario by name. The seed moves the fault by up to a second
@@ -295,6 +314,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_scenario_has_a_one_line_description() {
+        for name in NAMES {
+            let about = about(name).unwrap_or_else(|| panic!("{name} has no description"));
+            assert!(
+                !about.is_empty() && !about.contains('\n'),
+                "{name}: {about:?}"
+            );
+        }
+        assert_eq!(about("meteor"), None);
     }
 
     #[test]
