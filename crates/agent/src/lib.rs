@@ -27,6 +27,11 @@ fn db_loop_name(d: &Database) -> String {
     format!("database loop {}", d.name)
 }
 
+/// How long a new writer proxy holds connections while the agent first
+/// learns the writer (see [`writer_proxy::WriterProxy::hold_until_first_target`]);
+/// within the sample service's 2 s database deadline.
+const PROXY_STARTUP_HOLD: Duration = Duration::from_millis(1500);
+
 /// How long the agent's tasks get to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -178,6 +183,10 @@ impl Agent {
             };
             let (proxy, task) =
                 bound.map_err(|e| anyhow!("writer proxy of {} on {listen}: {e:#}", d.name))?;
+            // Clients that connect while this agent first asks who the
+            // writer is (a restart) wait for the answer, for up to a lease
+            // tick, rather than being refused.
+            proxy.hold_until_first_target(PROXY_STARTUP_HOLD);
             out.push((d.name.clone(), proxy.local_addr()));
             self.metrics.add_proxy(&d.name, proxy.clone());
             self.proxies.push((d.name.clone(), proxy));

@@ -154,6 +154,10 @@ struct Shared {
     unreachable: AtomicU64,
     active: AtomicU64,
     cut: AtomicU64,
+    /// Until then, while no target has been set since the proxy was bound,
+    /// a new connection waits for the first target instead of being
+    /// refused at once (see [`WriterProxy::hold_until_first_target`]).
+    hold_until: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 /// A handle on a bound writer proxy; cheap to clone.
@@ -222,6 +226,7 @@ impl WriterProxy {
             unreachable: AtomicU64::new(0),
             active: AtomicU64::new(0),
             cut: AtomicU64::new(0),
+            hold_until: std::sync::OnceLock::new(),
         });
         Ok((
             WriterProxy {
@@ -243,6 +248,19 @@ impl WriterProxy {
     /// ends every connection made under the current one; the same target
     /// again changes nothing. A primary of another cluster, or an epoch
     /// older than one already applied, is rejected and changes nothing.
+    /// For up to `hold` from now, a connection that arrives before the
+    /// first target is set waits for it (and is then led or refused by it)
+    /// instead of being refused at once with the initial target's reason.
+    /// An agent that restarts uses this: the clients that connect while it
+    /// asks the controllers who the writer is see a short wait, not an
+    /// error. Past `hold` the initial target decides, as without it.
+    pub fn hold_until_first_target(&self, hold: Duration) {
+        let _ = self
+            .shared
+            .hold_until
+            .set(tokio::time::Instant::now() + hold);
+    }
+
     pub fn set_target(&self, target: Target) -> Result<(), TargetRejected> {
         let mut outcome = Ok(None);
         self.shared.current.send_if_modified(|cur| {
@@ -450,6 +468,15 @@ async fn serve(
     _active: ActiveGuard,
 ) {
     let mut current = shared.current.subscribe();
+    if let Some(until) = shared.hold_until.get().copied() {
+        // Waits for the first target while the hold lasts (generation 0:
+        // nothing was set since the bind).
+        tokio::select! {
+            _ = current.wait_for(|c| c.generation > 0) => {}
+            () = tokio::time::sleep_until(until) => {}
+            () = stop.cancelled() => return,
+        }
+    }
     let made_under = current.borrow_and_update().clone();
     let primary = match made_under.target {
         Target::Writable(w) => w,

@@ -325,6 +325,9 @@ impl Edge {
         shutdown.cancelled().await;
         // Not ready first, listeners still open: a balancer in front that
         // polls /ready moves traffic away before connections are refused.
+        state
+            .closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         phase.send_replace(Phase::Unready);
         tracing::info!(delay = ?settings.unready_delay, "edge unready; listeners close after the delay");
         tokio::time::sleep(settings.unready_delay).await;
@@ -471,7 +474,17 @@ impl Worker {
                 // Boxed so that an idle connection holds a pointer, not the
                 // whole request future, between requests.
                 Box::pin(async move {
-                    Ok::<_, Infallible>(proxy::handle(state, client, req, conn_facts).await)
+                    let http1 = req.version() == http::Version::HTTP_11;
+                    let mut resp = proxy::handle(state.clone(), client, req, conn_facts).await;
+                    if http1 && state.closing.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Shutting down: the client's next request goes
+                        // on a new connection (HTTP/2 is told by GOAWAY).
+                        resp.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok::<_, Infallible>(resp)
                 })
             });
             match (&acceptor, secure) {

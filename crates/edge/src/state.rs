@@ -48,6 +48,11 @@ pub struct EdgeState {
     pub dns: Option<Authority>,
     /// The HTTPS listener's certificates, when `[edge.tls]` is set.
     pub tls: Option<Arc<crate::tls::Certificates>>,
+    /// The edge is shutting down (not ready, then draining): HTTP/1.1
+    /// responses say `Connection: close`, so that clients open their next
+    /// connection elsewhere (or to the edge that replaces this one) instead
+    /// of reusing one that is about to close.
+    pub closing: std::sync::atomic::AtomicBool,
 }
 
 impl EdgeState {
@@ -107,6 +112,7 @@ impl EdgeState {
             metrics,
             dns,
             tls: None,
+            closing: std::sync::atomic::AtomicBool::new(false),
         };
         for s in &state.services {
             state.refresh_serving(s);

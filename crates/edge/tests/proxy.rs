@@ -535,12 +535,19 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
     let a = Backend::start("a", Mode::Slow(Duration::from_millis(500))).await;
     let b = Backend::start("b", Mode::Ok).await;
     let mut edge = RunningEdge::start(&edge_toml(
-        "try_timeout = \"2s\"\nunready_delay = \"300ms\"",
+        "try_timeout = \"2s\"\nunready_delay = \"1s\"",
         &failover(&a, &b, ""),
     ))
     .await;
     let url = edge.url("/slow");
-    let in_flight = tokio::spawn(async move { get(&url).await });
+    let in_flight = tokio::spawn(async move {
+        send(
+            http::Request::get(&url)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+    });
     // Wait until the request reached the backend, then shut down.
     while a.hits() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -565,8 +572,15 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
         refused.is_err(),
         "a draining edge must not accept new connections"
     );
-    let (status, body) = in_flight.await.unwrap();
+    let (status, headers, body) = in_flight.await.unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
+    // Answered while shutting down: the client must not reuse the
+    // connection, which is about to close.
+    assert_eq!(
+        headers.get(http::header::CONNECTION).map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "{headers:?}"
+    );
     edge.phase.wait_for(|p| *p == Phase::Stopped).await.unwrap();
     edge.task.await.unwrap();
 }

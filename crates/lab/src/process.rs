@@ -217,8 +217,15 @@ pub fn hand_over(
 
 /// Listening sockets the lab binds before the process that serves them
 /// starts, so that no other process can take their ports in between: bound
-/// once by [`Held::bind`], handed to the first process that serves the
-/// address ([`Held::take`]) and bound again for each later one.
+/// once by [`Held::bind`] and handed to each process that serves the
+/// address ([`Held::take`]).
+///
+/// Like a service manager's socket unit, the lab keeps its own copy while a
+/// process serves the address, so a process stopped and started again (a
+/// rolling restart) takes over the same socket and clients that connect in
+/// between wait in its backlog instead of being refused. A process that
+/// dies as a host would is let go with [`Held::release`]: its address then
+/// refuses connections, and a later start binds it again.
 #[derive(Default)]
 pub struct Held(Mutex<BTreeMap<SocketAddr, TcpListener>>);
 
@@ -235,16 +242,31 @@ impl Held {
         Ok(addr)
     }
 
-    /// The socket for `addr`: the one kept since [`Held::bind`], or, when a
-    /// process has served it already (a restart), the address bound again.
+    /// The socket for `addr`, for a process about to serve it: the one kept
+    /// (a copy; the lab keeps its own), or, after [`Held::release`], the
+    /// address bound again.
     ///
     /// # Errors
     /// The address is taken (by another process, or by a previous server
-    /// that has not let it go).
+    /// that has not let it go), or the socket cannot be duplicated.
     pub fn take(&self, addr: SocketAddr) -> Result<TcpListener> {
-        if let Some(l) = self.0.lock().expect("held sockets").remove(&addr) {
-            return Ok(l);
+        let mut held = self.0.lock().expect("held sockets");
+        if let Some(l) = held.get(&addr) {
+            return l
+                .try_clone()
+                .with_context(|| format!("duplicate the socket of {addr}"));
         }
-        TcpListener::bind(addr).with_context(|| format!("bind {addr} again for its restart"))
+        let l = TcpListener::bind(addr).with_context(|| format!("bind {addr} again"))?;
+        let copy = l
+            .try_clone()
+            .with_context(|| format!("duplicate the socket of {addr}"))?;
+        held.insert(addr, copy);
+        Ok(l)
+    }
+
+    /// Lets go of the lab's copy of `addr`'s socket: once the process that
+    /// served it is dead, connections to it are refused.
+    pub fn release(&self, addr: SocketAddr) {
+        self.0.lock().expect("held sockets").remove(&addr);
     }
 }

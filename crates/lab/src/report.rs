@@ -88,6 +88,12 @@ pub struct Targets {
     /// when the load started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nothing_failed_before_the_fault: Option<bool>,
+    /// No payment write failed (a rolling restart must not show).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_failed_writes: Option<bool>,
+    /// The database's writer never moved (no failover plan ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_failover: Option<bool>,
     /// Every edge answered over HTTPS (TLS trusting the lab's CA, h2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub https_at_every_edge: Option<bool>,
@@ -135,6 +141,8 @@ impl Targets {
                 "nothing failed before the fault",
                 self.nothing_failed_before_the_fault,
             ),
+            ("no failed write", self.no_failed_writes),
+            ("no failover (the writer never moved)", self.no_failover),
             ("every edge answered over HTTPS", self.https_at_every_edge),
         ];
         all.into_iter()
@@ -629,7 +637,15 @@ impl Report {
         let r = &w.report;
         // A switchover promises zero loss; so does the loss of an agent
         // (its node dies with it and comes back with everything committed).
-        let zero_loss = sync || self.scenario == "switchover" || self.scenario == "agent-loss";
+        let zero_loss = sync
+            || matches!(
+                self.scenario.as_str(),
+                "switchover" | "agent-loss" | "rolling-restart"
+            );
+        if self.scenario == "rolling-restart" {
+            self.targets.no_failed_writes = Some(r.failed_writes == 0);
+            self.targets.no_failover = Some(w.plans.is_empty());
+        }
         self.targets.no_lost_writes = zero_loss.then_some(r.lost_acked_writes == 0);
         // Within what the configuration promises, in time (the writer's rate
         // times the time budget plus an agent round) and in size.
@@ -730,6 +746,9 @@ impl Report {
             }
             "controller-loss" => {
                 self.targets.no_extra_flap = Some(self.edge_route_changes == 0);
+            }
+            "rolling-restart" => {
+                self.targets.no_extra_flap = Some(self.routing_changes == Some(0));
             }
             _ => {}
         }
@@ -1117,6 +1136,8 @@ mod tests {
             no_duplicate_keys: Some(true),
             writes_back_within_10s: Some(true),
             nothing_failed_before_the_fault: Some(true),
+            no_failed_writes: Some(true),
+            no_failover: Some(true),
             https_at_every_edge: Some(true),
         };
         assert!(t.all_met());
@@ -1136,6 +1157,8 @@ mod tests {
                 9 => broken.no_duplicate_keys = Some(false),
                 10 => broken.writes_back_within_10s = Some(false),
                 11 => broken.nothing_failed_before_the_fault = Some(false),
+                12 => broken.no_failed_writes = Some(false),
+                13 => broken.no_failover = Some(false),
                 _ => broken.https_at_every_edge = Some(false),
             }
             assert!(

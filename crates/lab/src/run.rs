@@ -531,6 +531,18 @@ async fn apply_step(
             deployment.start_controllers().await?;
             faults.restore_ms = Some(clock.ms());
         }
+        Action::RestartController(region) => {
+            faults.fault_ms.get_or_insert(clock.ms());
+            deployment.restart_controller(region).await?;
+        }
+        Action::RestartAgent(region) => {
+            faults.fault_ms.get_or_insert(clock.ms());
+            deployment.restart_agent_gracefully(region).await?;
+        }
+        Action::RestartEdge(region) => {
+            faults.fault_ms.get_or_insert(clock.ms());
+            deployment.restart_edge(region).await?;
+        }
     }
     Ok(())
 }

@@ -39,6 +39,13 @@ pub enum Action {
     StartControllers,
     /// An operator's planned switchover of the lab's database to a region.
     Switchover(String),
+    /// Stop the region's controller as an upgrade would (SIGTERM, then wait
+    /// for it to end) and start it again; returns once it serves.
+    RestartController(String),
+    /// The same for the region's agent (its writer proxies with it).
+    RestartAgent(String),
+    /// The same for the region's edge (not ready, then draining, then gone).
+    RestartEdge(String),
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +75,7 @@ pub const NAMES: &[&str] = &[
     "switchover",
     "failback",
     "agent-loss",
+    "rolling-restart",
 ];
 
 /// What a scenario does, in the one line that `tern lab --help` and the
@@ -84,6 +92,7 @@ pub fn about(name: &str) -> Option<&'static str> {
         "switchover" => "an operator moves the database's writer to us-west, planned (needs the database)",
         "failback" => "us-east is killed and the database fails over; us-east rejoins and gets the writer back (needs the database)",
         "agent-loss" => "us-east's agent is killed while its node is the primary, then starts again (needs the database)",
+        "rolling-restart" => "every controller, then every agent, then every edge is restarted one at a time under load, as an upgrade would (needs the database)",
         _ => return None,
     })
 }
@@ -251,6 +260,41 @@ impl Scenario {
                     needs_db: false,
                 })
             }
+            "rolling-restart" => {
+                // One process at a time, a pause between them; the order of
+                // docs/deploy.md: controllers, agents, edges.
+                let mut steps = Vec::new();
+                let mut at = Duration::from_secs(6) + jitter;
+                let mut add = |action: Action, label: String| {
+                    steps.push(Step { at, action, label });
+                    at += Duration::from_secs(3);
+                };
+                for r in ["us-east", "us-west", "witness"] {
+                    add(
+                        Action::RestartController(r.into()),
+                        format!("rolling restart: the controller in {r}"),
+                    );
+                }
+                for r in ["us-east", "us-west", "witness"] {
+                    add(
+                        Action::RestartAgent(r.into()),
+                        format!("rolling restart: the agent in {r}"),
+                    );
+                }
+                for r in ["us-east", "us-west"] {
+                    add(
+                        Action::RestartEdge(r.into()),
+                        format!("rolling restart: the edge in {r}"),
+                    );
+                }
+                Ok(Scenario {
+                    name: "rolling-restart",
+                    failed_region: None,
+                    steps,
+                    duration: at + Duration::from_secs(6),
+                    needs_db: true,
+                })
+            }
             "agent-loss" => {
                 let region = "us-east".to_string();
                 let at = Duration::from_secs(6) + jitter;
@@ -309,7 +353,10 @@ mod tests {
                 assert!(s.duration <= Duration::from_secs(60), "{name}");
                 assert_eq!(
                     s.needs_db,
-                    matches!(*name, "switchover" | "failback" | "agent-loss"),
+                    matches!(
+                        *name,
+                        "switchover" | "failback" | "agent-loss" | "rolling-restart"
+                    ),
                     "{name}"
                 );
             }

@@ -568,8 +568,79 @@ impl Deployment {
         Ok(())
     }
 
+    /// How long a role gets to stop on SIGTERM in a rolling restart
+    /// before it is killed: the edge's unready delay and drain fit in it.
+    const RESTART_GRACE: Duration = Duration::from_secs(10);
+
+    /// Restarts the region's controller as an upgrade would: SIGTERM, wait
+    /// for it to end, start it again from its data; returns once it serves.
+    pub async fn restart_controller(&mut self, region: &str) -> Result<()> {
+        let k = self
+            .controllers
+            .iter()
+            .position(|c| c.spec.name == region)
+            .ok_or_else(|| anyhow!("no controller in region {region}"))?;
+        if let Some(mut p) = self.controllers[k].proc.take() {
+            p.stop(Self::RESTART_GRACE).await;
+        }
+        self.start_controller(k).await
+    }
+
+    /// Restarts the region's agent (the witness's too) as an upgrade would:
+    /// SIGTERM, which leaves its database node running, then a new agent.
+    pub async fn restart_agent_gracefully(&mut self, region: &str) -> Result<()> {
+        if let Some(w) = self
+            .witness_agents
+            .iter()
+            .position(|(s, _, _)| s.name == region)
+        {
+            if let Some(mut p) = self.witness_agents[w].2.take() {
+                p.stop(Self::RESTART_GRACE).await;
+            }
+            let (spec, paths, _) = &self.witness_agents[w];
+            let proc = self.spawn_agent(&spec.name.clone(), &paths.clone()).await?;
+            self.witness_agents[w].2 = Some(proc);
+            return Ok(());
+        }
+        let i = self.runtime_mut(region)?;
+        if let Some(mut p) = self.serving[i].agent.take() {
+            p.stop(Self::RESTART_GRACE).await;
+        }
+        self.start_agent(i).await
+    }
+
+    /// Restarts the region's edge as an upgrade would: SIGTERM (it answers
+    /// not ready, then drains), then a new edge on the same addresses.
+    pub async fn restart_edge(&mut self, region: &str) -> Result<()> {
+        let i = self.runtime_mut(region)?;
+        if let Some(mut p) = self.serving[i].edge.take() {
+            p.stop(Self::RESTART_GRACE).await;
+        }
+        self.start_edge(i).await
+    }
+
+    /// Lets go of the lab's copies of the sockets of the region's
+    /// controller and agent (its admin endpoint and writer proxy), so that
+    /// they refuse connections once those processes are dead.
+    fn release_region_sockets(&self, region: &str) {
+        for c in self.controllers.iter().filter(|c| c.spec.name == region) {
+            self.held.release(c.addr);
+        }
+        self.release_agent_sockets(region);
+    }
+
+    fn release_agent_sockets(&self, region: &str) {
+        if let Some(a) = self.agent_admins.get(region) {
+            self.held.release(*a);
+        }
+        if let Some(n) = self.db.as_ref().and_then(|d| d.node(region)) {
+            self.held.release(n.proxy);
+        }
+    }
+
     /// SIGKILLs the region's agent alone.
     pub async fn kill_agent(&mut self, region: &str) -> Result<()> {
+        self.release_agent_sockets(region);
         let i = self.runtime_mut(region)?;
         if let Some(mut p) = self.serving[i].agent.take() {
             p.kill().await;
@@ -637,6 +708,9 @@ impl Deployment {
 
     /// Kills every controller.
     pub async fn kill_controllers(&mut self) {
+        for c in &self.controllers {
+            self.held.release(c.addr);
+        }
         for c in &mut self.controllers {
             if let Some(mut p) = c.proc.take() {
                 p.kill().await;
@@ -785,6 +859,7 @@ impl Deployment {
 
     /// Kills every process of a region outright.
     pub async fn kill_region(&mut self, region: &str) -> Result<()> {
+        self.release_region_sockets(region);
         let i = self.runtime_mut(region)?;
         let rt = &mut self.serving[i];
         for p in [rt.edge.take(), rt.service.take(), rt.agent.take()]

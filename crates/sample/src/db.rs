@@ -126,8 +126,9 @@ impl PgPool {
         }
     }
 
-    /// Runs one query under [`DB_DEADLINE`]. A pooled connection that turns out to be closed
-    /// is replaced once: both queries are idempotent (a create is keyed).
+    /// Runs one query under [`DB_DEADLINE`]. A connection that turns out to be closed (a
+    /// pooled one found closed, or one the writer proxy cut under the query, as when its agent
+    /// restarts) is replaced once: both queries are idempotent (a create is keyed).
     async fn run(&self, query: &Query<'_>) -> Result<Answer, String> {
         let deadline = Instant::now() + DB_DEADLINE;
         let outcome = tokio::time::timeout_at(deadline, async {
@@ -145,8 +146,8 @@ impl PgPool {
                     self.put_back(conn);
                     Ok(answer)
                 }
-                Err(err) if reused && (err.is_closed() || conn.client.is_closed()) => {
-                    tracing::debug!(%err, addr = %self.addr, "pooled connection was closed; reconnecting");
+                Err(err) if err.is_closed() || conn.client.is_closed() => {
+                    tracing::debug!(%err, reused, addr = %self.addr, "connection was closed; reconnecting");
                     drop(conn);
                     let conn = self.connect().await?;
                     let answer = execute(&conn, query).await.map_err(|e| self.reason(&e))?;
