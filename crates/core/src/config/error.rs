@@ -3,6 +3,14 @@
 use std::fmt;
 use std::ops::Range;
 
+use toml::de::DeValue;
+
+/// What a duration field expects, in the file's words: where serde would
+/// say "a string", an operator needs to know which string.
+pub(crate) const A_DURATION: &str = "a duration like 500ms";
+/// What a size field expects, in the file's words.
+pub(crate) const A_SIZE: &str = "a size like 64KiB";
+
 /// One precise problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
@@ -31,8 +39,10 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// All the problems found in one file; validation reports every one it finds,
-/// so an operator fixes a file in one round instead of one error per run.
+/// All the problems found in one file, in file order: values of the wrong
+/// type, unknown and missing keys, and problems of meaning, found in one
+/// pass so that an operator fixes a file in one round instead of one error
+/// per run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
@@ -187,4 +197,148 @@ impl Source<'_> {
 
 fn humanize_toml_message(message: &str) -> String {
     message.trim().replace('\n', " ")
+}
+
+/// A value of the wrong type or shape, in the file's words, and the neutral
+/// value that can stand in for it while the rest of the file is read.
+pub(crate) struct ShapeProblem {
+    /// `expected ..., found ...`, in the file's words.
+    pub message: String,
+    /// TOML for a value of the type expected (`0`, `""`, `[]`...); `None`
+    /// when no value fits, and the value is dropped instead.
+    pub neutral: Option<&'static str>,
+}
+
+/// Words serde's refusal of a value (`invalid type: string "5", expected
+/// i64`) as the file is written: `expected a whole number, found the
+/// string "5"; write it without quotes`. `found` describes the value when
+/// serde's message does not (untagged enums). A message of another form is
+/// kept as it is.
+pub(crate) fn shape_problem(message: &str, found: impl FnOnce() -> String) -> ShapeProblem {
+    let message = message.trim();
+    let refused = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+        .and_then(|m| m.rsplit_once(", expected "));
+    if let Some((what, expected)) = refused {
+        let expected = in_file_terms(expected);
+        let hint = hint(expected, what);
+        return ShapeProblem {
+            message: format!(
+                "expected {expected}, found {}{hint}",
+                found_in_file_terms(what)
+            ),
+            neutral: neutral(expected),
+        };
+    }
+    if message.starts_with("invalid length ") && message.contains(", expected struct ") {
+        return ShapeProblem {
+            message: "expected a table, found a list".into(),
+            neutral: None,
+        };
+    }
+    if let Some(name) = message.strip_prefix("data did not match any variant of untagged enum ") {
+        let expected = match name.trim() {
+            "RawRegionDown" => "\"all\", \"any\" or a number of critical services",
+            "RawBudget" => "a size like 1MiB or a duration like 1s, or both in a list",
+            _ => "a value of another type",
+        };
+        return ShapeProblem {
+            message: format!("expected {expected}, found {}", found()),
+            neutral: None,
+        };
+    }
+    ShapeProblem {
+        message: humanize_toml_message(message),
+        neutral: None,
+    }
+}
+
+/// serde's name for what it expected, as the file would say it.
+fn in_file_terms(expected: &str) -> &str {
+    match expected {
+        "i8" | "i16" | "i32" | "i64" | "i128" | "u8" | "u16" | "u32" | "u64" | "u128" | "isize"
+        | "usize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a boolean" => "true or false",
+        "a string" | "a borrowed string" | "a char" | "a character" => "a string",
+        "a sequence" => "a list",
+        "a map" => "a table",
+        s if s.starts_with("struct ") => "a table",
+        other => other,
+    }
+}
+
+/// serde's description of a value it refused (`string "5"`, ``integer `5` ``,
+/// `map`), as the file would say it.
+fn found_in_file_terms(what: &str) -> String {
+    let quoted = |w: &str| {
+        w.trim_matches('`')
+            .trim_end_matches(" as i128")
+            .trim_matches('`')
+            .to_string()
+    };
+    if let Some(s) = what.strip_prefix("string ") {
+        format!("the string {s}")
+    } else if let Some(n) = what.strip_prefix("integer ") {
+        format!("the whole number {}", quoted(n))
+    } else if let Some(n) = what.strip_prefix("floating point ") {
+        format!("the number {}", quoted(n))
+    } else if let Some(b) = what.strip_prefix("boolean ") {
+        quoted(b)
+    } else {
+        match what {
+            "map" => "a table".into(),
+            "sequence" => "a list".into(),
+            other => other.into(),
+        }
+    }
+}
+
+/// How to write what was meant, when the value was close: a number in
+/// quotes, or a duration or size without them.
+fn hint(expected: &str, what: &str) -> String {
+    let number = what.starts_with("integer ") || what.starts_with("floating point ");
+    let text = what
+        .strip_prefix("string \"")
+        .and_then(|s| s.strip_suffix('"'));
+    match expected {
+        "a whole number" if what.ends_with(" as i128") => "; it is too large".into(),
+        "a whole number" if text.is_some_and(|t| t.trim().parse::<i64>().is_ok()) => {
+            "; write it without quotes".into()
+        }
+        "a number" if text.is_some_and(|t| t.trim().parse::<f64>().is_ok()) => {
+            "; write it without quotes".into()
+        }
+        A_DURATION if number => {
+            "; write it in quotes with a unit, such as \"500ms\" or \"2s\"".into()
+        }
+        A_SIZE if number => "; write it in quotes, with a unit such as \"64KiB\"".into(),
+        _ => String::new(),
+    }
+}
+
+/// A value of the type `expected` names, to stand in for a refused one.
+fn neutral(expected: &str) -> Option<&'static str> {
+    match expected {
+        "a whole number" => Some("0"),
+        "a number" => Some("0.0"),
+        "true or false" => Some("false"),
+        "a string" | A_DURATION | A_SIZE => Some("\"\""),
+        "a list" => Some("[]"),
+        _ => None,
+    }
+}
+
+/// A value as the file wrote it, for a message that says what was found.
+pub(crate) fn describe(value: &DeValue<'_>) -> String {
+    match value {
+        DeValue::String(s) => format!("the string {:?}", s.as_ref()),
+        DeValue::Integer(i) => format!("the whole number {}", i.as_str()),
+        DeValue::Float(f) => format!("the number {}", f.as_str()),
+        DeValue::Boolean(b) => b.to_string(),
+        DeValue::Datetime(d) => format!("the date-time {d}"),
+        DeValue::Array(_) => "a list".into(),
+        DeValue::Table(_) => "a table".into(),
+    }
 }

@@ -1,10 +1,12 @@
 //! The configuration: one TOML file, loaded in two stages.
 //!
 //! Stage one ([`raw`]) deserializes the file's shape with source spans and
-//! rejects unknown keys. Stage two ([`validate`]) checks meaning (names,
-//! references, ranges, URLs, durations) and resolves defaults into the
-//! [`Config`] model that the roles use. Both stages report problems as
-//! [`ConfigError`]s naming the file, line, key and what was expected.
+//! rejects unknown keys; it reads past a value of the wrong type, so that
+//! every such problem is found in one pass. Stage two ([`validate`]) checks
+//! meaning (names, references, ranges, URLs, durations) and resolves
+//! defaults into the [`Config`] model that the roles use. Both stages
+//! report problems as [`ConfigError`]s naming the file, line, key and what
+//! was expected, in the file's words.
 
 mod control;
 pub mod dns;
@@ -276,11 +278,36 @@ pub struct HealthCheck {
 
 impl Config {
     /// Parses and validates `text`, naming `file` in errors.
+    ///
+    /// Every problem is reported in one pass: each value of the wrong type,
+    /// unknown key and missing key (stage one reads past them, see
+    /// [`raw`]), and stage two's findings beside them, except those that
+    /// only follow from a value stage one had to set aside. A TOML syntax
+    /// error is reported alone.
     pub fn from_toml(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         let source = Source { file, text };
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigErrors(vec![source.toml_error(&e)]))?;
-        validate(&source, raw)
+        let raw::Read {
+            config,
+            problems,
+            set_aside,
+        } = raw::read(&source).map_err(|mut problems| {
+            in_file_order(&mut problems);
+            ConfigErrors(problems)
+        })?;
+        let checked = validate(&source, config);
+        if problems.is_empty() {
+            return checked;
+        }
+        let mut errors = problems;
+        if let Err(ConfigErrors(found)) = checked {
+            errors.extend(
+                found
+                    .into_iter()
+                    .filter(|e| !set_aside.iter().any(|s| s.explains(e))),
+            );
+        }
+        in_file_order(&mut errors);
+        Err(ConfigErrors(errors))
     }
 
     pub fn service(&self, name: &str) -> Option<&Service> {
@@ -411,6 +438,13 @@ impl Config {
         }
         out
     }
+}
+
+/// Sorts problems by their place in the file; those of the whole file
+/// (line 0) come last. The sort is stable: at one place, stage one's
+/// problem comes before stage two's.
+fn in_file_order(errors: &mut [ConfigError]) {
+    errors.sort_by_key(|e| (e.line == 0, e.line, e.column));
 }
 
 /// Collects errors during validation so that all of them are reported.
@@ -1379,7 +1413,7 @@ health = { kind = "tcp", interval = "2s" }
         let err = Config::from_toml("f.toml", &text).unwrap_err();
         let e = &err.0[0];
         assert_eq!(e.line, 25, "{e}");
-        assert_eq!(e.key, "service.api.backend.wieght", "{e}");
+        assert_eq!(e.key, "service.api.backend[1].wieght", "{e}");
         assert!(e.message.contains("unknown field"), "{e}");
     }
 
@@ -1387,7 +1421,7 @@ health = { kind = "tcp", interval = "2s" }
     fn unknown_key_in_inline_table_is_named() {
         let text = GOOD.replace("fall = 3, rise = 2", "fall = 3, rize = 2");
         let e = &Config::from_toml("f.toml", &text).unwrap_err().0[0];
-        assert_eq!(e.key, "service.api.backend.health.rize", "{e}");
+        assert_eq!(e.key, "service.api.backend[0].health.rize", "{e}");
     }
 
     #[test]
