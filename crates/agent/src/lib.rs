@@ -52,7 +52,15 @@ pub struct Agent {
     /// `agent.admin`, and its listener once bound.
     admin: Option<std::net::SocketAddr>,
     admin_listener: Option<std::net::TcpListener>,
+    /// The agent's control-plane certificate, reloaded while it runs.
+    tls: Option<tern_proto::tls::ControlPlaneTls>,
 }
+
+/// A start refused for a problem of the configuration or the files it
+/// names (`tern agent` exits 78 on it).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigProblem(pub String);
 
 impl Agent {
     pub fn new(config: &Config) -> Result<Agent> {
@@ -87,14 +95,28 @@ impl Agent {
         for d in &databases {
             db::check_node(d, &region)?;
         }
+        // Mutual TLS toward the controllers, as this region's agent.
+        let tls = match &ctl.tls {
+            Some(t) => Some(
+                tern_proto::tls::ControlPlaneTls::load(
+                    t,
+                    tern_core::auth::Principal::new(tern_core::auth::Role::Agent, &region),
+                    None,
+                )
+                .map_err(|e| anyhow!(ConfigProblem(format!("control-plane TLS: {e}"))))?,
+            ),
+            None => None,
+        };
         Ok(Agent {
             interval: config.verdict.interval,
             timeout: config.verdict.timeout,
             targets,
-            controllers: ControllerClient::new(
+            controllers: ControllerClient::with_tls(
                 ctl.nodes.iter().map(|n| n.addr).collect(),
                 ctl.rpc_timeout.max(Duration::from_millis(500)),
+                tls.as_ref().map(|t| t.client_config()),
             ),
+            tls,
             probes: probe_client(),
             databases,
             proxies: Vec::new(),
@@ -309,6 +331,9 @@ impl Agent {
     /// fence watchdog has already stopped the node and closed the proxy.
     pub async fn run(mut self, stop: CancellationToken) {
         let mut tasks = Tasks::new(&stop);
+        if let Some(t) = &self.tls {
+            t.spawn_watch(tasks.token());
+        }
         for (task, (cluster, _)) in std::mem::take(&mut self.proxy_tasks)
             .into_iter()
             .zip(&self.proxies)

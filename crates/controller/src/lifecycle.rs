@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use openraft::{BasicNode, Raft};
+use tern_core::auth::{Principal, Role};
 use tern_core::config::Config;
 use tern_core::control::{ControlState, RegionRule};
 use tern_core::lease::LeaseSettings;
@@ -25,6 +26,15 @@ use crate::clock::{ClusterClock, WallClock};
 use crate::network::Network;
 use crate::node::{cluster_spec, Controller, NodeOptions};
 use crate::store;
+
+/// A start that failed for a reason the caller reports in its own way.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The control-plane certificates did not load (a configuration
+    /// problem: `tern controller` exits 78).
+    #[error("control-plane TLS: {0}")]
+    Tls(tern_proto::tls::TlsError),
+}
 
 /// How long a stopping node waits for its server and leader loop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -136,7 +146,19 @@ impl Controller {
         let peers: BTreeMap<NodeId, SocketAddr> =
             settings.nodes.iter().map(|n| (n.id, n.addr)).collect();
         let peers = Arc::new(peers);
-        let client = HttpClient::new();
+        // Mutual TLS on the API and between controllers, when configured.
+        let tls = match &settings.tls {
+            Some(t) => Some(
+                tern_proto::tls::ControlPlaneTls::load(
+                    t,
+                    Principal::new(Role::Controller, options.id.to_string()),
+                    None,
+                )
+                .map_err(|e| anyhow!(StartError::Tls(e)))?,
+            ),
+            None => None,
+        };
+        let client = HttpClient::with_tls(tls.as_ref().map(|t| t.client_config()));
         let network = Network {
             client: client.clone(),
             peers: peers.clone(),
@@ -209,7 +231,14 @@ impl Controller {
             tasks: Mutex::new(None),
         });
 
-        tasks.spawn("api server", crate::server::serve(node.clone(), listener));
+        let acceptor = tls.as_ref().map(|t| {
+            t.spawn_watch(stop.clone());
+            tokio_rustls::TlsAcceptor::from(t.server_config())
+        });
+        tasks.spawn(
+            "api server",
+            crate::server::serve(node.clone(), listener, acceptor),
+        );
         tasks.spawn("leader loop", crate::leader::leader_loop(node.clone()));
         tasks.spawn(
             "election guard",

@@ -16,12 +16,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use openraft::raft::AppendEntriesResponse;
 use serde::de::DeserializeOwned;
+use tern_core::auth::{attribute, authorize, Action, Principal, Role};
 use tern_core::control::Command;
 use tern_proto::api::{
     ErrorKind, EventsView, MembershipChange, ObservationBatch, ReplicationReport, RoutingView,
 };
 use tern_proto::http::{error, json};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::commit::{WriteError, FORWARDED};
 use crate::node::Controller;
@@ -32,8 +34,13 @@ type Resp = http::Response<Body>;
 const MAX_BODY: usize = 16 * 1024 * 1024;
 /// Longest wait for a request head on an open connection (idle keep-alive included).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) async fn serve(node: Arc<Controller>, listener: TcpListener) {
+/// Serves the API on `listener`: over mutual TLS when `tls` is given (every
+/// request is then authorized against the caller's certificate), plain
+/// HTTP otherwise (every caller is trusted; see `[controller.tls]`).
+pub(crate) async fn serve(node: Arc<Controller>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     let stop = node.stop.clone();
     loop {
         let accepted = tokio::select! {
@@ -47,10 +54,41 @@ pub(crate) async fn serve(node: Arc<Controller>, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         let node = node.clone();
         let conn_stop = node.stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let (io, who) = match tls {
+                None => (Io::Plain(stream), None),
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!(error = %e, "control-plane TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let who = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(tern_proto::tls::principal_of);
+                    match who {
+                        Some(Ok(p)) => (Io::Tls(Box::new(stream)), Some(p)),
+                        Some(Err(e)) => {
+                            tracing::info!(error = %e, "control-plane client certificate names no principal");
+                            return;
+                        }
+                        None => return,
+                    }
+                }
+            };
             let svc = service_fn(move |req| {
                 let node = node.clone();
-                async move { Ok::<_, Infallible>(route(node, req).await) }
+                let who = who.clone();
+                async move { Ok::<_, Infallible>(route(node, who, req).await) }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             // A client that sends no request head for this long is dropped.
@@ -58,7 +96,7 @@ pub(crate) async fn serve(node: Arc<Controller>, listener: TcpListener) {
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
             tokio::select! {
                 _ = conn => {}
                 _ = conn_stop.cancelled() => {}
@@ -84,9 +122,34 @@ fn query(req: &http::Request<Incoming>, key: &str) -> Option<String> {
     })
 }
 
-async fn route(node: Arc<Controller>, req: http::Request<Incoming>) -> Resp {
+/// The answer refusing `action` to `who`, if it is refused: never when the
+/// server runs without TLS (`who` is `None`), else by
+/// [`tern_core::auth::authorize`].
+fn forbidden(who: &Option<Principal>, action: Action<'_>) -> Option<Resp> {
+    let p = who.as_ref()?;
+    let denied = authorize(p, action).err()?;
+    tracing::warn!(principal = %p, refused = %denied, "control-plane request forbidden");
+    Some(error(ErrorKind::Forbidden, denied.to_string()))
+}
+
+async fn route(
+    node: Arc<Controller>,
+    who: Option<Principal>,
+    req: http::Request<Incoming>,
+) -> Resp {
     let forwarded = req.headers().contains_key(FORWARDED);
     let path = req.uri().path().to_string();
+    let action = match (req.method(), path.as_str()) {
+        (&Method::POST, p) if p.starts_with("/raft/") => Some(Action::Raft),
+        (&Method::GET, _) => Some(Action::Read),
+        (&Method::POST, "/v1/members") => Some(Action::Members),
+        _ => None, // decided on the body
+    };
+    if let Some(action) = action {
+        if let Some(resp) = forbidden(&who, action) {
+            return resp;
+        }
+    }
     match (req.method().clone(), path.as_str()) {
         (Method::POST, "/raft/append") => {
             let rpc = match body(req).await {
@@ -170,6 +233,14 @@ async fn route(node: Arc<Controller>, req: http::Request<Incoming>) -> Resp {
                 Ok(b) => b,
                 Err(resp) => return resp,
             };
+            if let Some(resp) = forbidden(
+                &who,
+                Action::Observe {
+                    vantage: &batch.vantage,
+                },
+            ) {
+                return resp;
+            }
             match node.observe(batch, forwarded).await {
                 Ok(()) => json(StatusCode::OK, &serde_json::json!({ "accepted": true })),
                 Err(e) => error(ErrorKind::NoQuorum, e.to_string()),
@@ -179,6 +250,23 @@ async fn route(node: Arc<Controller>, req: http::Request<Incoming>) -> Resp {
             let command: Command = match body(req).await {
                 Ok(c) => c,
                 Err(resp) => return resp,
+            };
+            let cluster_name = command_cluster(&command);
+            let cluster = cluster_name
+                .and_then(|name| node.machine.with(|m| m.state.clusters().get(name).cloned()));
+            if let Some(resp) = forbidden(
+                &who,
+                Action::Write {
+                    command: &command,
+                    cluster: cluster.as_ref(),
+                },
+            ) {
+                return resp;
+            }
+            // The audit log names the certificate, not what the client says.
+            let command = match &who {
+                Some(p) if p.role != Role::Controller => attribute(p, command),
+                _ => command,
             };
             match node.write(command, forwarded).await {
                 Ok(answer) => json(StatusCode::OK, &answer),
@@ -192,6 +280,14 @@ async fn route(node: Arc<Controller>, req: http::Request<Incoming>) -> Resp {
                 Ok(r) => r,
                 Err(resp) => return resp,
             };
+            if let Some(resp) = forbidden(
+                &who,
+                Action::Replicate {
+                    region: &report.region,
+                },
+            ) {
+                return resp;
+            }
             if !node.databases.iter().any(|d| d.name == report.cluster) {
                 return error(
                     ErrorKind::NotFound,
@@ -216,5 +312,72 @@ async fn route(node: Arc<Controller>, req: http::Request<Incoming>) -> Resp {
             }
         }
         _ => error(ErrorKind::NotFound, format!("no such endpoint: {path}")),
+    }
+}
+
+/// The database cluster a command is about, if any.
+fn command_cluster(command: &Command) -> Option<&str> {
+    match command {
+        Command::AcquireLease { cluster, .. }
+        | Command::RenewLease { cluster, .. }
+        | Command::ReleaseLease { cluster, .. }
+        | Command::StartFailover { cluster, .. }
+        | Command::PlanStep { cluster, .. }
+        | Command::PlanTimedOut { cluster, .. }
+        | Command::CancelPlan { cluster, .. }
+        | Command::NodeEvent { cluster, .. } => Some(cluster),
+        Command::Verdict(_) | Command::SetWeights { .. } | Command::LeaderChanged { .. } => None,
+    }
+}
+
+/// A connection's byte stream: plain TCP, or TLS over it.
+enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }

@@ -14,6 +14,7 @@
 //! randomness are arguments, so every decision is a table-driven test away.
 //! The role crates (edge, lab) own the runtime and call into this crate.
 
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod dns;

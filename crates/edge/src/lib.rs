@@ -85,12 +85,18 @@ pub enum EdgeError {
     /// error: `tern edge` exits 78).
     #[error("TLS: {0}")]
     Tls(String),
+    /// The control-plane certificate or CA cannot be used (a
+    /// configuration error: `tern edge` exits 78).
+    #[error("control-plane TLS: {0}")]
+    ControlTls(tern_proto::tls::TlsError),
 }
 
 pub struct Edge {
     state: Arc<EdgeState>,
     /// The controllers to follow, when the configuration names them.
     controllers: Option<tern_proto::ControllerClient>,
+    /// The edge's control-plane certificate, reloaded while it runs.
+    control_tls: Option<tern_proto::tls::ControlPlaneTls>,
     /// One listening socket per worker, all bound to the same address with
     /// SO_REUSEPORT so that the kernel spreads connections across workers.
     listeners: Vec<std::net::TcpListener>,
@@ -188,15 +194,32 @@ impl Edge {
         if let Some(path) = &state.settings.routing_state {
             follow::load(&state, path);
         }
+        // Mutual TLS toward the controllers, as this region's edge.
+        let control_tls = match config.controller.as_ref().and_then(|c| c.tls.as_ref()) {
+            Some(t) => Some(
+                tern_proto::tls::ControlPlaneTls::load(
+                    t,
+                    tern_core::auth::Principal::new(
+                        tern_core::auth::Role::Edge,
+                        &state.settings.region,
+                    ),
+                    None,
+                )
+                .map_err(EdgeError::ControlTls)?,
+            ),
+            None => None,
+        };
         let controllers = config.controller.as_ref().map(|c| {
-            tern_proto::ControllerClient::new(
+            tern_proto::ControllerClient::with_tls(
                 c.nodes.iter().map(|n| n.addr).collect(),
                 c.rpc_timeout.max(Duration::from_millis(500)),
+                control_tls.as_ref().map(|t| t.client_config()),
             )
         });
         Ok(Edge {
             state,
             controllers,
+            control_tls,
             listeners,
             local_addr,
             tls,
@@ -246,6 +269,7 @@ impl Edge {
         let Edge {
             state,
             controllers,
+            control_tls,
             listeners,
             local_addr,
             tls,
@@ -271,6 +295,9 @@ impl Edge {
                 "routing follower",
                 follow::follow(state.clone(), client, path, background.clone()),
             );
+        }
+        if let Some(t) = &control_tls {
+            t.spawn_watch(background.clone());
         }
         if let Some(certs) = state.tls.clone() {
             tasks.spawn(

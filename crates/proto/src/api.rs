@@ -42,6 +42,9 @@ pub enum ErrorKind {
     BadRequest,
     /// No such endpoint or object. HTTP 404.
     NotFound,
+    /// The caller's certificate does not allow this request (see
+    /// `tern_core::auth`). Final. HTTP 403.
+    Forbidden,
 }
 
 impl ErrorKind {
@@ -52,6 +55,7 @@ impl ErrorKind {
             ErrorKind::NoQuorum => 503,
             ErrorKind::BadRequest => 400,
             ErrorKind::NotFound => 404,
+            ErrorKind::Forbidden => 403,
         }
     }
 }

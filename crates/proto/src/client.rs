@@ -25,11 +25,23 @@ pub struct ControllerClient {
 }
 
 impl ControllerClient {
+    /// A client over plain HTTP (controllers without `[controller.tls]`).
     pub fn new(addrs: Vec<SocketAddr>, timeout: Duration) -> ControllerClient {
+        ControllerClient::with_tls(addrs, timeout, None)
+    }
+
+    /// A client over mutual TLS with `tls` (see
+    /// [`crate::tls::ControlPlaneTls::client_config`]), or plain HTTP when
+    /// `None`.
+    pub fn with_tls(
+        addrs: Vec<SocketAddr>,
+        timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> ControllerClient {
         ControllerClient {
             addrs: Arc::new(addrs),
             preferred: Arc::new(AtomicUsize::new(0)),
-            http: HttpClient::new(),
+            http: HttpClient::with_tls(tls),
             timeout,
         }
     }

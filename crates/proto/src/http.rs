@@ -4,11 +4,13 @@
 //! [`ApiError`] body every endpoint answers a failure with.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -30,6 +32,10 @@ pub enum CallError {
     /// ([`ErrorKind::Refused`]); the message says why.
     #[error("{addr} refused: {message}")]
     Refused { addr: SocketAddr, message: String },
+    /// The caller's identity may not make this request
+    /// ([`ErrorKind::Forbidden`]); the message says who and what.
+    #[error("{addr} forbids it: {message}")]
+    Forbidden { addr: SocketAddr, message: String },
     /// The peer has no working majority behind it ([`ErrorKind::NoQuorum`]).
     #[error("{addr} has no quorum: {message}")]
     NoQuorum { addr: SocketAddr, message: String },
@@ -59,9 +65,13 @@ impl CallError {
     }
 }
 
+/// The transport's client: plain HTTP, or HTTPS with mutual TLS when made
+/// with [`HttpClient::with_tls`] (a [`crate::tls::ControlPlaneTls`]'s
+/// client configuration). Cheap to clone: clones share the connection pool.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    scheme: &'static str,
 }
 
 impl Default for HttpClient {
@@ -71,14 +81,38 @@ impl Default for HttpClient {
 }
 
 impl HttpClient {
+    /// Plain HTTP.
     pub fn new() -> HttpClient {
+        HttpClient::with_tls(None)
+    }
+
+    /// HTTPS with `tls` when given (every call then goes to `https://`),
+    /// plain HTTP otherwise.
+    pub fn with_tls(tls: Option<Arc<rustls::ClientConfig>>) -> HttpClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.enforce_http(false);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let config = tls.unwrap_or_else(|| {
+            // Never used: calls go to http:// URLs.
+            Arc::new(
+                rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default versions")
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            )
+        });
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(Arc::unwrap_or_clone(config))
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        HttpClient { inner }
+        HttpClient { inner, scheme }
     }
 
     pub async fn post<B: Serialize, R: DeserializeOwned>(
@@ -145,7 +179,7 @@ impl HttpClient {
     ) -> Result<R, CallError> {
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("http://{addr}{path}"))
+            .uri(format!("{}://{addr}{path}", self.scheme))
             .header(header::CONTENT_TYPE, "application/json");
         for (k, v) in headers {
             request = request.header(*k, *v);
@@ -180,6 +214,10 @@ impl HttpClient {
                     error: message,
                     kind: ErrorKind::NoQuorum,
                 }) => CallError::NoQuorum { addr, message },
+                Ok(ApiError {
+                    error: message,
+                    kind: ErrorKind::Forbidden,
+                }) => CallError::Forbidden { addr, message },
                 Ok(ApiError { error: message, .. }) => CallError::Status {
                     addr,
                     status: status.as_u16(),

@@ -11,11 +11,19 @@
 //! commands use: it tries each controller until one answers. [`lifecycle`]
 //! is the one shutdown contract of every role: a cancellation token handed
 //! down, tasks joined, a grace time, then force.
+//!
+//! [`tls`] is the control plane's mutual TLS: certificates whose URI name is
+//! the holder's principal (`spiffe://tern/ROLE/NAME`), reloaded without a
+//! restart; [`pki`] makes a private CA and those certificates
+//! (`tern certs init`). The rules of who may do what are in
+//! [`tern_core::auth`].
 
 pub mod api;
 pub mod client;
 pub mod http;
 pub mod lifecycle;
+pub mod pki;
+pub mod tls;
 
 pub use client::ControllerClient;
 

@@ -72,8 +72,77 @@ enum Command {
     Switchover(ops::PlanArgs),
     /// Bring up a multi-region deployment on this machine and run a failure scenario.
     Lab(tern_lab::LabArgs),
+    /// Certificates for the control plane's mutual TLS.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Run the lab's sample service (started by `tern lab`).
     SampleService(tern_sample::SampleArgs),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Make a private CA (unless DIR has one) and a certificate for every
+    /// controller, agent, edge, operator and viewer the file names, each
+    /// with its identity as spiffe://tern/ROLE/NAME; files that exist are
+    /// kept, so running it again after adding a region makes only the new
+    /// ones.
+    Init {
+        #[arg(long)]
+        config: PathBuf,
+        /// Where to write them; default: `[controller.tls] dir`.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// How long the certificates are valid, in days.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
+}
+
+fn certs(command: CertsCommand) -> ExitCode {
+    let CertsCommand::Init { config, out, days } = command;
+    let cfg = match load(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let tls_dir = cfg
+        .controller
+        .as_ref()
+        .and_then(|c| c.tls.as_ref())
+        .map(|t| t.dir.clone());
+    let Some(dir) = out.or(tls_dir) else {
+        eprintln!(
+            "tern certs init: say where with --out DIR (the file has no [controller.tls] dir)"
+        );
+        return ExitCode::from(EX_USAGE);
+    };
+    let principals = tern_proto::pki::principals(&cfg);
+    match tern_proto::pki::init(&dir, &principals, days) {
+        Ok(made) => {
+            for p in &made.written {
+                println!("wrote {}", p.display());
+            }
+            for p in &made.kept {
+                println!("kept  {}", p.display());
+            }
+            println!(
+                "{} certificates under {} for {} principals; keep ca.key offline once every certificate is made",
+                made
+                    .written
+                    .iter()
+                    .filter(|p| p.extension().is_some_and(|e| e == "pem") && !p.ends_with("ca.pem"))
+                    .count(),
+                dir.display(),
+                principals.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tern certs init: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -118,6 +187,12 @@ fn main() -> ExitCode {
                 if let Some(t) = cfg.edge.as_ref().and_then(|e| e.tls.as_ref()) {
                     if let Err(e) = tern_edge::tls::load(t) {
                         eprintln!("{}: TLS: {e}", file.display());
+                        return ExitCode::from(EX_CONFIG);
+                    }
+                }
+                if let Some(t) = cfg.controller.as_ref().and_then(|c| c.tls.as_ref()) {
+                    if let Err(e) = tern_proto::tls::load_roots(&t.ca) {
+                        eprintln!("{}: control-plane TLS: {e}", file.display());
                         return ExitCode::from(EX_CONFIG);
                     }
                 }
@@ -198,6 +273,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
+        Command::Certs { command } => certs(command),
         Command::Members { command } => runtime().block_on(ops::members(command)),
         Command::Status(target) => runtime().block_on(ops::status(target)),
         Command::Events { target, limit } => runtime().block_on(ops::events(target, limit)),
@@ -258,7 +334,7 @@ async fn run_edge(cfg: Config) -> ExitCode {
             eprintln!("tern edge: the configuration has no [edge] table");
             return ExitCode::from(EX_CONFIG);
         }
-        Err(e @ tern_edge::EdgeError::Tls(_)) => {
+        Err(e @ (tern_edge::EdgeError::Tls(_) | tern_edge::EdgeError::ControlTls(_))) => {
             eprintln!("tern edge: {e}; nothing was started");
             return ExitCode::from(EX_CONFIG);
         }

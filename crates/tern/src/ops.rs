@@ -48,9 +48,18 @@ pub struct Target {
     /// A controller's address; repeat for several (any node answers).
     #[arg(long = "controller", value_name = "ADDR")]
     pub controllers: Vec<SocketAddr>,
-    /// Read the controllers' addresses from this configuration file.
+    /// Read the controllers' addresses from this configuration file (and,
+    /// with `[controller.tls]`, the CA and the operator's certificate).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The operator's or viewer's certificate (PEM) for mutual TLS; default:
+    /// `operator-NAME.pem` in `[controller.tls] dir` when the file names one
+    /// operator.
+    #[arg(long, env = "TERN_CERT", value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// The key of `--cert` (PEM).
+    #[arg(long, env = "TERN_KEY", value_name = "PEM")]
+    pub key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -59,10 +68,16 @@ pub struct Target {
 impl Target {
     fn client(&self) -> Result<ControllerClient, ExitCode> {
         let mut addrs = self.controllers.clone();
+        let mut tls = None;
         if let Some(path) = &self.config {
             let cfg = load(path)?;
             match cfg.controller {
-                Some(c) => addrs.extend(c.nodes.iter().map(|n| n.addr)),
+                Some(c) => {
+                    addrs.extend(c.nodes.iter().map(|n| n.addr));
+                    if let Some(t) = &c.tls {
+                        tls = Some(self.identity(path, t)?.client_config());
+                    }
+                }
                 None => {
                     eprintln!("{}: no [controller] table", path.display());
                     return Err(ExitCode::from(EX_CONFIG));
@@ -73,8 +88,63 @@ impl Target {
             eprintln!("say where the controllers are: --controller ADDR or --config FILE");
             return Err(ExitCode::from(EX_USAGE));
         }
-        Ok(ControllerClient::new(addrs, Duration::from_secs(2)))
+        Ok(ControllerClient::with_tls(
+            addrs,
+            Duration::from_secs(2),
+            tls,
+        ))
     }
+
+    /// The operator's (or viewer's) side of mutual TLS: `--cert`/`--key`,
+    /// or the one operator the file names.
+    fn identity(
+        &self,
+        path: &std::path::Path,
+        t: &tern_core::config::ControlTls,
+    ) -> Result<tern_proto::tls::ControlPlaneTls, ExitCode> {
+        use tern_core::auth::{Principal, Role};
+        use tern_core::config::tls::CertFiles;
+        let (who, files) = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let who = read_principal(cert).map_err(|e| {
+                    eprintln!("{}: {e}", cert.display());
+                    ExitCode::from(EX_CONFIG)
+                })?;
+                let files = CertFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
+                (who, Some(files))
+            }
+            (None, None) => match t.operators.as_slice() {
+                [one] => (Principal::new(Role::Operator, one), None),
+                _ => {
+                    eprintln!(
+                        "{}: [controller.tls] names several operators ({}); say which certificate is yours with --cert and --key (or TERN_CERT and TERN_KEY)",
+                        path.display(),
+                        t.operators.join(", ")
+                    );
+                    return Err(ExitCode::from(EX_USAGE));
+                }
+            },
+            _ => {
+                eprintln!("give --cert and --key together");
+                return Err(ExitCode::from(EX_USAGE));
+            }
+        };
+        tern_proto::tls::ControlPlaneTls::load(t, who, files).map_err(|e| {
+            eprintln!("control-plane TLS: {e}");
+            ExitCode::from(EX_CONFIG)
+        })
+    }
+}
+
+/// The principal the first certificate of a PEM file names.
+fn read_principal(path: &std::path::Path) -> Result<tern_core::auth::Principal, String> {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::from_pem_file(path)
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    tern_proto::tls::principal_of(&cert)
 }
 
 #[derive(Subcommand)]
@@ -376,7 +446,10 @@ pub async fn run_controller(args: ControllerArgs, mut sockets: Inherited) -> Exi
         Ok(n) => n,
         Err(e) => {
             eprintln!("tern controller: {e:#}");
-            return ExitCode::FAILURE;
+            let config_problem = e
+                .downcast_ref::<tern_controller::lifecycle::StartError>()
+                .is_some();
+            return ExitCode::from(if config_problem { EX_CONFIG } else { 1 });
         }
     };
     println!("controller {} listening on {}", node.id, node.addr);

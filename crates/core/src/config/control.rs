@@ -9,9 +9,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{RawAgent, RawController, RawDatabase, RawVerdict, S};
+use super::raw::{RawAgent, RawControlTls, RawController, RawDatabase, RawVerdict, S};
 use super::{join, valid_name, Checker};
 use crate::lease::LeaseSettings;
 use crate::verdict::VerdictSettings;
@@ -35,6 +36,40 @@ pub struct ControllerSettings {
     /// loopback (`insecure_plaintext = true`): then this names them, for
     /// `tern status` to warn about.
     pub plaintext_warning: Option<String>,
+    /// Mutual TLS on every control path (`[controller.tls]`); `None`: plain
+    /// HTTP, accepted only on loopback or with `insecure_plaintext`.
+    pub tls: Option<ControlTls>,
+}
+
+/// `[controller.tls]`: the certificate authority every control-plane peer
+/// trusts, and the directory where each process finds its own certificate
+/// and key as `ROLE-NAME.pem` and `ROLE-NAME.key` (`controller-1`,
+/// `agent-us-east`, `edge-us-east`, `operator-NAME`, `viewer-NAME`; what
+/// `tern certs init` writes). Relative paths are relative to the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlTls {
+    /// PEM certificates of the CA (more than one during a CA change).
+    pub ca: PathBuf,
+    pub dir: PathBuf,
+    /// The operators `tern certs init` makes certificates for (default:
+    /// one named `admin`).
+    pub operators: Vec<String>,
+    /// Read-only users `tern certs init` makes certificates for.
+    pub viewers: Vec<String>,
+    /// How often the certificate files are checked for changes (default
+    /// 2 s); SIGHUP reloads at once.
+    pub reload_check: Duration,
+}
+
+impl ControlTls {
+    /// This process's certificate and key in [`ControlTls::dir`].
+    pub fn files(&self, who: &crate::auth::Principal) -> super::tls::CertFiles {
+        let stem = who.file_stem();
+        super::tls::CertFiles {
+            cert: self.dir.join(format!("{stem}.pem")),
+            key: self.dir.join(format!("{stem}.key")),
+        }
+    }
 }
 
 impl ControllerSettings {
@@ -249,7 +284,12 @@ pub(super) fn validate_controller(
         }
     }
     let insecure = r.insecure_plaintext.as_ref().is_some_and(|b| *b.get_ref());
+    let tls = r.tls.as_ref().and_then(|t| control_tls(c, t));
     let mut plaintext_warning = None;
+    // With mutual TLS, addresses off loopback are what a deployment needs.
+    if r.tls.is_some() {
+        exposed.0 = None;
+    }
     if let (Some((span, key)), addrs) = exposed {
         let addrs = addrs.join(", ");
         if insecure {
@@ -261,7 +301,7 @@ pub(super) fn validate_controller(
                 span,
                 key,
                 format!(
-                    "controllers listening off loopback ({addrs}) would carry the control plane in plaintext (it has no TLS yet): anyone who reaches them can change routing and leases; keep them on a private network and set insecure_plaintext = true in [controller] to say so"
+                    "controllers listening off loopback ({addrs}) would carry the control plane in plaintext: anyone who reaches them can change routing and leases; add a [controller.tls] table (mutual TLS; `tern certs init` makes the certificates), or keep them on a private network and set insecure_plaintext = true in [controller] to say so"
                 ),
             );
         }
@@ -273,6 +313,46 @@ pub(super) fn validate_controller(
         rpc_timeout,
         placement_warning: placement_warning.filter(|_| allow_unsafe),
         plaintext_warning,
+        tls,
+    })
+}
+
+fn control_tls(c: &mut Checker<'_>, t: &S<RawControlTls>) -> Option<ControlTls> {
+    use super::tls::{nonempty, resolve};
+    let r = t.get_ref();
+    let ok = nonempty(c, &r.ca, "controller.tls.ca") & nonempty(c, &r.dir, "controller.tls.dir");
+    let mut names = |list: &[S<String>], key: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, n) in list.iter().enumerate() {
+            let name = n.get_ref().trim();
+            if valid_name(name) {
+                out.push(name.to_string());
+            } else {
+                c.err(
+                    n.span(),
+                    format!("{key}[{i}]"),
+                    format!("expected a name of letters, digits and '-', found \"{name}\""),
+                );
+            }
+        }
+        out
+    };
+    let mut operators = names(&r.operators, "controller.tls.operators");
+    let viewers = names(&r.viewers, "controller.tls.viewers");
+    if r.operators.is_empty() {
+        operators.push("admin".into());
+    }
+    let reload_check = c.duration(
+        &r.reload_check,
+        "controller.tls.reload_check",
+        Duration::from_secs(2),
+    );
+    ok.then(|| ControlTls {
+        ca: resolve(c, &r.ca),
+        dir: resolve(c, &r.dir),
+        operators,
+        viewers,
+        reload_check,
     })
 }
 

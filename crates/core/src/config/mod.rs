@@ -21,7 +21,8 @@ use std::ops::Range;
 use std::time::Duration;
 
 pub use control::{
-    ControllerNode, ControllerSettings, Database, RegionDown, Replication, VerdictConfig,
+    ControlTls, ControllerNode, ControllerSettings, Database, RegionDown, Replication,
+    VerdictConfig,
 };
 use error::Source;
 pub use error::{ConfigError, ConfigErrors};

@@ -533,6 +533,7 @@ pub struct RawHealth {
 pub struct RawController {
     pub allow_unsafe_placement: Option<S<bool>>,
     pub insecure_plaintext: Option<S<bool>>,
+    pub tls: Option<S<RawControlTls>>,
     #[serde(default, deserialize_with = "duration")]
     pub heartbeat: Option<S<String>>,
     #[serde(default, deserialize_with = "duration")]
@@ -541,6 +542,19 @@ pub struct RawController {
     pub rpc_timeout: Option<S<String>>,
     #[serde(default)]
     pub node: Vec<S<RawNode>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControlTls {
+    pub ca: S<String>,
+    pub dir: S<String>,
+    #[serde(default)]
+    pub operators: Vec<S<String>>,
+    #[serde(default)]
+    pub viewers: Vec<S<String>>,
+    #[serde(default, deserialize_with = "duration")]
+    pub reload_check: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

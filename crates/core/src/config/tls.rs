@@ -60,7 +60,7 @@ pub struct BackendTls {
 }
 
 /// `path` as written, made relative to the configuration file's directory.
-fn resolve(c: &Checker<'_>, path: &S<String>) -> PathBuf {
+pub(super) fn resolve(c: &Checker<'_>, path: &S<String>) -> PathBuf {
     let p = Path::new(path.get_ref().trim());
     if p.is_absolute() {
         return p.to_path_buf();
@@ -71,7 +71,7 @@ fn resolve(c: &Checker<'_>, path: &S<String>) -> PathBuf {
     }
 }
 
-fn nonempty(c: &mut Checker<'_>, v: &S<String>, key: &str) -> bool {
+pub(super) fn nonempty(c: &mut Checker<'_>, v: &S<String>, key: &str) -> bool {
     if v.get_ref().trim().is_empty() {
         c.err(v.span(), key, "expected a file path");
         return false;
