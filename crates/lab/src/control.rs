@@ -12,8 +12,8 @@ use crate::topology::Deployment;
 use crate::watch::{admin_client, get_status};
 
 /// How many entries a controller's audit log holds (read directly).
-pub async fn audit_len(addr: SocketAddr) -> Option<usize> {
-    let client = tern_proto::ControllerClient::new(vec![addr], Duration::from_secs(1));
+pub async fn audit_len(deployment: &Deployment, addr: SocketAddr) -> Option<usize> {
+    let client = deployment.controller_client(vec![addr], Duration::from_secs(1));
     client.events(100_000).await.ok().map(|v| v.events.len())
 }
 
@@ -29,7 +29,7 @@ pub async fn control_facts(deployment: &Deployment, clock: &Clock) -> ControlFac
     }
     // Prefer a node in quorum: it has the committed history.
     for addr in &addrs {
-        let client = tern_proto::ControllerClient::new(vec![*addr], Duration::from_secs(2));
+        let client = deployment.controller_client(vec![*addr], Duration::from_secs(2));
         let Ok(view) = client.events(100_000).await else {
             continue;
         };
@@ -69,7 +69,7 @@ pub async fn wait_for_control(
         .into_iter()
         .map(|(_, a)| a)
         .collect();
-    let controllers = tern_proto::ControllerClient::new(addrs, Duration::from_secs(1));
+    let controllers = deployment.controller_client(addrs, Duration::from_secs(1));
     let client = admin_client();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -17,7 +17,7 @@ use crate::postgres;
 use crate::topology::{Deployment, CLUSTER};
 
 fn controllers(deployment: &Deployment) -> ControllerClient {
-    ControllerClient::new(
+    deployment.controller_client(
         deployment
             .controller_addrs()
             .into_iter()

@@ -476,7 +476,7 @@ async fn apply_step(
                 .find(|(r, _)| r == region)
                 .map(|(_, a)| a);
             if let Some(addr) = addr {
-                if let Some(n) = audit_len(addr).await {
+                if let Some(n) = audit_len(deployment, addr).await {
                     faults.minority_at_cut = Some((addr, n));
                 }
             }
@@ -484,7 +484,9 @@ async fn apply_step(
         }
         Action::Heal(region) => {
             if let Some((addr, before)) = faults.minority_at_cut {
-                faults.minority_decisions = audit_len(addr).await.map(|n| n.saturating_sub(before));
+                faults.minority_decisions = audit_len(deployment, addr)
+                    .await
+                    .map(|n| n.saturating_sub(before));
             }
             deployment.partition(region, Fault::None);
             faults.restore_ms = Some(clock.ms());

@@ -15,9 +15,11 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use tern_core::auth::{Principal, Role};
 
 use crate::load::EdgePath;
 use crate::postgres::{self, PgServer};
@@ -250,12 +252,18 @@ pub struct Deployment {
     /// The lab's certificate authority (PEM): what an HTTPS client of the
     /// edges trusts.
     pub ca_file: PathBuf,
+    /// The lab's side of the control plane's mutual TLS (operator
+    /// [`LAB_OPERATOR`]).
+    control_tls: Arc<rustls::ClientConfig>,
     /// Controllers' and writer proxies' sockets, bound by the lab and
     /// handed to the process that serves them.
     held: Held,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The operator the lab acts as toward the controllers (switchovers, reads).
+pub const LAB_OPERATOR: &str = "lab";
 
 impl Deployment {
     /// Starts every process and link; returns once all edges serve.
@@ -346,6 +354,34 @@ impl Deployment {
             rt.service = Some(proc);
         }
 
+        // The control plane's own CA and a certificate per controller,
+        // agent, edge and the lab's operator: every lab runs the control
+        // plane over mutual TLS, as a real deployment does.
+        let pki = dir.join("pki");
+        let mut principals = vec![Principal::new(Role::Operator, LAB_OPERATOR)];
+        for (k, r) in regions.iter().enumerate() {
+            principals.push(Principal::new(Role::Controller, (k + 1).to_string()));
+            principals.push(Principal::new(Role::Agent, &r.name));
+            if r.serves_traffic {
+                principals.push(Principal::new(Role::Edge, &r.name));
+            }
+        }
+        tern_proto::pki::init(&pki, &principals, 30).context("the control plane's certificates")?;
+        let control_settings = tern_core::config::ControlTls {
+            ca: pki.join("ca.pem"),
+            dir: pki.clone(),
+            operators: vec![LAB_OPERATOR.into()],
+            viewers: Vec::new(),
+            reload_check: Duration::from_secs(2),
+        };
+        let control_tls = tern_proto::tls::ControlPlaneTls::load(
+            &control_settings,
+            Principal::new(Role::Operator, LAB_OPERATOR),
+            None,
+        )
+        .context("the lab operator's certificate")?
+        .client_config();
+
         // Controllers: addresses fixed first, since every node's file names
         // the others (through the WAN).
         let mut controllers = Vec::new();
@@ -422,6 +458,7 @@ impl Deployment {
             tuning,
             db,
             ca_file,
+            control_tls,
             held,
         };
         for k in 0..deployment.controllers.len() {
@@ -470,8 +507,12 @@ impl Deployment {
 
     /// The `[controller]` and `[verdict]` tables as seen from `region`.
     fn control_toml(&self, region: &str) -> String {
-        let mut out = String::from(
-            "[controller]\nheartbeat = \"150ms\"\nelection_timeout = \"1s\"\nrpc_timeout = \"500ms\"\n",
+        let pki = self.dir.join("pki");
+        let mut out = format!(
+            "[controller]\nheartbeat = \"150ms\"\nelection_timeout = \"1s\"\nrpc_timeout = \"500ms\"\n\
+             [controller.tls]\nca = \"{}\"\ndir = \"{}\"\noperators = [\"{LAB_OPERATOR}\"]\n",
+            pki.join("ca.pem").display(),
+            pki.display()
         );
         for c in &self.controllers {
             let addr = self.controller_paths[&(region.to_string(), c.id)];
@@ -697,6 +738,16 @@ impl Deployment {
         Ok(proc)
     }
 
+    /// A client of `addrs` over the control plane's mutual TLS, as the
+    /// lab's operator.
+    pub fn controller_client(
+        &self,
+        addrs: Vec<SocketAddr>,
+        timeout: Duration,
+    ) -> tern_proto::ControllerClient {
+        tern_proto::ControllerClient::with_tls(addrs, timeout, Some(self.control_tls.clone()))
+    }
+
     /// How the lab itself reaches each controller (directly, not through the WAN).
     pub fn controller_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.controllers
@@ -891,7 +942,7 @@ impl Deployment {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             for (_, addr) in self.controller_addrs() {
-                let client = tern_proto::ControllerClient::new(vec![addr], Duration::from_secs(1));
+                let client = self.controller_client(vec![addr], Duration::from_secs(1));
                 if let Ok(view) = client.clusters().await {
                     if view.in_quorum {
                         return view.clusters.get(CLUSTER).map(|c| c.writer.region.clone());

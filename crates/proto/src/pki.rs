@@ -45,9 +45,10 @@ fn cert_err(e: rcgen::Error) -> PkiError {
     PkiError::Cert(e.to_string())
 }
 
-/// Every principal of a deployment: its controllers, an agent and an edge
-/// per serving region, and the operators and viewers `[controller.tls]`
-/// names (one operator, `admin`, by default).
+/// Every principal of a deployment: its controllers, an agent per region
+/// (a witness site's agent is a vantage point too), an edge per serving
+/// region, and the operators and viewers `[controller.tls]` names (one
+/// operator, `admin`, by default).
 pub fn principals(config: &Config) -> Vec<Principal> {
     let mut out = Vec::new();
     if let Some(c) = &config.controller {
@@ -55,9 +56,11 @@ pub fn principals(config: &Config) -> Vec<Principal> {
             out.push(Principal::new(Role::Controller, n.id.to_string()));
         }
     }
-    for r in config.regions.iter().filter(|r| r.serves_traffic) {
+    for r in &config.regions {
         out.push(Principal::new(Role::Agent, &r.name));
-        out.push(Principal::new(Role::Edge, &r.name));
+        if r.serves_traffic {
+            out.push(Principal::new(Role::Edge, &r.name));
+        }
     }
     let (operators, viewers) = match config.controller.as_ref().and_then(|c| c.tls.as_ref()) {
         Some(t) => (t.operators.clone(), t.viewers.clone()),
