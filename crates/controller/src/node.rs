@@ -75,6 +75,13 @@ impl Controller {
         &self.raft
     }
 
+    /// Whether this node leads and has committed its term's first entry
+    /// (LeaderChanged): only then does it take other commands.
+    pub fn has_taken_over(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == openraft::ServerState::Leader && *self.announced_term.borrow() >= m.current_term
+    }
+
     /// Cluster time now: the leader's term clock while this node leads,
     /// otherwise an estimate that trails the leader's.
     pub fn cluster_now(&self) -> Duration {

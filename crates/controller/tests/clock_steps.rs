@@ -22,14 +22,20 @@ fn acquire(holder: &str) -> Command {
 }
 
 /// East takes the lease; answers when its request was sent (the start of
-/// east's own count of the lease) and the epoch.
+/// east's own count of the lease) and the epoch. Like an agent, it asks
+/// again while no controller has a quorum (a leader change under load).
 async fn east_takes_the_lease(g: &Group) -> (Instant, u64) {
-    let sent = Instant::now();
-    let answer = g
-        .all()
-        .write(&acquire("east"))
-        .await
-        .expect("east's lease committed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (sent, answer) = loop {
+        let sent = Instant::now();
+        match g.all().write(&acquire("east")).await {
+            Ok(answer) => break (sent, answer),
+            Err(e) if e.is_retryable_elsewhere() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("east's lease not committed: {e}"),
+        }
+    };
     let Applied::Lease(l) = answer.applied else {
         panic!("expected a lease, got {:?}", answer.applied)
     };

@@ -328,13 +328,14 @@ impl Group {
         self.node(i).status()
     }
 
-    /// Waits until a running node leads with a quorum; returns its index.
+    /// Waits until a running node leads with a quorum and has committed
+    /// its term's first entry (it takes commands); returns its index.
     pub async fn leader(&self) -> usize {
         for _ in 0..200 {
             for (i, n) in self.nodes.iter().enumerate() {
                 if let Some(n) = n {
                     let s = n.status();
-                    if s.role == "leader" && s.in_quorum {
+                    if s.role == "leader" && s.in_quorum && n.has_taken_over() {
                         return i;
                     }
                 }
