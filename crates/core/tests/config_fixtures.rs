@@ -472,3 +472,24 @@ fn a_plaintext_control_plane_off_loopback_loads_only_when_the_file_says_so() {
     let cfg = Config::from_toml("loopback.toml", &lab).expect("loopback is fine");
     assert_eq!(cfg.controller.unwrap().plaintext_warning, None);
 }
+
+#[test]
+fn a_control_plane_with_mutual_tls_may_listen_off_loopback() {
+    let path = fixtures("bad").join("controller_plaintext_off_loopback.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = format!(
+        "{text}\n[controller.tls]\nca = \"pki/ca.pem\"\ndir = \"/etc/tern/pki\"\noperators = [\"alice\", \"bob\"]\nreload_check = \"500ms\"\n"
+    );
+    let cfg = Config::from_toml("/srv/tern/tern.toml", &text).expect("TLS makes it safe");
+    let c = cfg.controller.unwrap();
+    assert_eq!(c.plaintext_warning, None);
+    let t = c.tls.expect("the tls table");
+    assert_eq!(t.ca, std::path::Path::new("/srv/tern/pki/ca.pem"));
+    assert_eq!(t.dir, std::path::Path::new("/etc/tern/pki"));
+    assert_eq!(t.operators, ["alice", "bob"]);
+    assert_eq!(t.reload_check, Duration::from_millis(500));
+
+    let bad = text.replace("\"alice\"", "\"al ice\"");
+    let e = Config::from_toml("bad.toml", &bad).unwrap_err().to_string();
+    assert!(e.contains("controller.tls.operators[0]"), "{e}");
+}
