@@ -27,6 +27,7 @@ use tokio_postgres::{Client, NoTls};
 
 pub mod hba;
 pub mod local;
+pub mod passfile;
 
 pub use hba::{side_doors, HbaRule};
 pub use local::{pg_bin_dir, LocalNode, Stopped};

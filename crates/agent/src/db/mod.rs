@@ -77,33 +77,81 @@ pub enum DbAgentError {
     NoNode { cluster: String, region: String },
 }
 
-/// How the agent of `region` connects to its node of `db` (as `postgres`).
+/// How the agent of `region` connects to its node of `db`.
 pub fn conninfo(db: &Database, region: &str) -> Option<String> {
     let node = db.node(region)?;
     let socket = local_node(db, region).ok().and_then(|l| l.socket());
-    Some(local_conninfo(node.addr, socket))
+    Some(local_conninfo(node.addr, socket, &db.login))
 }
 
-/// How the agent reaches its own node: over the server's Unix socket when
-/// it has one (as libpq users expect of a local server: no network, and
-/// `peer` authentication for the `postgres` user the agent runs as),
-/// otherwise over TCP at the node's `addr`.
-fn local_conninfo(addr: std::net::SocketAddr, socket: Option<(std::path::PathBuf, u16)>) -> String {
-    match socket {
-        Some((dir, port)) => format!(
-            "host='{}' port={port} user=postgres dbname=postgres connect_timeout=2",
-            // A conninfo value in quotes: backslash and quote escaped.
-            dir.display()
-                .to_string()
-                .replace('\\', "\\\\")
-                .replace('\'', "\\'")
-        ),
-        None => format!(
-            "host={} port={} user=postgres dbname=postgres connect_timeout=2",
-            addr.ip(),
-            addr.port()
-        ),
+/// A conninfo value in single quotes, backslash and quote escaped (libpq's
+/// rule).
+fn quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// How the agent reaches its own node (tokio-postgres, which reads no
+/// password file itself): over the server's Unix socket when it has one (as
+/// libpq users expect of a local server: no network, and `peer`
+/// authentication for the role the agent runs as), otherwise over TCP at
+/// the node's `addr`; as `login.user`, with the password the password file
+/// has for it (a Unix socket matches `localhost` there, as in libpq).
+fn local_conninfo(
+    addr: std::net::SocketAddr,
+    socket: Option<(std::path::PathBuf, u16)>,
+    login: &tern_core::config::DbLogin,
+) -> String {
+    let (host, shown, port) = match &socket {
+        Some((dir, port)) => (dir.display().to_string(), "localhost".to_string(), *port),
+        None => (addr.ip().to_string(), addr.ip().to_string(), addr.port()),
+    };
+    let mut out = format!(
+        "host={} port={port} user={} dbname=postgres connect_timeout=2",
+        quoted(&host),
+        quoted(&login.user)
+    );
+    let password = tern_pg::passfile::password(
+        login.passfile.as_deref(),
+        tern_pg::passfile::Login {
+            host: &shown,
+            port,
+            database: "postgres",
+            user: &login.user,
+        },
+    );
+    if let Some(p) = password {
+        out.push_str(&format!(" password={}", quoted(&p)));
     }
+    out
+}
+
+/// How libpq's tools (`pg_rewind`, `pg_basebackup`) and a standby's WAL
+/// receiver reach another region's node at `addr`: as `login.user`, with
+/// libpq's own password file handling (`passfile` when the file names
+/// one) and TLS as `sslmode` and the certificates say.
+pub fn remote_conninfo(addr: std::net::SocketAddr, login: &tern_core::config::DbLogin) -> String {
+    let mut out = format!(
+        "host={} port={} user={} dbname=postgres connect_timeout=5",
+        addr.ip(),
+        addr.port(),
+        quoted(&login.user)
+    );
+    if let Some(p) = &login.passfile {
+        out.push_str(&format!(" passfile={}", quoted(&p.display().to_string())));
+    }
+    if let Some(m) = &login.sslmode {
+        out.push_str(&format!(" sslmode={m}"));
+    }
+    for (key, path) in [
+        ("sslrootcert", &login.sslrootcert),
+        ("sslcert", &login.sslcert),
+        ("sslkey", &login.sslkey),
+    ] {
+        if let Some(p) = path {
+            out.push_str(&format!(" {key}={}", quoted(&p.display().to_string())));
+        }
+    }
+    out
 }
 
 /// Checks that the agent of `region` can look after its node of `db`.
@@ -235,7 +283,11 @@ impl DbAgent {
 
     fn conninfo(&self) -> Option<String> {
         let node = self.db.node(&self.region)?;
-        Some(local_conninfo(node.addr, self.local.socket()))
+        Some(local_conninfo(
+            node.addr,
+            self.local.socket(),
+            &self.db.login,
+        ))
     }
 
     /// The SQL deadline of one status read: short enough that the round
@@ -488,5 +540,59 @@ impl DbAgent {
         if let Err(e) = self.controllers.write(&command).await {
             tracing::debug!(cluster = %self.db.name, "node event not recorded: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+    use tern_core::config::DbLogin;
+
+    #[test]
+    fn the_local_node_is_reached_over_its_socket_with_the_password_files_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = dir.path().join("pgpass");
+        std::fs::write(&pass, "localhost:5433:postgres:tern:s3cr'et\n").unwrap();
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let login = DbLogin {
+            user: "tern".into(),
+            passfile: Some(pass),
+            ..DbLogin::default()
+        };
+        let info = local_conninfo(
+            "10.0.1.5:5432".parse().unwrap(),
+            Some(("/run/postgresql".into(), 5433)),
+            &login,
+        );
+        assert_eq!(
+            info,
+            "host='/run/postgresql' port=5433 user='tern' dbname=postgres connect_timeout=2 password='s3cr\\'et'"
+        );
+        // tokio-postgres reads it back as written.
+        let parsed: tokio_postgres::Config = info.parse().unwrap();
+        assert_eq!(parsed.get_password(), Some(&b"s3cr'et"[..]));
+        // Over TCP the address is what the file must name.
+        let info = local_conninfo("10.0.1.5:5432".parse().unwrap(), None, &login);
+        assert!(!info.contains("password"), "{info}");
+    }
+
+    #[test]
+    fn other_regions_nodes_are_reached_with_libpqs_password_file_and_tls() {
+        let login = DbLogin {
+            user: "replicator".into(),
+            passfile: Some("/etc/tern/pgpass".into()),
+            sslmode: Some("verify-full".into()),
+            sslrootcert: Some("/etc/tern/pg-ca.pem".into()),
+            sslcert: Some("/etc/tern/pg.pem".into()),
+            sslkey: Some("/etc/tern/pg.key".into()),
+        };
+        assert_eq!(
+            remote_conninfo("10.0.2.5:5432".parse().unwrap(), &login),
+            "host=10.0.2.5 port=5432 user='replicator' dbname=postgres connect_timeout=5 \
+             passfile='/etc/tern/pgpass' sslmode=verify-full sslrootcert='/etc/tern/pg-ca.pem' \
+             sslcert='/etc/tern/pg.pem' sslkey='/etc/tern/pg.key'"
+        );
     }
 }

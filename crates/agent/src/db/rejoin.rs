@@ -41,11 +41,7 @@ impl DbAgent {
         let Some(writer) = self.db.node(&c.writer.region) else {
             return;
         };
-        let source = format!(
-            "host={} port={} user=postgres dbname=postgres connect_timeout=5",
-            writer.addr.ip(),
-            writer.addr.port()
-        );
+        let source = super::remote_conninfo(writer.addr, &self.db.login);
         let name = self.db.name.clone();
         if self.local.is_standby() {
             match self.local.start(START_TIMEOUT).await {

@@ -146,7 +146,53 @@ pub struct Database {
     /// The addresses the writer proxies connect to PostgreSQL from
     /// (default: each node's `proxy` address, as one host each).
     pub app_sources: Vec<ipnet::IpNet>,
+    /// How the agent logs in to PostgreSQL.
+    pub login: DbLogin,
 }
+
+/// How an agent logs in to PostgreSQL, in libpq's terms (PostgreSQL
+/// documentation, "Connection Strings" and "The Password File"): its own
+/// node over the Unix socket when the server has one (peer
+/// authentication), otherwise, and for other regions' nodes (`pg_rewind`,
+/// a base backup, a standby's `primary_conninfo`), over TCP with a
+/// password from the password file and TLS as `sslmode` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbLogin {
+    /// The role (default `postgres`).
+    pub user: String,
+    /// The password file (libpq's `.pgpass` format). Default: libpq's own
+    /// choice (`PGPASSFILE`, else `~/.pgpass`).
+    pub passfile: Option<PathBuf>,
+    /// libpq's `sslmode` for TCP connections (`disable`, `allow`, `prefer`,
+    /// `require`, `verify-ca`, `verify-full`); `None`: libpq's default.
+    pub sslmode: Option<String>,
+    pub sslrootcert: Option<PathBuf>,
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
+}
+
+impl Default for DbLogin {
+    fn default() -> DbLogin {
+        DbLogin {
+            user: "postgres".into(),
+            passfile: None,
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+        }
+    }
+}
+
+/// The `sslmode` values libpq knows.
+pub const SSLMODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
 
 impl Database {
     pub fn node(&self, region: &str) -> Option<&DbNode> {
@@ -636,6 +682,7 @@ pub(super) fn validate_databases(
             step_timeout,
             app_roles,
             app_sources,
+            login: db_login(c, d, &key),
         });
     }
     out
@@ -693,4 +740,64 @@ fn rpo_budget(
         }),
         time,
     )
+}
+
+fn db_login(c: &mut Checker<'_>, d: &RawDatabase, key: &str) -> DbLogin {
+    use super::tls::resolve;
+    let mut login = DbLogin::default();
+    if let Some(u) = &d.user {
+        let user = u.get_ref().trim();
+        if user.is_empty() || user.contains(|ch: char| ch.is_whitespace() || ch == '\'') {
+            c.err(
+                u.span(),
+                format!("{key}.user"),
+                format!(
+                    "expected a PostgreSQL role name without spaces or quotes, found \"{user}\""
+                ),
+            );
+        } else {
+            login.user = user.to_string();
+        }
+    }
+    if let Some(m) = &d.sslmode {
+        let mode = m.get_ref().trim();
+        if SSLMODES.contains(&mode) {
+            login.sslmode = Some(mode.to_string());
+        } else {
+            c.err(
+                m.span(),
+                format!("{key}.sslmode"),
+                format!("expected one of {}, found \"{mode}\"", SSLMODES.join(", ")),
+            );
+        }
+    }
+    let path = |c: &mut Checker<'_>, v: &Option<S<String>>, k: &str| -> Option<PathBuf> {
+        let v = v.as_ref()?;
+        if v.get_ref().trim().is_empty() || v.get_ref().contains('\'') {
+            c.err(
+                v.span(),
+                format!("{key}.{k}"),
+                "expected a file path without quotes",
+            );
+            return None;
+        }
+        Some(resolve(c, v))
+    };
+    login.passfile = path(c, &d.passfile, "passfile");
+    login.sslrootcert = path(c, &d.sslrootcert, "sslrootcert");
+    login.sslcert = path(c, &d.sslcert, "sslcert");
+    login.sslkey = path(c, &d.sslkey, "sslkey");
+    if login.sslcert.is_some() != login.sslkey.is_some() {
+        let span = d
+            .sslcert
+            .as_ref()
+            .or(d.sslkey.as_ref())
+            .map_or(0..0, |v| v.span());
+        c.err(
+            span,
+            key.to_string(),
+            "expected both sslcert and sslkey, or neither",
+        );
+    }
+    login
 }

@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 pub use control::{
-    ControlTls, ControllerNode, ControllerSettings, Database, RegionDown, Replication,
+    ControlTls, ControllerNode, ControllerSettings, Database, DbLogin, RegionDown, Replication,
     VerdictConfig,
 };
 use error::Source;

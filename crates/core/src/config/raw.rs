@@ -608,6 +608,12 @@ pub struct RawDatabase {
     pub app_roles: Vec<S<String>>,
     #[serde(default)]
     pub app_sources: Vec<S<String>>,
+    pub user: Option<S<String>>,
+    pub passfile: Option<S<String>>,
+    pub sslmode: Option<S<String>>,
+    pub sslrootcert: Option<S<String>>,
+    pub sslcert: Option<S<String>>,
+    pub sslkey: Option<S<String>>,
     #[serde(default)]
     pub node: Vec<S<RawDbNode>>,
 }
