@@ -393,7 +393,67 @@ async fn the_agent_reaches_its_own_node_over_its_unix_socket() {
     node.kill();
     let conninfo = tern_agent::db::conninfo(&cfg.databases[0], "east").unwrap();
     assert!(
-        conninfo.contains(&format!("host=127.0.0.1 port={}", node.port)),
+        conninfo.contains(&format!("host='127.0.0.1' port={}", node.port)),
         "{conninfo}"
     );
+}
+
+/// A node that asks for a SCRAM password: the agent finds it in the
+/// password file the configuration names, as libpq would, and without a
+/// matching line the server refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_logs_in_with_a_password_from_the_password_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = workdir();
+    let node = PgNode::primary(dir.path(), "east");
+    pg_execute(
+        &node,
+        "SET password_encryption = 'scram-sha-256'; CREATE ROLE tern LOGIN SUPERUSER PASSWORD 'pa:ss''w'",
+    )
+    .await;
+    std::fs::write(
+        node.data.join("pg_hba.conf"),
+        "local all postgres trust\n\
+         local all tern scram-sha-256\n\
+         host all postgres 127.0.0.1/32 trust\n\
+         host all tern 127.0.0.1/32 scram-sha-256\n\
+         host replication all 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    pg_execute(&node, "SELECT pg_reload_conf()").await;
+    let passfile = dir.path().join("pgpass");
+    let config = |passfile: &std::path::Path| {
+        let text = format!(
+            "[[region]]\nname = \"east\"\n[[region]]\nname = \"west\"\n\
+             [service.api]\npolicy = \"failover\"\n\
+             [[service.api.backend]]\nregion = \"east\"\nurl = \"http://127.0.0.1:9\"\n\
+             [database.payments]\nuser = \"tern\"\npassfile = {:?}\n\
+             [[database.payments.node]]\nregion = \"east\"\naddr = \"127.0.0.1:{}\"\ndata_dir = {:?}\nbin_dir = {:?}\n\
+             [[database.payments.node]]\nregion = \"west\"\naddr = \"127.0.0.1:9\"\n",
+            passfile.display().to_string(),
+            node.port,
+            node.data.display().to_string(),
+            bin_dir().display().to_string(),
+        );
+        tern_core::config::Config::from_toml("agent.toml", &text).unwrap()
+    };
+    // Over the socket, which the file names as localhost.
+    std::fs::write(
+        &passfile,
+        format!("localhost:{}:postgres:tern:pa\\:ss'w\n", node.port),
+    )
+    .unwrap();
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = config(&passfile);
+    let conninfo = tern_agent::db::conninfo(&cfg.databases[0], "east").unwrap();
+    let pg = Pg::connect(&conninfo, T)
+        .await
+        .expect("logged in with the file's password");
+    assert_eq!(pg.status().await.unwrap().role, Role::Primary);
+
+    // No line for this server: no password, and SCRAM refuses the agent.
+    std::fs::write(&passfile, "otherhost:5432:*:tern:nope\n").unwrap();
+    let conninfo = tern_agent::db::conninfo(&cfg.databases[0], "east").unwrap();
+    let refused = Pg::connect(&conninfo, T).await;
+    assert!(refused.is_err(), "connected without a password");
 }
