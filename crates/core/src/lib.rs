@@ -18,6 +18,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod dns;
+pub mod drill;
 pub mod failover;
 pub mod health;
 pub mod lease;

@@ -1,0 +1,564 @@
+//! Region evacuation drills, sans I/O: a [`Drill`] moves a growing share
+//! of one region's traffic elsewhere in steps, holds each step while
+//! guardrails are watched, holds the full evacuation, then brings the
+//! traffic back; any guardrail breach (missing data included) aborts it.
+//!
+//! The leader feeds [`Drill::next`] the cluster time and what the edges
+//! last reported ([`Reading`]) and commits the [`Decision`] it returns; the
+//! committed drill is the only state, so a new leader resumes where the old
+//! one stopped, unless the controllers were without a leader for longer
+//! than [`Drill::blind_limit`] (then it aborts rather than continue on what
+//! it did not watch). Practice in the way AWS's zonal autoshift runs its
+//! weekly practice runs: shift, watch outcome alarms, end on a breach.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What the operator asked for (`tern drill start`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillSpec {
+    /// The region evacuated.
+    pub region: String,
+    /// Evacuation shares in percent, rising, the last 100 (default
+    /// 1, 10, 50, 100).
+    pub steps: Vec<u8>,
+    /// How long each step is held while the guardrails are watched.
+    #[serde(with = "crate::units::serde_ms")]
+    pub hold: Duration,
+    /// Shares on the way back, falling, the last 0; empty: all at once.
+    pub return_steps: Vec<u8>,
+    /// Move the region's database writers away (a planned switchover)
+    /// once the share reaches this, and back at the end.
+    pub switchover_at: Option<u8>,
+    pub guardrails: Guardrails,
+}
+
+/// Limits on what clients see during a drill, per client region, over the
+/// edges' evaluation window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Guardrails {
+    /// Largest share of failed requests (5xx or no answer), 0.0..=1.0.
+    pub max_error_rate: f64,
+    /// Largest p99 latency.
+    #[serde(with = "crate::units::serde_ms")]
+    pub max_p99: Duration,
+    /// The evaluation window: each reading covers this much; a reading
+    /// older than two windows counts as missing.
+    #[serde(with = "crate::units::serde_ms")]
+    pub window: Duration,
+    /// Fewer requests than this in a window is too little to judge: it
+    /// neither breaches nor counts as missing.
+    pub min_requests: u64,
+}
+
+impl Eq for Guardrails {}
+
+impl Default for Guardrails {
+    /// 1% errors, 1 s p99, 5 s window, 20 requests.
+    fn default() -> Guardrails {
+        Guardrails {
+            max_error_rate: 0.01,
+            max_p99: Duration::from_secs(1),
+            window: Duration::from_secs(5),
+            min_requests: 20,
+        }
+    }
+}
+
+impl DrillSpec {
+    /// Checks the shape: steps rising and ending at 100, return steps
+    /// falling and ending at 0, a hold and window that are not zero.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.steps.is_empty() || self.steps.last() != Some(&100) {
+            return Err("the steps must end at 100 (for example 1,10,50,100)".into());
+        }
+        if self.steps.windows(2).any(|w| w[0] >= w[1]) || self.steps[0] == 0 {
+            return Err("the steps must rise from above 0 to 100".into());
+        }
+        if !self.return_steps.is_empty()
+            && (self.return_steps.last() != Some(&0)
+                || self.return_steps.windows(2).any(|w| w[0] <= w[1])
+                || self.return_steps[0] >= 100)
+        {
+            return Err("the return steps must fall from below 100 to 0 (for example 50,0)".into());
+        }
+        if self.hold.is_zero() || self.guardrails.window.is_zero() {
+            return Err("the hold and the guardrails' window must be longer than 0".into());
+        }
+        if !(0.0..=1.0).contains(&self.guardrails.max_error_rate) {
+            return Err("the error-rate guardrail is a share between 0 and 1".into());
+        }
+        if let Some(s) = self.switchover_at {
+            if !self.steps.contains(&s) {
+                return Err(format!("the switchover share {s} is not one of the steps"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a drill is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Holding `steps[step]`.
+    Evacuating { step: usize },
+    /// The writers move away (a switchover plan runs) at `steps[step]`.
+    MovingWriter { step: usize },
+    /// Holding `return_steps[step]` (or 0 when there are none).
+    Returning { step: usize },
+    /// Traffic is back; the writers move home.
+    ReturningWriter,
+    Passed,
+    Aborted { reason: String },
+}
+
+impl Phase {
+    pub fn finished(&self) -> bool {
+        matches!(self, Phase::Passed | Phase::Aborted { .. })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Evacuating { .. } => "evacuating",
+            Phase::MovingWriter { .. } => "moving-writer",
+            Phase::Returning { .. } => "returning",
+            Phase::ReturningWriter => "returning-writer",
+            Phase::Passed => "passed",
+            Phase::Aborted { .. } => "aborted",
+        }
+    }
+}
+
+/// One phase that ended, for the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseRecord {
+    pub phase: Phase,
+    /// The region's evacuation share during it, percent.
+    pub share: u8,
+    #[serde(with = "crate::units::serde_ms")]
+    pub started_at: Duration,
+    #[serde(with = "crate::units::serde_ms")]
+    pub ended_at: Duration,
+    /// What the guardrails read at its end.
+    pub evidence: Vec<String>,
+}
+
+/// A drill in the replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drill {
+    pub id: u64,
+    pub spec: DrillSpec,
+    pub phase: Phase,
+    #[serde(with = "crate::units::serde_ms")]
+    pub started_at: Duration,
+    #[serde(with = "crate::units::serde_ms")]
+    pub phase_since: Duration,
+    /// The last time a leader committed anything of this drill (its
+    /// heartbeat: see [`Drill::blind_limit`]).
+    #[serde(with = "crate::units::serde_ms")]
+    pub last_seen: Duration,
+    /// Who started it.
+    pub actor: String,
+    pub history: Vec<PhaseRecord>,
+}
+
+/// What the edges last said about one client region's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowStats {
+    pub requests: u64,
+    pub errors: u64,
+    #[serde(with = "crate::units::serde_ms")]
+    pub p99: Duration,
+    /// How old the reading is.
+    #[serde(with = "crate::units::serde_ms")]
+    pub age: Duration,
+}
+
+/// The guardrails' inputs at one tick: per client region, the latest
+/// window, or `None` when no edge of that region reported.
+pub type Reading = BTreeMap<String, Option<WindowStats>>;
+
+/// What the leader commits next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing yet.
+    Wait,
+    /// Enter `phase` (with the evidence that justified leaving the last).
+    Advance { phase: Phase, evidence: Vec<String> },
+    /// A guardrail breached, or the drill cannot go on: restore routing.
+    Abort { reason: String },
+    /// Start a planned switchover of the region's writers (to elsewhere
+    /// when `away`, home otherwise); the leader advances once the writers
+    /// are where they should be.
+    MoveWriters { away: bool },
+}
+
+impl Drill {
+    pub fn new(id: u64, spec: DrillSpec, actor: String, now: Duration) -> Drill {
+        Drill {
+            id,
+            spec,
+            phase: Phase::Evacuating { step: 0 },
+            started_at: now,
+            phase_since: now,
+            last_seen: now,
+            actor,
+            history: Vec::new(),
+        }
+    }
+
+    /// The evacuated region's share of traffic that goes elsewhere now,
+    /// percent.
+    pub fn share(&self) -> u8 {
+        match &self.phase {
+            Phase::Evacuating { step } | Phase::MovingWriter { step } => self.spec.steps[*step],
+            Phase::Returning { step } => self.spec.return_steps.get(*step).copied().unwrap_or(0),
+            Phase::ReturningWriter | Phase::Passed | Phase::Aborted { .. } => 0,
+        }
+    }
+
+    /// How long the controllers may go without committing anything of a
+    /// running drill before a new leader aborts it instead of resuming: two
+    /// guardrail windows (after that, nobody watched what clients saw).
+    pub fn blind_limit(&self) -> Duration {
+        self.spec.guardrails.window * 2
+    }
+
+    /// Judges the guardrails: the first breach, if any. A region with no
+    /// reading, or one older than two windows, is a breach (missing data).
+    pub fn breach(&self, reading: &Reading) -> Option<String> {
+        let g = &self.spec.guardrails;
+        for (region, stats) in reading {
+            let Some(s) = stats.filter(|s| s.age <= g.window * 2) else {
+                return Some(format!(
+                    "no fresh guardrail data from the edges of {region} (missing data counts as a breach)"
+                ));
+            };
+            if s.requests < g.min_requests {
+                continue;
+            }
+            let rate = s.errors as f64 / s.requests as f64;
+            if rate > g.max_error_rate {
+                return Some(format!(
+                    "error rate of clients in {region} {:.1}% over {:.1}% ({} of {} requests)",
+                    rate * 100.0,
+                    g.max_error_rate * 100.0,
+                    s.errors,
+                    s.requests
+                ));
+            }
+            if s.p99 > g.max_p99 {
+                return Some(format!(
+                    "p99 latency of clients in {region} {} ms over {} ms",
+                    s.p99.as_millis(),
+                    g.max_p99.as_millis()
+                ));
+            }
+        }
+        None
+    }
+
+    /// What to do at `now`, given the guardrails' `reading` and whether the
+    /// writers are away from the region (`writers_away`: every database
+    /// writer of the region moved, and no plan runs).
+    pub fn next(&self, now: Duration, reading: &Reading, writers_away: bool) -> Decision {
+        if self.phase.finished() {
+            return Decision::Wait;
+        }
+        if let Some(reason) = self.breach(reading) {
+            return Decision::Abort { reason };
+        }
+        let held = now.saturating_sub(self.phase_since);
+        let evidence = || summarize(reading);
+        match &self.phase {
+            Phase::Evacuating { step } if held >= self.spec.hold => {
+                let step = *step;
+                if Some(self.spec.steps[step]) == self.spec.switchover_at && !writers_away {
+                    return Decision::Advance {
+                        phase: Phase::MovingWriter { step },
+                        evidence: evidence(),
+                    };
+                }
+                let phase = if step + 1 < self.spec.steps.len() {
+                    Phase::Evacuating { step: step + 1 }
+                } else {
+                    Phase::Returning { step: 0 }
+                };
+                Decision::Advance {
+                    phase,
+                    evidence: evidence(),
+                }
+            }
+            Phase::MovingWriter { step } => {
+                if writers_away {
+                    // The step is held again, now with the writers away.
+                    Decision::Advance {
+                        phase: Phase::Evacuating { step: *step },
+                        evidence: evidence(),
+                    }
+                } else {
+                    Decision::MoveWriters { away: true }
+                }
+            }
+            Phase::Returning { step } if held >= self.spec.hold || self.share() == 0 => {
+                let last = self.spec.return_steps.len().saturating_sub(1);
+                if *step < last {
+                    return Decision::Advance {
+                        phase: Phase::Returning { step: step + 1 },
+                        evidence: evidence(),
+                    };
+                }
+                if self.spec.switchover_at.is_some() {
+                    Decision::Advance {
+                        phase: Phase::ReturningWriter,
+                        evidence: evidence(),
+                    }
+                } else {
+                    Decision::Advance {
+                        phase: Phase::Passed,
+                        evidence: evidence(),
+                    }
+                }
+            }
+            Phase::ReturningWriter => {
+                if writers_away {
+                    Decision::MoveWriters { away: false }
+                } else {
+                    Decision::Advance {
+                        phase: Phase::Passed,
+                        evidence: evidence(),
+                    }
+                }
+            }
+            _ => Decision::Wait,
+        }
+    }
+
+    /// Enters `phase` at `now`, recording the one that ended.
+    pub fn advance(&mut self, phase: Phase, evidence: Vec<String>, now: Duration) {
+        self.history.push(PhaseRecord {
+            phase: self.phase.clone(),
+            share: self.share(),
+            started_at: self.phase_since,
+            ended_at: now,
+            evidence,
+        });
+        self.phase = phase;
+        self.phase_since = now;
+        self.last_seen = now;
+    }
+
+    /// A leader took over at `now`: resume, or abort when nobody committed
+    /// anything of the drill for longer than [`Drill::blind_limit`].
+    pub fn on_leader_change(&self, now: Duration) -> Option<String> {
+        let blind = now.saturating_sub(self.last_seen);
+        (!self.phase.finished() && blind > self.blind_limit()).then(|| {
+            format!(
+                "the controllers went {} ms without a leader during the drill (limit {} ms): nobody watched the guardrails",
+                blind.as_millis(),
+                self.blind_limit().as_millis()
+            )
+        })
+    }
+}
+
+fn summarize(reading: &Reading) -> Vec<String> {
+    reading
+        .iter()
+        .map(|(region, s)| match s {
+            Some(s) => format!(
+                "clients in {region}: {} requests, {} failed, p99 {} ms",
+                s.requests,
+                s.errors,
+                s.p99.as_millis()
+            ),
+            None => format!("clients in {region}: no data"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    fn spec() -> DrillSpec {
+        DrillSpec {
+            region: "us-east".into(),
+            steps: vec![10, 50, 100],
+            hold: s(10),
+            return_steps: vec![],
+            switchover_at: None,
+            guardrails: Guardrails::default(),
+        }
+    }
+
+    fn good() -> Reading {
+        let w = WindowStats {
+            requests: 1000,
+            errors: 0,
+            p99: Duration::from_millis(80),
+            age: s(1),
+        };
+        [("us-east".to_string(), Some(w)), ("us-west".to_string(), Some(w))].into()
+    }
+
+    /// Runs the drill on `reading` every second until it finishes or 600 s pass.
+    fn run(mut d: Drill, reading: impl Fn(Duration, &Drill) -> Reading) -> (Drill, Vec<u8>) {
+        let mut shares = vec![d.share()];
+        let mut writers_away = false;
+        for t in 1..600 {
+            let now = s(t);
+            match d.next(now, &reading(now, &d), writers_away) {
+                Decision::Wait => {}
+                Decision::Advance { phase, evidence } => {
+                    d.advance(phase, evidence, now);
+                    shares.push(d.share());
+                }
+                Decision::Abort { reason } => {
+                    d.advance(Phase::Aborted { reason }, vec![], now);
+                    shares.push(d.share());
+                }
+                Decision::MoveWriters { away } => writers_away = away,
+            }
+            if d.phase.finished() {
+                break;
+            }
+        }
+        (d, shares)
+    }
+
+    #[test]
+    fn a_drill_steps_up_holds_each_step_and_returns_at_once() {
+        let (d, shares) = run(Drill::new(1, spec(), "op".into(), s(0)), |_, _| good());
+        assert_eq!(d.phase, Phase::Passed);
+        assert_eq!(shares, [10, 50, 100, 0, 0]);
+        // Each step held for the hold.
+        let evac: Vec<_> = d.history.iter().filter(|r| r.share > 0).collect();
+        assert!(evac.iter().all(|r| r.ended_at - r.started_at == s(10)), "{evac:#?}");
+    }
+
+    #[test]
+    fn return_steps_are_held_too() {
+        let mut sp = spec();
+        sp.return_steps = vec![50, 0];
+        let (d, shares) = run(Drill::new(1, sp, "op".into(), s(0)), |_, _| good());
+        assert_eq!(d.phase, Phase::Passed);
+        assert_eq!(shares, [10, 50, 100, 50, 0, 0]);
+    }
+
+    #[test]
+    fn a_breach_aborts_at_once_and_says_which_guardrail() {
+        let (d, shares) = run(Drill::new(1, spec(), "op".into(), s(0)), |now, _| {
+            let mut r = good();
+            if now >= s(15) {
+                r.insert(
+                    "us-west".into(),
+                    Some(WindowStats {
+                        requests: 200,
+                        errors: 10,
+                        p99: Duration::from_millis(90),
+                        age: s(1),
+                    }),
+                );
+            }
+            r
+        });
+        let Phase::Aborted { reason } = &d.phase else {
+            panic!("{:?}", d.phase)
+        };
+        assert!(reason.contains("error rate of clients in us-west 5.0% over 1.0%"), "{reason}");
+        assert_eq!(d.history.last().unwrap().ended_at, s(15));
+        assert_eq!(*shares.last().unwrap(), 0, "routing restored");
+    }
+
+    #[test]
+    fn latency_over_the_guardrail_aborts() {
+        let d = Drill::new(1, spec(), "op".into(), s(0));
+        let mut r = good();
+        r.insert(
+            "us-east".into(),
+            Some(WindowStats {
+                requests: 100,
+                errors: 0,
+                p99: Duration::from_millis(1500),
+                age: s(1),
+            }),
+        );
+        let Decision::Abort { reason } = d.next(s(1), &r, false) else {
+            panic!()
+        };
+        assert!(reason.contains("p99 latency of clients in us-east 1500 ms over 1000 ms"));
+    }
+
+    #[test]
+    fn missing_or_stale_data_is_a_breach_and_too_few_requests_is_not() {
+        let d = Drill::new(1, spec(), "op".into(), s(0));
+        let mut r = good();
+        r.insert("us-west".into(), None);
+        assert!(matches!(d.next(s(1), &r, false), Decision::Abort { reason } if reason.contains("missing data")));
+        let mut r = good();
+        r.get_mut("us-west").unwrap().as_mut().unwrap().age = s(11);
+        assert!(matches!(d.next(s(1), &r, false), Decision::Abort { .. }));
+        let mut r = good();
+        *r.get_mut("us-west").unwrap() = Some(WindowStats {
+            requests: 5,
+            errors: 5,
+            p99: s(9),
+            age: s(1),
+        });
+        assert_eq!(d.next(s(1), &r, false), Decision::Wait);
+    }
+
+    #[test]
+    fn the_writers_move_away_at_the_named_step_and_home_at_the_end() {
+        let mut sp = spec();
+        sp.switchover_at = Some(50);
+        let (d, _) = run(Drill::new(1, sp, "op".into(), s(0)), |_, _| good());
+        assert_eq!(d.phase, Phase::Passed);
+        let names: Vec<&str> = d.history.iter().map(|r| r.phase.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "evacuating",
+                "evacuating",
+                "moving-writer",
+                "evacuating",
+                "evacuating",
+                "returning",
+                "returning-writer"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_leader_resumes_unless_nobody_watched_for_two_windows() {
+        let mut d = Drill::new(1, spec(), "op".into(), s(0));
+        d.advance(Phase::Evacuating { step: 1 }, vec![], s(10));
+        assert_eq!(d.on_leader_change(s(15)), None);
+        let reason = d.on_leader_change(s(21)).unwrap();
+        assert!(reason.contains("11000 ms without a leader"), "{reason}");
+        d.advance(Phase::Passed, vec![], s(30));
+        assert_eq!(d.on_leader_change(s(99)), None, "a finished drill stays finished");
+    }
+
+    #[test]
+    fn specs_that_make_no_sense_are_refused() {
+        let bad = |f: fn(&mut DrillSpec)| {
+            let mut sp = spec();
+            f(&mut sp);
+            sp.validate().unwrap_err()
+        };
+        assert!(bad(|s| s.steps = vec![10, 50]).contains("end at 100"));
+        assert!(bad(|s| s.steps = vec![50, 10, 100]).contains("rise"));
+        assert!(bad(|s| s.return_steps = vec![0, 50]).contains("fall"));
+        assert!(bad(|s| s.hold = Duration::ZERO).contains("longer than 0"));
+        assert!(bad(|s| s.switchover_at = Some(30)).contains("not one of the steps"));
+        assert_eq!(spec().validate(), Ok(()));
+    }
+}
