@@ -21,6 +21,9 @@ pub struct TargetView<'a> {
     pub region: &'a str,
     pub weight: u32,
     pub healthy: bool,
+    /// The share of answers, percent, that a drill moves away from this
+    /// target's region ([`crate::drill`]); 0 outside a drill.
+    pub evacuated: u8,
 }
 
 /// The targets to answer with, in answer order.
@@ -55,7 +58,48 @@ pub fn select(
     if candidates.is_empty() {
         return Selection::FailClosed;
     }
-    let chosen = match policy {
+    let chosen = choose(policy, targets, candidates.clone(), client_region, random);
+    // A drill's evacuation: this answer falls in the evacuated share of the
+    // first choice's region: answer with the next choice among the others.
+    let chosen = match chosen.first().map(|i| &targets[*i]) {
+        Some(t)
+            if t.evacuated > 0
+                && crate::routing::mix(random) % 100 < u64::from(t.evacuated.min(100)) =>
+        {
+            let region = t.region;
+            let others: Vec<usize> = candidates
+                .into_iter()
+                .filter(|i| targets[*i].region != region)
+                .collect();
+            if others.is_empty() {
+                chosen
+            } else {
+                choose(
+                    policy,
+                    targets,
+                    others,
+                    client_region,
+                    crate::routing::mix(crate::routing::mix(random)),
+                )
+            }
+        }
+        _ => chosen,
+    };
+    Selection::Answer {
+        targets: chosen,
+        degraded,
+    }
+}
+
+/// The targets `policy` answers with among `candidates` (not empty).
+fn choose(
+    policy: DnsPolicy,
+    targets: &[TargetView<'_>],
+    candidates: Vec<usize>,
+    client_region: Option<&str>,
+    random: u64,
+) -> Vec<usize> {
+    match policy {
         // File order is the failover order.
         DnsPolicy::Failover => vec![candidates[0]],
         DnsPolicy::Weighted => vec![pick_weighted(targets, &candidates, random)],
@@ -65,10 +109,6 @@ pub fn select(
             order.truncate(MULTIVALUE_MAX);
             order
         }
-    };
-    Selection::Answer {
-        targets: chosen,
-        degraded,
     }
 }
 
@@ -141,8 +181,44 @@ mod tests {
                 region,
                 weight: *weight,
                 healthy: *healthy,
+                evacuated: 0,
             })
             .collect()
+    }
+
+    #[test]
+    fn an_evacuation_share_moves_that_share_of_answers_to_the_next_choice_under_every_policy() {
+        let spec = [("us-east", 1, true), ("us-west", 1, true), ("eu", 1, true)];
+        for policy in [Failover, Weighted, Latency, Multivalue] {
+            let first_east = |v: &[TargetView<'_>]| {
+                (0..10_000u64)
+                    .filter(|r| {
+                        let Selection::Answer { targets, .. } = select(
+                            policy,
+                            FailClosed,
+                            v,
+                            Some("us-east"),
+                            crate::routing::mix(*r),
+                        ) else {
+                            panic!()
+                        };
+                        targets.iter().any(|t| v[*t].region == "us-east")
+                    })
+                    .count() as f64
+                    / 10_000.0
+            };
+            let mut v = views(&spec);
+            let before = first_east(&v);
+            for share in [10u8, 50, 100] {
+                v[0].evacuated = share;
+                let after = first_east(&v);
+                let want = before * (1.0 - f64::from(share) / 100.0);
+                assert!(
+                    (after - want).abs() < 0.02,
+                    "{policy:?} at {share}%: {after:.3} of answers name us-east, expected {want:.3}"
+                );
+            }
+        }
     }
 
     fn answer(targets: &[usize], degraded: bool) -> Selection {

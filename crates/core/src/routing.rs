@@ -19,6 +19,9 @@ pub struct BackendView<'a> {
     pub ejected: bool,
     /// Smoothed round trip the edge measured; `None` until measured.
     pub rtt: Option<Duration>,
+    /// The share of requests, percent, that a drill moves away from this
+    /// backend's region ([`crate::drill`]); 0 outside a drill.
+    pub evacuated: u8,
 }
 
 impl BackendView<'_> {
@@ -76,10 +79,56 @@ pub fn plan(
             }
         };
     }
+    let order = order_by_policy(policy, local_region, backends, available, random);
     RoutePlan::Try {
-        order: order_by_policy(policy, local_region, backends, available, random),
+        order: evacuate(policy, local_region, backends, order, random),
         degraded: false,
     }
+}
+
+/// A drill's evacuation: when the first choice's region is being evacuated
+/// and this request falls in the evacuated share, the request goes to the
+/// policy's next choice among the other regions (a weighted policy picks
+/// again by weight among them), and the evacuated region's backends stay
+/// last, as retries. Nothing moves when no other region is available.
+fn evacuate(
+    policy: Policy,
+    local_region: &str,
+    backends: &[BackendView<'_>],
+    order: Vec<usize>,
+    random: u64,
+) -> Vec<usize> {
+    let Some(&first) = order.first() else {
+        return order;
+    };
+    let region = backends[first].region;
+    let share = backends[first].evacuated.min(100);
+    let mut order = if share == 0 || mix(random) % 100 >= u64::from(share) {
+        order
+    } else {
+        let (evacuated, mut rest): (Vec<usize>, Vec<usize>) = order
+            .into_iter()
+            .partition(|i| backends[*i].region == region);
+        if rest.is_empty() {
+            return evacuated;
+        }
+        rest.sort_unstable();
+        let mut order = order_by_policy(policy, local_region, backends, rest, mix(mix(random)));
+        order.extend(evacuated);
+        order
+    };
+    // A fully evacuated region is a last resort, whatever came first.
+    order.sort_by_key(|i| backends[*i].evacuated >= 100);
+    order
+}
+
+/// A second, independent-looking number from `random` (SplitMix64's
+/// finalizer), so the evacuation draw does not follow the weighted pick.
+pub(crate) fn mix(random: u64) -> u64 {
+    let mut z = random.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn order_by_policy(
@@ -165,7 +214,58 @@ mod tests {
             healthy,
             ejected,
             rtt: rtt_ms.map(Duration::from_millis),
+            evacuated: 0,
         }
+    }
+
+    /// Share of `n` requests whose first choice is in `region`.
+    fn share_first(views: &[BackendView<'_>], policy: Policy, region: &str, n: u64) -> f64 {
+        let hits = (0..n)
+            .filter(|r| {
+                let o = order(plan(policy, FailClosed, "us-east", views, mix(*r)));
+                views[o[0]].region == region
+            })
+            .count();
+        hits as f64 / n as f64
+    }
+
+    #[test]
+    fn an_evacuation_share_moves_that_share_to_the_next_choice_under_every_policy() {
+        for policy in [Failover, Latency, Weighted] {
+            let mut v = vec![
+                view("us-east", 1, true, false, Some(5)),
+                view("us-west", 1, true, false, Some(40)),
+                view("eu", 1, true, false, Some(90)),
+            ];
+            let before = share_first(&v, policy, "us-east", 10_000);
+            for share in [10u8, 50, 100] {
+                v[0].evacuated = share;
+                let after = share_first(&v, policy, "us-east", 10_000);
+                let want = before * (1.0 - f64::from(share) / 100.0);
+                assert!(
+                    (after - want).abs() < 0.02,
+                    "{policy:?} at {share}%: {after:.3} of requests still first to us-east, expected {want:.3}"
+                );
+            }
+            // At 100% the evacuated region is only a last retry.
+            let o = order(plan(policy, FailClosed, "us-east", &v, 7));
+            assert_eq!(v[*o.last().unwrap()].region, "us-east", "{policy:?}");
+        }
+        // The failover policy's next choice is the next in file order.
+        let mut v = vec![
+            view("us-east", 1, true, false, None),
+            view("us-west", 1, true, false, None),
+            view("eu", 1, true, false, None),
+        ];
+        v[0].evacuated = 100;
+        assert_eq!(
+            order(plan(Failover, FailClosed, "us-east", &v, 3)),
+            [1, 2, 0]
+        );
+        // Nowhere else to go: the region keeps its traffic.
+        v[1].healthy = false;
+        v[2].healthy = false;
+        assert_eq!(order(plan(Failover, FailClosed, "us-east", &v, 3)), [0]);
     }
 
     fn order(p: RoutePlan) -> Vec<usize> {

@@ -162,6 +162,7 @@ impl EdgeState {
                     healthy: *healthy && allowed,
                     ejected: *ejected,
                     rtt: *rtt,
+                    evacuated: 0,
                 }
             })
             .collect();

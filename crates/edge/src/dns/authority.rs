@@ -176,6 +176,7 @@ impl PolicyState {
                 region: &t.region,
                 weight: t.weight,
                 healthy: t.healthy(services),
+                evacuated: 0,
             })
             .collect();
         select(
