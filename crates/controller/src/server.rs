@@ -326,7 +326,13 @@ fn command_cluster(command: &Command) -> Option<&str> {
         | Command::PlanTimedOut { cluster, .. }
         | Command::CancelPlan { cluster, .. }
         | Command::NodeEvent { cluster, .. } => Some(cluster),
-        Command::Verdict(_) | Command::SetWeights { .. } | Command::LeaderChanged { .. } => None,
+        Command::Verdict(_)
+        | Command::SetWeights { .. }
+        | Command::LeaderChanged { .. }
+        | Command::StartDrill { .. }
+        | Command::DrillAdvance { .. }
+        | Command::DrillWatch { .. }
+        | Command::AbortDrill { .. } => None,
     }
 }
 

@@ -250,7 +250,16 @@ fn write(
                 ))
             }
         }
-        Command::Verdict(_) | Command::LeaderChanged { .. } | Command::PlanTimedOut { .. } => {
+        Command::StartDrill { spec, .. } if !operator => {
+            deny(format!("start a drill of {} (operators only)", spec.region))
+        }
+        Command::AbortDrill { .. } if !operator => deny("abort a drill (operators only)".into()),
+        Command::StartDrill { .. } | Command::AbortDrill { .. } => Ok(()),
+        Command::Verdict(_)
+        | Command::LeaderChanged { .. }
+        | Command::PlanTimedOut { .. }
+        | Command::DrillAdvance { .. }
+        | Command::DrillWatch { .. } => {
             deny("write a command only the leader makes (controllers only)".into())
         }
     }
@@ -276,6 +285,20 @@ pub fn attribute(who: &Principal, command: Command) -> Command {
         },
         Command::CancelPlan { cluster, actor } => Command::CancelPlan {
             cluster,
+            actor: said(actor),
+        },
+        Command::StartDrill {
+            spec,
+            actor,
+            wall_ms,
+        } => Command::StartDrill {
+            spec,
+            actor: said(actor),
+            wall_ms,
+        },
+        Command::AbortDrill { id, reason, actor } => Command::AbortDrill {
+            id,
+            reason,
             actor: said(actor),
         },
         Command::StartFailover {

@@ -28,6 +28,10 @@ pub struct RoutingTable {
     /// with a lower version, so a rebuilt control plane is not ignored.
     #[serde(default)]
     pub cluster_id: String,
+    /// A drill's evacuation: per region, the share of its traffic, percent,
+    /// that edges send to the next choice instead ([`crate::drill`]).
+    #[serde(default)]
+    pub evacuation: BTreeMap<String, u8>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +106,35 @@ pub enum Command {
         cluster: String,
         actor: String,
     },
+    /// An operator starts a drill (`tern drill start`); `wall_ms` is the
+    /// leader's wall clock (Unix ms) for the report.
+    StartDrill {
+        spec: crate::drill::DrillSpec,
+        actor: String,
+        #[serde(default)]
+        wall_ms: u64,
+    },
+    /// The leader moves drill `id` to `phase` (from [`crate::drill::Drill::next`]).
+    DrillAdvance {
+        id: u64,
+        phase: crate::drill::Phase,
+        evidence: Vec<String>,
+        #[serde(default)]
+        wall_ms: u64,
+    },
+    /// The leader watched drill `id`'s guardrails over one window (its
+    /// heartbeat: a new leader resumes only a drill watched recently).
+    DrillWatch {
+        id: u64,
+        evidence: Vec<String>,
+    },
+    /// The drill ends now and routing returns to what it was: a guardrail
+    /// breached (the leader), or an operator said so (`tern drill abort`).
+    AbortDrill {
+        id: Option<u64>,
+        reason: String,
+        actor: String,
+    },
     /// An agent acted on its own node outside a plan (fenced it, started
     /// it again, made it a standby of the writer): recorded in the audit
     /// log with its evidence, changing nothing else.
@@ -146,6 +179,8 @@ pub enum ControlError {
     Lease(#[from] LeaseError),
     #[error(transparent)]
     Failover(#[from] FailoverError),
+    #[error("{0}")]
+    Drill(String),
 }
 
 /// What applying a command produced.
@@ -159,6 +194,8 @@ pub enum Applied {
     Plan(u64),
     /// A plan moved on (true) or the report was a duplicate (false).
     Step(bool),
+    /// A drill started with this id, or moved on.
+    Drill(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,7 +231,21 @@ pub struct ControlState {
     service_verdicts: BTreeMap<String, Verdict>,
     #[serde(default)]
     region_rule: RegionRule,
+    /// The running drill, or the last one.
+    #[serde(default)]
+    drill: Option<crate::drill::Drill>,
+    /// Finished drills before it, oldest first (the last [`KEEP_DRILLS`]).
+    #[serde(default)]
+    past_drills: Vec<crate::drill::Drill>,
+    #[serde(default)]
+    drills_started: u64,
+    /// Per region, the leader's wall clock (Unix ms) when its last drill passed.
+    #[serde(default)]
+    last_drill_pass: BTreeMap<String, u64>,
 }
+
+/// Finished drills kept in the state besides the last.
+pub const KEEP_DRILLS: usize = 16;
 
 /// When a region counts as down, from its services' verdicts (the way
 /// Route 53's calculated health checks and Cloudflare's monitor groups
@@ -251,11 +302,16 @@ impl ControlState {
             cluster_id: String::new(),
             service_verdicts: BTreeMap::new(),
             region_rule: RegionRule::default(),
+            drill: None,
+            past_drills: Vec::new(),
+            drills_started: 0,
+            last_drill_pass: BTreeMap::new(),
         };
         state.routing = RoutingTable {
             version: 1,
             services: state.derive_routes(&state.weights),
             cluster_id: String::new(),
+            evacuation: BTreeMap::new(),
         };
         state
     }
@@ -332,6 +388,176 @@ impl ControlState {
 
     pub fn clusters(&self) -> &Clusters {
         &self.clusters
+    }
+
+    /// The running drill, or the last one.
+    pub fn drill(&self) -> Option<&crate::drill::Drill> {
+        self.drill.as_ref()
+    }
+
+    /// Finished drills before [`ControlState::drill`], oldest first.
+    pub fn past_drills(&self) -> &[crate::drill::Drill] {
+        &self.past_drills
+    }
+
+    /// Per region, when its last drill passed (leader's wall clock, Unix ms).
+    pub fn last_drill_pass(&self) -> &BTreeMap<String, u64> {
+        &self.last_drill_pass
+    }
+
+    /// Per region, the evacuation share of the running drill.
+    fn evacuation(&self) -> BTreeMap<String, u8> {
+        self.drill
+            .iter()
+            .filter(|d| !d.phase.finished() && d.share() > 0)
+            .map(|d| (d.spec.region.clone(), d.share()))
+            .collect()
+    }
+
+    /// Whether a drill runs now.
+    pub fn drill_running(&self) -> bool {
+        self.drill.as_ref().is_some_and(|d| !d.phase.finished())
+    }
+
+    fn start_drill(
+        &mut self,
+        spec: crate::drill::DrillSpec,
+        actor: String,
+        at: Duration,
+    ) -> Result<Applied, ControlError> {
+        let refuse = |m: String| Err(ControlError::Drill(format!("drill refused: {m}")));
+        if let Err(e) = spec.validate() {
+            return refuse(e);
+        }
+        let region = spec.region.clone();
+        let regions: BTreeSet<&String> = self.service_regions.values().flatten().collect();
+        if !regions.contains(&region) {
+            return refuse(format!("unknown region \"{region}\""));
+        }
+        if let Some(d) = self.drill.as_ref().filter(|d| !d.phase.finished()) {
+            return refuse(format!(
+                "drill {} of {} is running ({})",
+                d.id,
+                d.spec.region,
+                d.phase.name()
+            ));
+        }
+        if let Some((name, c)) = self
+            .clusters
+            .iter()
+            .find(|(_, c)| c.active_plan().is_some())
+        {
+            let p = c.active_plan().expect("checked");
+            return refuse(format!(
+                "plan {} of {name} is running (step {})",
+                p.id,
+                p.step.as_str()
+            ));
+        }
+        let receivers: Vec<&String> = regions
+            .into_iter()
+            .filter(|r| **r != region && self.verdict(r).serves())
+            .collect();
+        if receivers.is_empty() {
+            return refuse(format!("no other region is up to take {region}'s traffic"));
+        }
+        for (service, regions) in &self.service_regions {
+            if regions.contains(&region)
+                && !regions.iter().any(|r| {
+                    *r != region
+                        && self.service_verdict(service, r).serves()
+                        && self.verdict(r).serves()
+                })
+            {
+                return refuse(format!(
+                    "service {service} has no other region up to take {region}'s share"
+                ));
+            }
+        }
+        self.drills_started += 1;
+        let id = self.drills_started;
+        let evidence = vec![
+            format!(
+                "steps {} %, held {} ms each; return {}",
+                spec.steps
+                    .iter()
+                    .map(u8::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                spec.hold.as_millis(),
+                if spec.return_steps.is_empty() {
+                    "at once".to_string()
+                } else {
+                    spec.return_steps
+                        .iter()
+                        .map(u8::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }
+            ),
+            format!(
+                "guardrails: error rate {:.1}%, p99 {} ms, over {} ms windows",
+                spec.guardrails.max_error_rate * 100.0,
+                spec.guardrails.max_p99.as_millis(),
+                spec.guardrails.window.as_millis()
+            ),
+            format!(
+                "receivers up: {}",
+                receivers
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ];
+        let drill = crate::drill::Drill::new(id, spec, actor.clone(), at);
+        if let Some(old) = self.drill.replace(drill) {
+            self.past_drills.push(old);
+            if self.past_drills.len() > KEEP_DRILLS {
+                self.past_drills.remove(0);
+            }
+        }
+        self.record(
+            at,
+            "drill",
+            format!("drill {id} of {region} started by {actor}"),
+            evidence,
+        );
+        self.publish(at, &format!("drill {id}"));
+        Ok(Applied::Drill(id))
+    }
+
+    fn end_drill_phase(
+        &mut self,
+        id: u64,
+        phase: crate::drill::Phase,
+        evidence: Vec<String>,
+        wall_ms: u64,
+        at: Duration,
+    ) -> Result<Applied, ControlError> {
+        let Some(d) = self
+            .drill
+            .as_mut()
+            .filter(|d| d.id == id && !d.phase.finished())
+        else {
+            return Ok(Applied::Nothing);
+        };
+        d.advance(phase.clone(), evidence.clone(), at);
+        let share = d.share();
+        let region = d.spec.region.clone();
+        let summary = match &phase {
+            crate::drill::Phase::Aborted { reason } => {
+                format!("drill {id} of {region} aborted: {reason}; routing restored")
+            }
+            crate::drill::Phase::Passed => format!("drill {id} of {region} passed"),
+            other => format!("drill {id} of {region}: {} at {share}%", other.name()),
+        };
+        if phase == crate::drill::Phase::Passed {
+            self.last_drill_pass.insert(region, wall_ms);
+        }
+        self.record(at, "drill", summary, evidence);
+        self.publish(at, &format!("drill {id}"));
+        Ok(Applied::Drill(id))
     }
 
     pub fn routing(&self) -> &RoutingTable {
@@ -450,7 +676,8 @@ impl ControlState {
     /// Recomputes the routing table; bumps the version and audits only on change.
     fn publish(&mut self, at: Duration, cause: &str) -> Option<u64> {
         let services = self.derive_routes(&self.weights);
-        if services == self.routing.services {
+        let evacuation = self.evacuation();
+        if services == self.routing.services && evacuation == self.routing.evacuation {
             return None;
         }
         let version = self.routing.version + 1;
@@ -472,11 +699,16 @@ impl ControlState {
                     }
                 )
             })
-            .collect();
+            .collect::<Vec<String>>();
+        let mut evidence = evidence;
+        evidence.extend(evacuation.iter().map(|(region, share)| {
+            format!("evacuation: {share}% of {region}'s traffic elsewhere")
+        }));
         self.routing = RoutingTable {
             version,
             services,
             cluster_id: self.cluster_id.clone(),
+            evacuation,
         };
         self.record(
             at,
@@ -713,6 +945,21 @@ impl ControlState {
                     format!("{leader} leads; leases extended by one period"),
                     Vec::new(),
                 );
+                // A drill nobody watched for too long ends here rather than
+                // go on blind; one watched recently resumes where it was.
+                if let Some((id, reason)) = self
+                    .drill
+                    .as_ref()
+                    .and_then(|d| d.on_leader_change(at).map(|r| (d.id, r)))
+                {
+                    self.end_drill_phase(
+                        id,
+                        crate::drill::Phase::Aborted { reason },
+                        Vec::new(),
+                        0,
+                        at,
+                    )?;
+                }
                 if let (true, Some(id)) = (self.cluster_id.is_empty(), cluster_id) {
                     // A new version, so that every edge hears of the identity.
                     self.cluster_id = id.clone();
@@ -779,6 +1026,49 @@ impl ControlState {
                 self.leases = leases;
                 self.record_notes(at, notes);
                 Ok(Applied::Step(result?))
+            }
+            Command::StartDrill {
+                spec,
+                actor,
+                wall_ms: _,
+            } => self.start_drill(spec, actor, at),
+            Command::DrillAdvance {
+                id,
+                phase,
+                evidence,
+                wall_ms,
+            } => self.end_drill_phase(id, phase, evidence, wall_ms, at),
+            Command::DrillWatch { id, evidence: _ } => {
+                match self
+                    .drill
+                    .as_mut()
+                    .filter(|d| d.id == id && !d.phase.finished())
+                {
+                    Some(d) => {
+                        d.last_seen = at;
+                        Ok(Applied::Drill(id))
+                    }
+                    None => Ok(Applied::Nothing),
+                }
+            }
+            Command::AbortDrill { id, reason, actor } => {
+                let Some(running) = self
+                    .drill
+                    .as_ref()
+                    .filter(|d| !d.phase.finished() && id.is_none_or(|i| i == d.id))
+                    .map(|d| d.id)
+                else {
+                    return Err(ControlError::Drill("no drill is running".into()));
+                };
+                self.end_drill_phase(
+                    running,
+                    crate::drill::Phase::Aborted {
+                        reason: format!("{reason} ({actor})"),
+                    },
+                    Vec::new(),
+                    0,
+                    at,
+                )
             }
             Command::NodeEvent {
                 cluster,
@@ -962,6 +1252,136 @@ mod tests {
 
     fn t(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    fn drill_spec(region: &str) -> crate::drill::DrillSpec {
+        crate::drill::DrillSpec {
+            region: region.into(),
+            steps: vec![10, 100],
+            hold: t(10),
+            return_steps: vec![],
+            switchover_at: None,
+            guardrails: crate::drill::Guardrails::default(),
+        }
+    }
+
+    fn start(region: &str) -> Command {
+        Command::StartDrill {
+            spec: drill_spec(region),
+            actor: "operator admin".into(),
+            wall_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_drill_publishes_its_share_in_the_routing_table_and_an_abort_restores_it() {
+        let mut s = state();
+        let v = s.routing().version;
+        assert_eq!(s.apply(start("east"), t(1)).unwrap(), Applied::Drill(1));
+        assert_eq!(
+            s.routing().evacuation,
+            BTreeMap::from([("east".into(), 10)])
+        );
+        assert_eq!(s.routing().version, v + 1);
+        // Weights are untouched: edges apply the share themselves.
+        assert_eq!(s.routing().services["api"].weights["east"], 1);
+        let e = s.apply(start("west"), t(2)).unwrap_err().to_string();
+        assert!(e.contains("drill 1 of east is running"), "{e}");
+        s.apply(
+            Command::DrillAdvance {
+                id: 1,
+                phase: crate::drill::Phase::Evacuating { step: 1 },
+                evidence: vec![],
+                wall_ms: 0,
+            },
+            t(11),
+        )
+        .unwrap();
+        assert_eq!(s.routing().evacuation["east"], 100);
+        s.apply(
+            Command::AbortDrill {
+                id: None,
+                reason: "error rate of clients in west 5.0% over 1.0%".into(),
+                actor: "leader".into(),
+            },
+            t(12),
+        )
+        .unwrap();
+        assert!(
+            s.routing().evacuation.is_empty(),
+            "routing restored in one step"
+        );
+        assert!(!s.drill_running());
+        assert!(
+            s.audit().iter().any(|e| e.kind == "drill"
+                && e.summary.contains("aborted: error rate of clients in west")),
+            "{:?}",
+            s.audit()
+        );
+        // A step for a finished drill changes nothing.
+        let v = s.routing().version;
+        s.apply(
+            Command::DrillAdvance {
+                id: 1,
+                phase: crate::drill::Phase::Passed,
+                evidence: vec![],
+                wall_ms: 5,
+            },
+            t(13),
+        )
+        .unwrap();
+        assert_eq!(s.routing().version, v);
+        assert!(s.last_drill_pass().is_empty());
+    }
+
+    #[test]
+    fn a_drill_is_refused_without_a_region_up_to_take_the_traffic() {
+        let mut s = state();
+        s.apply(verdict("west", Verdict::Up, Verdict::Down), t(1))
+            .unwrap();
+        let e = s.apply(start("east"), t(2)).unwrap_err().to_string();
+        assert!(e.contains("no other region is up"), "{e}");
+        let e = s.apply(start("mars"), t(2)).unwrap_err().to_string();
+        assert!(e.contains("unknown region"), "{e}");
+        assert!(s.routing().evacuation.is_empty());
+    }
+
+    #[test]
+    fn a_new_leader_aborts_a_drill_nobody_watched_and_resumes_a_watched_one() {
+        let mut s = state();
+        s.apply(start("east"), t(1)).unwrap();
+        s.apply(
+            Command::DrillWatch {
+                id: 1,
+                evidence: vec![],
+            },
+            t(6),
+        )
+        .unwrap();
+        s.apply(
+            Command::LeaderChanged {
+                leader: "c2".into(),
+                cluster_id: None,
+            },
+            t(9),
+        )
+        .unwrap();
+        assert!(s.drill_running(), "watched 3 s ago: resumed");
+        s.apply(
+            Command::LeaderChanged {
+                leader: "c3".into(),
+                cluster_id: None,
+            },
+            t(30),
+        )
+        .unwrap();
+        assert!(!s.drill_running());
+        assert!(s.routing().evacuation.is_empty());
+        let Some(crate::drill::Phase::Aborted { reason }) = s.drill().map(|d| d.phase.clone())
+        else {
+            panic!()
+        };
+        assert!(reason.contains("without a leader"), "{reason}");
     }
 
     #[test]

@@ -186,7 +186,7 @@ impl ClusterState {
         }
     }
 
-    fn active_plan(&self) -> Option<&Plan> {
+    pub fn active_plan(&self) -> Option<&Plan> {
         self.plan.as_ref().filter(|p| p.active())
     }
 
