@@ -103,15 +103,23 @@ impl DrillSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     /// Holding `steps[step]`.
-    Evacuating { step: usize },
+    Evacuating {
+        step: usize,
+    },
     /// The writers move away (a switchover plan runs) at `steps[step]`.
-    MovingWriter { step: usize },
+    MovingWriter {
+        step: usize,
+    },
     /// Holding `return_steps[step]` (or 0 when there are none).
-    Returning { step: usize },
+    Returning {
+        step: usize,
+    },
     /// Traffic is back; the writers move home.
     ReturningWriter,
     Passed,
-    Aborted { reason: String },
+    Aborted {
+        reason: String,
+    },
 }
 
 impl Phase {
@@ -405,7 +413,11 @@ mod tests {
             p99: Duration::from_millis(80),
             age: s(1),
         };
-        [("us-east".to_string(), Some(w)), ("us-west".to_string(), Some(w))].into()
+        [
+            ("us-east".to_string(), Some(w)),
+            ("us-west".to_string(), Some(w)),
+        ]
+        .into()
     }
 
     /// Runs the drill on `reading` every second until it finishes or 600 s pass.
@@ -440,7 +452,10 @@ mod tests {
         assert_eq!(shares, [10, 50, 100, 0, 0]);
         // Each step held for the hold.
         let evac: Vec<_> = d.history.iter().filter(|r| r.share > 0).collect();
-        assert!(evac.iter().all(|r| r.ended_at - r.started_at == s(10)), "{evac:#?}");
+        assert!(
+            evac.iter().all(|r| r.ended_at - r.started_at == s(10)),
+            "{evac:#?}"
+        );
     }
 
     #[test]
@@ -472,7 +487,10 @@ mod tests {
         let Phase::Aborted { reason } = &d.phase else {
             panic!("{:?}", d.phase)
         };
-        assert!(reason.contains("error rate of clients in us-west 5.0% over 1.0%"), "{reason}");
+        assert!(
+            reason.contains("error rate of clients in us-west 5.0% over 1.0%"),
+            "{reason}"
+        );
         assert_eq!(d.history.last().unwrap().ended_at, s(15));
         assert_eq!(*shares.last().unwrap(), 0, "routing restored");
     }
@@ -501,7 +519,9 @@ mod tests {
         let d = Drill::new(1, spec(), "op".into(), s(0));
         let mut r = good();
         r.insert("us-west".into(), None);
-        assert!(matches!(d.next(s(1), &r, false), Decision::Abort { reason } if reason.contains("missing data")));
+        assert!(
+            matches!(d.next(s(1), &r, false), Decision::Abort { reason } if reason.contains("missing data"))
+        );
         let mut r = good();
         r.get_mut("us-west").unwrap().as_mut().unwrap().age = s(11);
         assert!(matches!(d.next(s(1), &r, false), Decision::Abort { .. }));
@@ -544,7 +564,11 @@ mod tests {
         let reason = d.on_leader_change(s(21)).unwrap();
         assert!(reason.contains("11000 ms without a leader"), "{reason}");
         d.advance(Phase::Passed, vec![], s(30));
-        assert_eq!(d.on_leader_change(s(99)), None, "a finished drill stays finished");
+        assert_eq!(
+            d.on_leader_change(s(99)),
+            None,
+            "a finished drill stays finished"
+        );
     }
 
     #[test]

@@ -29,6 +29,8 @@ struct Saved {
     services: BTreeMap<String, BTreeMap<String, u32>>,
     #[serde(default)]
     cluster_id: String,
+    #[serde(default)]
+    evacuation: BTreeMap<String, u8>,
 }
 
 fn weights(table: &RoutingTable) -> BTreeMap<String, BTreeMap<String, u32>> {
@@ -51,7 +53,13 @@ pub fn load(state: &EdgeState, path: &Path) {
     };
     match serde_json::from_slice::<Saved>(&text) {
         Ok(saved) => {
-            state.apply_routing(saved.version, saved.services, &saved.cluster_id, "disk");
+            state.apply_routing(
+                saved.version,
+                saved.services,
+                saved.evacuation,
+                &saved.cluster_id,
+                "disk",
+            );
         }
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "ignoring a saved routing table that does not parse")
@@ -60,16 +68,12 @@ pub fn load(state: &EdgeState, path: &Path) {
 }
 
 /// Writes the table atomically (temporary file, then rename).
-fn save(
-    path: &Path,
-    version: u64,
-    services: &BTreeMap<String, BTreeMap<String, u32>>,
-    cluster_id: &str,
-) {
+fn save(path: &Path, table: &RoutingTable) {
     let saved = Saved {
-        version,
-        services: services.clone(),
-        cluster_id: cluster_id.to_string(),
+        version: table.version,
+        services: weights(table),
+        cluster_id: table.cluster_id.clone(),
+        evacuation: table.evacuation.clone(),
     };
     let tmp = path.with_extension("tmp");
     let bytes = serde_json::to_vec_pretty(&saved).expect("routing table serializes");
@@ -101,12 +105,16 @@ pub async fn follow(
                     tracing::info!("controllers reachable again");
                     warned = false;
                 }
-                let version = view.table.version;
-                let services = weights(&view.table);
-                let id = &view.table.cluster_id;
-                if state.apply_routing(version, services.clone(), id, "controllers") {
+                let table = &view.table;
+                if state.apply_routing(
+                    table.version,
+                    weights(table),
+                    table.evacuation.clone(),
+                    &table.cluster_id,
+                    "controllers",
+                ) {
                     if let Some(p) = &path {
-                        save(p, version, &services, id);
+                        save(p, table);
                     }
                 }
             }

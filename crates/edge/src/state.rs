@@ -35,6 +35,9 @@ pub struct CommittedRouting {
     pub services: BTreeMap<String, BTreeMap<String, u32>>,
     /// The identity of the control plane that committed it (empty: unknown).
     pub cluster_id: String,
+    /// A drill's evacuation: per region, the share of its traffic, percent,
+    /// sent to the next choice.
+    pub evacuation: BTreeMap<String, u8>,
 }
 
 pub struct EdgeState {
@@ -162,7 +165,11 @@ impl EdgeState {
                     healthy: *healthy && allowed,
                     ejected: *ejected,
                     rtt: *rtt,
-                    evacuated: 0,
+                    evacuated: routing
+                        .evacuation
+                        .get(&b.config.region)
+                        .copied()
+                        .unwrap_or(0),
                 }
             })
             .collect();
@@ -182,6 +189,7 @@ impl EdgeState {
         &self,
         version: u64,
         services: BTreeMap<String, BTreeMap<String, u32>>,
+        evacuation: BTreeMap<String, u8>,
         cluster_id: &str,
         source: &'static str,
     ) -> bool {
@@ -204,13 +212,17 @@ impl EdgeState {
                     "the routing table comes from another control plane; it replaces the old one's"
                 );
             }
-            tracing::info!(version, source, "routing table applied");
+            tracing::info!(version, source, ?evacuation, "routing table applied");
+            if let Some(dns) = &self.dns {
+                dns.set_evacuation(&evacuation);
+            }
             *r = CommittedRouting {
                 version,
                 source,
                 applied_at: Some(self.clock.now()),
                 services,
                 cluster_id: cluster_id.to_string(),
+                evacuation,
             };
         }
         for s in &self.services {

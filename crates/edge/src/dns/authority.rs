@@ -86,6 +86,9 @@ pub struct TargetState {
     pub region: String,
     pub weight: u32,
     pub health: TargetHealth,
+    /// The share of answers, percent, a drill moves away from this
+    /// target's region (from the committed routing table).
+    pub evacuated: std::sync::atomic::AtomicU8,
     /// The target's answer record, built once; only the TTL is the record's.
     record: Record,
 }
@@ -148,9 +151,15 @@ impl PolicyState {
         };
     }
 
-    /// One bit per target, set when healthy; `None` past 64 targets.
+    /// One bit per target, set when healthy; `None` past 64 targets, and
+    /// while a drill evacuates a target's region (its answers are draws).
     pub fn health_mask(&self, services: &[ServiceState]) -> Option<u64> {
-        if self.targets.len() > 64 {
+        if self.targets.len() > 64
+            || self
+                .targets
+                .iter()
+                .any(|t| t.evacuated.load(Ordering::Relaxed) > 0)
+        {
             return None;
         }
         Some(
@@ -176,7 +185,7 @@ impl PolicyState {
                 region: &t.region,
                 weight: t.weight,
                 healthy: t.healthy(services),
-                evacuated: 0,
+                evacuated: t.evacuated.load(Ordering::Relaxed),
             })
             .collect();
         select(
@@ -228,6 +237,17 @@ fn name(text: &str) -> Name {
 }
 
 impl Authority {
+    /// Takes the committed routing table's evacuation shares (region to
+    /// percent; absent: 0) for every policy record's targets.
+    pub fn set_evacuation(&self, shares: &std::collections::BTreeMap<String, u8>) {
+        for p in &self.policies {
+            for t in &p.targets {
+                let share = shares.get(&t.region).copied().unwrap_or(0);
+                t.evacuated.store(share, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Compiles the zones. `services` resolves targets that follow a service backend.
     pub fn new(
         config: &DnsConfig,
@@ -754,6 +774,7 @@ fn compile_policy(
                 region: t.region.clone(),
                 weight: t.weight,
                 health,
+                evacuated: std::sync::atomic::AtomicU8::new(0),
                 record: Record::from_rdata(owner.clone(), ttl, rdata),
             }
         })
