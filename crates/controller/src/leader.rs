@@ -240,6 +240,7 @@ pub(crate) async fn leader_loop(node: Arc<Controller>) {
         node.commit_decisions(decisions).await;
         if node.in_quorum() {
             node.drive_plans().await;
+            node.drive_drill().await;
         }
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod clock;
 pub mod commit;
+pub mod drills;
 pub mod election;
 pub mod leader;
 pub mod lifecycle;

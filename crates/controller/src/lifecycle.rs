@@ -224,6 +224,7 @@ impl Controller {
             leader_contact: Mutex::new(None),
             databases: config.databases.clone(),
             replication: Mutex::new(BTreeMap::new()),
+            guardrails: Mutex::new(BTreeMap::new()),
             plan_attempts: Mutex::new(BTreeMap::new()),
             clock,
             announced_term: tokio::sync::watch::channel(0).0,

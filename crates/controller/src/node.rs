@@ -56,6 +56,9 @@ pub struct Controller {
     /// When a legitimate leader last reached this node.
     pub(crate) leader_contact: Mutex<Option<Instant>>,
     pub(crate) databases: Vec<Database>,
+    /// The latest guardrail report per edge region (during a drill), with
+    /// its arrival.
+    pub(crate) guardrails: Mutex<BTreeMap<String, (Instant, tern_proto::api::GuardrailReport)>>,
     /// The latest replication report per (cluster, region), with its arrival.
     pub(crate) replication: Mutex<BTreeMap<(String, String), (Instant, ReplicationReport)>>,
     /// When the leader last tried to start a plan, per cluster (a refused

@@ -19,7 +19,8 @@ use serde::de::DeserializeOwned;
 use tern_core::auth::{attribute, authorize, Action, Principal, Role};
 use tern_core::control::Command;
 use tern_proto::api::{
-    ErrorKind, EventsView, MembershipChange, ObservationBatch, ReplicationReport, RoutingView,
+    ErrorKind, EventsView, GuardrailReport, MembershipChange, ObservationBatch, ReplicationReport,
+    RoutingView,
 };
 use tern_proto::http::{error, json};
 use tokio::net::TcpListener;
@@ -298,6 +299,22 @@ async fn route(
                 (report.cluster.clone(), report.region.clone()),
                 (Instant::now(), report),
             );
+            json(StatusCode::OK, &serde_json::json!({ "accepted": true }))
+        }
+        (Method::POST, "/v1/guardrails") => {
+            let report: GuardrailReport = match body(req).await {
+                Ok(r) => r,
+                Err(resp) => return resp,
+            };
+            if let Some(resp) = forbidden(
+                &who,
+                Action::Guardrails {
+                    region: &report.region,
+                },
+            ) {
+                return resp;
+            }
+            crate::drills::keep_report(&node, report);
             json(StatusCode::OK, &serde_json::json!({ "accepted": true }))
         }
         (Method::POST, "/v1/members") => {

@@ -14,7 +14,8 @@
 //! - an **agent** of region R may report R's observations and R's
 //!   replication, acquire, renew and release only R's leases, report the
 //!   steps of a plan whose source or target is R, and record R's node events;
-//! - an **edge** and a **viewer** may only read;
+//! - an **edge** of region R may read, and report what R's clients saw
+//!   during a drill (its guardrail windows); a **viewer** may only read;
 //! - an **operator** may read and run the operator commands (`route set`,
 //!   `failover`, `switchover`, `failover cancel`, `members`, lease release).
 //!
@@ -151,6 +152,8 @@ pub enum Action<'a> {
     },
     /// Add or remove controllers.
     Members,
+    /// Report what `region`'s clients saw during a drill (its edges).
+    Guardrails { region: &'a str },
 }
 
 /// Why a request was refused: says who asked and what they may not do.
@@ -184,6 +187,10 @@ pub fn authorize(who: &Principal, action: Action<'_>) -> Result<(), Denied> {
         Action::Replicate { region } if agent_of(region) => Ok(()),
         Action::Replicate { region } => deny(format!(
             "report the replication of {region} (only that region's agent may)"
+        )),
+        Action::Guardrails { region } if who.role == Role::Edge && who.name == region => Ok(()),
+        Action::Guardrails { region } => deny(format!(
+            "report what clients in {region} saw (only that region's edge may)"
         )),
         Action::Members if who.role == Role::Operator => Ok(()),
         Action::Members => deny("change the controllers' membership (operators only)".into()),

@@ -32,6 +32,10 @@ pub struct RoutingTable {
     /// that edges send to the next choice instead ([`crate::drill`]).
     #[serde(default)]
     pub evacuation: BTreeMap<String, u8>,
+    /// While a drill runs: the guardrails' evaluation window, in ms, over
+    /// which every edge reports what its clients saw.
+    #[serde(default)]
+    pub drill_window_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,6 +316,7 @@ impl ControlState {
             services: state.derive_routes(&state.weights),
             cluster_id: String::new(),
             evacuation: BTreeMap::new(),
+            drill_window_ms: None,
         };
         state
     }
@@ -677,7 +682,15 @@ impl ControlState {
     fn publish(&mut self, at: Duration, cause: &str) -> Option<u64> {
         let services = self.derive_routes(&self.weights);
         let evacuation = self.evacuation();
-        if services == self.routing.services && evacuation == self.routing.evacuation {
+        let drill_window_ms = self
+            .drill
+            .as_ref()
+            .filter(|d| !d.phase.finished())
+            .map(|d| d.spec.guardrails.window.as_millis() as u64);
+        if services == self.routing.services
+            && evacuation == self.routing.evacuation
+            && drill_window_ms == self.routing.drill_window_ms
+        {
             return None;
         }
         let version = self.routing.version + 1;
@@ -709,6 +722,7 @@ impl ControlState {
             services,
             cluster_id: self.cluster_id.clone(),
             evacuation,
+            drill_window_ms,
         };
         self.record(
             at,

@@ -237,9 +237,20 @@ impl Drill {
     /// Judges the guardrails: the first breach, if any. A region with no
     /// reading, or one older than two windows, is a breach (missing data).
     pub fn breach(&self, reading: &Reading) -> Option<String> {
+        self.breach_at(self.last_seen + self.spec.guardrails.window, reading)
+    }
+
+    /// [`Drill::breach`] at `now`: in the drill's first window the edges
+    /// are still learning of it, so missing data is not yet a breach.
+    pub fn breach_at(&self, now: Duration, reading: &Reading) -> Option<String> {
         let g = &self.spec.guardrails;
+        let learning = now < self.started_at + g.window;
         for (region, stats) in reading {
-            let Some(s) = stats.filter(|s| s.age <= g.window * 2) else {
+            let fresh = stats.filter(|s| s.age <= g.window * 2);
+            if fresh.is_none() && learning {
+                continue;
+            }
+            let Some(s) = fresh else {
                 return Some(format!(
                     "no fresh guardrail data from the edges of {region} (missing data counts as a breach)"
                 ));
@@ -275,7 +286,7 @@ impl Drill {
         if self.phase.finished() {
             return Decision::Wait;
         }
-        if let Some(reason) = self.breach(reading) {
+        if let Some(reason) = self.breach_at(now, reading) {
             return Decision::Abort { reason };
         }
         let held = now.saturating_sub(self.phase_since);
@@ -519,12 +530,14 @@ mod tests {
         let d = Drill::new(1, spec(), "op".into(), s(0));
         let mut r = good();
         r.insert("us-west".into(), None);
+        // In the first window the edges are still learning of the drill.
+        assert_eq!(d.next(s(1), &r, false), Decision::Wait);
         assert!(
-            matches!(d.next(s(1), &r, false), Decision::Abort { reason } if reason.contains("missing data"))
+            matches!(d.next(s(6), &r, false), Decision::Abort { reason } if reason.contains("missing data"))
         );
         let mut r = good();
         r.get_mut("us-west").unwrap().as_mut().unwrap().age = s(11);
-        assert!(matches!(d.next(s(1), &r, false), Decision::Abort { .. }));
+        assert!(matches!(d.next(s(6), &r, false), Decision::Abort { .. }));
         let mut r = good();
         *r.get_mut("us-west").unwrap() = Some(WindowStats {
             requests: 5,

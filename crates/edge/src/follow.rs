@@ -15,7 +15,7 @@ use tern_core::control::RoutingTable;
 use tern_proto::ControllerClient;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::EdgeState;
+use crate::state::{EdgeState, RoutingUpdate};
 
 /// How long one long poll waits for a change. A controller that went dark
 /// (packets vanish) holds the poll this long plus the client's timeout
@@ -31,6 +31,8 @@ struct Saved {
     cluster_id: String,
     #[serde(default)]
     evacuation: BTreeMap<String, u8>,
+    #[serde(default)]
+    drill_window_ms: Option<u64>,
 }
 
 fn weights(table: &RoutingTable) -> BTreeMap<String, BTreeMap<String, u32>> {
@@ -54,10 +56,13 @@ pub fn load(state: &EdgeState, path: &Path) {
     match serde_json::from_slice::<Saved>(&text) {
         Ok(saved) => {
             state.apply_routing(
-                saved.version,
-                saved.services,
-                saved.evacuation,
-                &saved.cluster_id,
+                RoutingUpdate {
+                    version: saved.version,
+                    services: saved.services,
+                    evacuation: saved.evacuation,
+                    drill_window: saved.drill_window_ms.map(Duration::from_millis),
+                    cluster_id: saved.cluster_id,
+                },
                 "disk",
             );
         }
@@ -74,6 +79,7 @@ fn save(path: &Path, table: &RoutingTable) {
         services: weights(table),
         cluster_id: table.cluster_id.clone(),
         evacuation: table.evacuation.clone(),
+        drill_window_ms: table.drill_window_ms,
     };
     let tmp = path.with_extension("tmp");
     let bytes = serde_json::to_vec_pretty(&saved).expect("routing table serializes");
@@ -106,13 +112,14 @@ pub async fn follow(
                     warned = false;
                 }
                 let table = &view.table;
-                if state.apply_routing(
-                    table.version,
-                    weights(table),
-                    table.evacuation.clone(),
-                    &table.cluster_id,
-                    "controllers",
-                ) {
+                let update = RoutingUpdate {
+                    version: table.version,
+                    services: weights(table),
+                    evacuation: table.evacuation.clone(),
+                    drill_window: table.drill_window_ms.map(Duration::from_millis),
+                    cluster_id: table.cluster_id.clone(),
+                };
+                if state.apply_routing(update, "controllers") {
                     if let Some(p) = &path {
                         save(p, table);
                     }

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod dns;
 pub mod follow;
+pub mod guardrail;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
@@ -290,6 +291,10 @@ impl Edge {
             tasks.spawn("dns server", dns.run(state.clone(), shutdown.clone()));
         }
         if let Some(client) = controllers {
+            tasks.spawn(
+                "guardrail reports",
+                guardrail::report_loop(state.clone(), client.clone(), background.clone()),
+            );
             let path = state.settings.routing_state.clone();
             tasks.spawn(
                 "routing follower",

@@ -270,6 +270,11 @@ async fn route_and_forward(
     }
     let resp = forward(state, client, service, req, conn, started).await;
     service.requests.count(resp.status().as_u16());
+    state.clients.record(
+        state.clock.now().as_secs(),
+        resp.status().is_server_error(),
+        started.elapsed(),
+    );
     resp
 }
 

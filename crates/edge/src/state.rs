@@ -38,6 +38,20 @@ pub struct CommittedRouting {
     /// A drill's evacuation: per region, the share of its traffic, percent,
     /// sent to the next choice.
     pub evacuation: BTreeMap<String, u8>,
+    /// While a drill runs: the window this edge reports its clients' figures over.
+    pub drill_window: Option<Duration>,
+}
+
+/// A committed routing table as an edge takes it (from the controllers or
+/// from its saved copy).
+#[derive(Debug, Clone, Default)]
+pub struct RoutingUpdate {
+    pub version: u64,
+    /// Per service, the weight of each region.
+    pub services: BTreeMap<String, BTreeMap<String, u32>>,
+    pub evacuation: BTreeMap<String, u8>,
+    pub drill_window: Option<Duration>,
+    pub cluster_id: String,
 }
 
 pub struct EdgeState {
@@ -47,6 +61,8 @@ pub struct EdgeState {
     pub services: Vec<ServiceState>,
     pub clock: Clock,
     pub metrics: Metrics,
+    /// What clients saw, per second, for a drill's guardrails.
+    pub clients: crate::guardrail::ClientWindow,
     /// The zones, when the configuration has a `[dns]` table.
     pub dns: Option<Authority>,
     /// The HTTPS listener's certificates, when `[edge.tls]` is set.
@@ -113,6 +129,7 @@ impl EdgeState {
             services,
             clock,
             metrics,
+            clients: crate::guardrail::ClientWindow::new(),
             dns,
             tls: None,
             closing: std::sync::atomic::AtomicBool::new(false),
@@ -185,14 +202,15 @@ impl EdgeState {
 
     /// Applies a committed routing table if it is newer than the one held.
     /// Returns whether it was applied.
-    pub fn apply_routing(
-        &self,
-        version: u64,
-        services: BTreeMap<String, BTreeMap<String, u32>>,
-        evacuation: BTreeMap<String, u8>,
-        cluster_id: &str,
-        source: &'static str,
-    ) -> bool {
+    pub fn apply_routing(&self, update: RoutingUpdate, source: &'static str) -> bool {
+        let RoutingUpdate {
+            version,
+            services,
+            evacuation,
+            drill_window,
+            cluster_id,
+        } = update;
+        let cluster_id = cluster_id.as_str();
         {
             let mut r = self.routing.write().expect("routing lock");
             // Another control plane (rebuilt from nothing, its versions
@@ -223,6 +241,7 @@ impl EdgeState {
                 services,
                 cluster_id: cluster_id.to_string(),
                 evacuation,
+                drill_window,
             };
         }
         for s in &self.services {

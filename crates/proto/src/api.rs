@@ -13,6 +13,8 @@
 //!   plans and leases, with the replication reports this node holds.
 //! - `POST /v1/replication`: a [`ReplicationReport`] from an agent; kept in
 //!   memory by every node it reaches (not committed), for the RPO gate.
+//! - `POST /v1/guardrails`: a [`GuardrailReport`] from an edge during a
+//!   drill; kept in memory by every node it reaches (not committed).
 //! - `POST /raft/{append,vote,snapshot}`: Raft between controllers.
 //!
 //! Every failure is answered with an [`ApiError`] body whose `kind` says
@@ -162,6 +164,23 @@ pub enum MembershipChange {
     Remove {
         id: NodeId,
     },
+}
+
+/// What one edge's clients saw over the last drill window
+/// (`POST /v1/guardrails`, while a drill runs): kept in memory by every
+/// controller it reaches, for the leader's guardrails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardrailReport {
+    /// The edge's region: its clients' region.
+    pub region: String,
+    /// The window the figures cover, in ms.
+    pub window_ms: u64,
+    pub requests: u64,
+    /// Requests answered 5xx, or not at all.
+    pub errors: u64,
+    /// p99 of the time to response headers, in ms (the upper bound of the
+    /// histogram bucket that holds it).
+    pub p99_ms: u64,
 }
 
 /// What an agent read of its region's database node.

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tern_core::control::Command;
 
 use crate::api::{
-    ClustersView, EventsView, MembershipChange, ObservationBatch, ReplicationReport, RoutingView,
-    StatusView, WriteAnswer,
+    ClustersView, EventsView, GuardrailReport, MembershipChange, ObservationBatch,
+    ReplicationReport, RoutingView, StatusView, WriteAnswer,
 };
 use crate::http::{CallError, HttpClient};
 
@@ -126,6 +126,25 @@ impl ControllerClient {
         let t = self.timeout;
         self.any(|h, a| async move { h.get(a, "/v1/clusters", t).await })
             .await
+    }
+
+    /// Sends a guardrail report to every controller at once, so that
+    /// whichever leads judges the drill on it; answers how many took it.
+    pub async fn report_guardrails(&self, report: &GuardrailReport) -> usize {
+        let t = self.timeout;
+        let calls = self.addrs.iter().map(|a| {
+            let h = self.http.clone();
+            async move {
+                h.post::<_, serde_json::Value>(*a, "/v1/guardrails", report, t)
+                    .await
+                    .is_ok()
+            }
+        });
+        futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count()
     }
 
     /// Sends a replication report to every controller at once, so that
