@@ -276,6 +276,22 @@ async fn route(
             }
         }
         (Method::GET, "/v1/clusters") => json(StatusCode::OK, &node.clusters_view()),
+        (Method::GET, "/v1/drills") => {
+            let view = node.machine.with(|m| tern_proto::api::DrillsView {
+                in_quorum: false,
+                current: m.state.drill().cloned(),
+                past: m.state.past_drills().to_vec(),
+                last_pass: m.state.last_drill_pass().clone(),
+                evacuation: m.state.routing().evacuation.clone(),
+            });
+            json(
+                StatusCode::OK,
+                &tern_proto::api::DrillsView {
+                    in_quorum: node.in_quorum(),
+                    ..view
+                },
+            )
+        }
         (Method::POST, "/v1/replication") => {
             let report: ReplicationReport = match body(req).await {
                 Ok(r) => r,

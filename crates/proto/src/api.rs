@@ -13,6 +13,7 @@
 //!   plans and leases, with the replication reports this node holds.
 //! - `POST /v1/replication`: a [`ReplicationReport`] from an agent; kept in
 //!   memory by every node it reaches (not committed), for the RPO gate.
+//! - `GET /v1/drills`: [`DrillsView`].
 //! - `POST /v1/guardrails`: a [`GuardrailReport`] from an edge during a
 //!   drill; kept in memory by every node it reaches (not committed).
 //! - `POST /raft/{append,vote,snapshot}`: Raft between controllers.
@@ -164,6 +165,21 @@ pub enum MembershipChange {
     Remove {
         id: NodeId,
     },
+}
+
+/// `GET /v1/drills`: the running or last drill, the ones before it, and
+/// each region's last passed drill.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillsView {
+    pub in_quorum: bool,
+    /// The running drill, or the last one.
+    pub current: Option<tern_core::drill::Drill>,
+    /// Finished drills before it, oldest first.
+    pub past: Vec<tern_core::drill::Drill>,
+    /// Per region, when its last drill passed (Unix ms, leader's clock).
+    pub last_pass: std::collections::BTreeMap<String, u64>,
+    /// The routing table's evacuation shares now.
+    pub evacuation: std::collections::BTreeMap<String, u8>,
 }
 
 /// What one edge's clients saw over the last drill window

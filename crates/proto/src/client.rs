@@ -10,7 +10,7 @@ use std::time::Duration;
 use tern_core::control::Command;
 
 use crate::api::{
-    ClustersView, EventsView, GuardrailReport, MembershipChange, ObservationBatch,
+    ClustersView, DrillsView, EventsView, GuardrailReport, MembershipChange, ObservationBatch,
     ReplicationReport, RoutingView, StatusView, WriteAnswer,
 };
 use crate::http::{CallError, HttpClient};
@@ -119,6 +119,13 @@ impl ControllerClient {
                 .map(|_| ())
         })
         .await
+    }
+
+    /// The drills as one controller (whichever answers) sees them.
+    pub async fn drills(&self) -> Result<DrillsView, CallError> {
+        let t = self.timeout;
+        self.any(|h, a| async move { h.get(a, "/v1/drills", t).await })
+            .await
     }
 
     /// The database clusters as one controller (whichever answers) sees them.

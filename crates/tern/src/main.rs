@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod drill;
 mod notify;
 mod ops;
 mod sockets;
@@ -72,6 +73,11 @@ enum Command {
     Switchover(ops::PlanArgs),
     /// Bring up a multi-region deployment on this machine and run a failure scenario.
     Lab(tern_lab::LabArgs),
+    /// Region evacuation drills: practise a failover on a live deployment.
+    Drill {
+        #[command(subcommand)]
+        command: drill::DrillCommand,
+    },
     /// Certificates for the control plane's mutual TLS.
     Certs {
         #[command(subcommand)]
@@ -274,6 +280,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Certs { command } => certs(command),
+        Command::Drill { command } => runtime().block_on(drill::run(command)),
         Command::Members { command } => runtime().block_on(ops::members(command)),
         Command::Status(target) => runtime().block_on(ops::status(target)),
         Command::Events { target, limit } => runtime().block_on(ops::events(target, limit)),

@@ -66,7 +66,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn client(&self) -> Result<ControllerClient, ExitCode> {
+    pub(crate) fn client(&self) -> Result<ControllerClient, ExitCode> {
         let mut addrs = self.controllers.clone();
         let mut tls = None;
         if let Some(path) = &self.config {
@@ -205,7 +205,7 @@ fn parse_wait(s: &str) -> Result<Duration, String> {
     tern_core::units::parse_duration(s)
 }
 
-fn actor(command: &str) -> String {
+pub(crate) fn actor(command: &str) -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
     format!("{user} ({command})")
 }
@@ -462,7 +462,7 @@ pub async fn run_controller(args: ControllerArgs, mut sockets: Inherited) -> Exi
     ExitCode::SUCCESS
 }
 
-fn unavailable(e: CallError) -> ExitCode {
+pub(crate) fn unavailable(e: CallError) -> ExitCode {
     eprintln!("tern: {e}");
     ExitCode::from(EX_UNAVAILABLE)
 }

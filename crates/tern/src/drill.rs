@@ -1,0 +1,385 @@
+//! `tern drill`: start, follow, abort and report region evacuation drills
+//! (see `tern_core::drill`); the controllers run them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use tern_core::control::{Applied, Command};
+use tern_core::drill::{Drill, DrillSpec, Guardrails, Phase};
+use tern_proto::http::CallError;
+
+use crate::ops::{actor, unavailable, Target};
+use crate::EX_USAGE;
+
+/// How long practice may go stale before `tern status` warns (the "tested
+/// in the last 30 days" rule of thumb).
+pub const MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[derive(Subcommand)]
+pub enum DrillCommand {
+    /// Evacuate REGION in steps, hold, bring the traffic back; aborts on a
+    /// guardrail breach. Follows the drill to its end unless --no-wait.
+    Start(StartArgs),
+    /// The running or last drill, step by step, and each region's last pass.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// End the running drill now and restore routing in one step.
+    Abort {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A drill's report (the running or last one, or ID): per phase its
+    /// share, duration and what the guardrails read; as JSON with --json.
+    Report {
+        /// The drill's id; default: the running or last one.
+        id: Option<u64>,
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Args)]
+pub struct StartArgs {
+    /// The region to evacuate.
+    pub region: String,
+    /// Evacuation shares in percent, rising to 100.
+    #[arg(long, default_value = "1,10,50,100", value_parser = parse_shares)]
+    pub steps: Shares,
+    /// How long each step is held.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub hold: Duration,
+    /// Shares on the way back, falling to 0; default: all at once.
+    #[arg(long, value_parser = parse_shares)]
+    pub return_steps: Option<Shares>,
+    /// Move the region's database writers away (planned switchover, zero
+    /// loss) at this step's share, and back at the end.
+    #[arg(long, value_name = "SHARE")]
+    pub with_switchover: Option<u8>,
+    /// Abort when more than this share of a region's client requests fail.
+    #[arg(long, default_value = "1%", value_parser = parse_rate)]
+    pub max_error_rate: f64,
+    /// Abort when a region's clients' p99 latency is over this.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub max_p99: Duration,
+    /// The guardrails' evaluation window.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub window: Duration,
+    /// Fewer requests in a window than this are too few to judge.
+    #[arg(long, default_value_t = 20)]
+    pub min_requests: u64,
+    /// Check and print the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Return once the drill is committed.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// A list of shares, percent.
+#[derive(Clone, Debug)]
+pub struct Shares(pub Vec<u8>);
+
+fn parse_shares(s: &str) -> Result<Shares, String> {
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .trim_end_matches('%')
+                .parse::<u8>()
+                .ok()
+                .filter(|v| *v <= 100)
+                .ok_or_else(|| format!("\"{p}\" is not a share from 0 to 100"))
+        })
+        .collect::<Result<Vec<u8>, String>>()
+        .map(Shares)
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    tern_core::units::parse_duration(s)
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let v = match s.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => s.trim().parse::<f64>(),
+    }
+    .map_err(|_| format!("\"{s}\" is not a share like 1% or 0.01"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("\"{s}\" is not between 0% and 100%"))
+    }
+}
+
+pub async fn run(command: DrillCommand) -> ExitCode {
+    match command {
+        DrillCommand::Start(args) => start(args).await,
+        DrillCommand::Status { target } => status(&target).await,
+        DrillCommand::Abort { target } => abort(&target).await,
+        DrillCommand::Report { id, json, target } => report(id, json, &target).await,
+    }
+}
+
+async fn start(args: StartArgs) -> ExitCode {
+    let spec = DrillSpec {
+        region: args.region.clone(),
+        steps: args.steps.0.clone(),
+        hold: args.hold,
+        return_steps: args.return_steps.map(|s| s.0).unwrap_or_default(),
+        switchover_at: args.with_switchover,
+        guardrails: Guardrails {
+            max_error_rate: args.max_error_rate,
+            max_p99: args.max_p99,
+            window: args.window,
+            min_requests: args.min_requests,
+        },
+    };
+    if let Err(e) = spec.validate() {
+        eprintln!("tern drill start: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    println!("{}", describe(&spec));
+    if args.dry_run {
+        println!("dry run: nothing changed");
+        return ExitCode::SUCCESS;
+    }
+    let client = match args.target.client() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let command = Command::StartDrill {
+        spec,
+        actor: actor("tern drill start"),
+        wall_ms: 0,
+    };
+    let id = match client.write(&command).await {
+        Ok(a) => match a.applied {
+            Applied::Drill(id) => id,
+            _ => {
+                eprintln!("tern drill start: the controllers answered without a drill");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(CallError::Refused { message, .. }) | Err(CallError::Forbidden { message, .. }) => {
+            eprintln!("tern drill start: {message}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => return unavailable(e),
+    };
+    println!("drill {id} committed");
+    if args.no_wait {
+        return ExitCode::SUCCESS;
+    }
+    follow(&client, id).await
+}
+
+/// Prints each phase as it ends; exit 0 when the drill passes, 1 otherwise.
+async fn follow(client: &tern_proto::ControllerClient, id: u64) -> ExitCode {
+    let mut shown = 0;
+    let mut last_contact = Instant::now();
+    loop {
+        match client.drills().await {
+            Ok(view) => {
+                last_contact = Instant::now();
+                let Some(d) = view.current.filter(|d| d.id == id) else {
+                    eprintln!("drill {id} is no longer the current drill");
+                    return ExitCode::FAILURE;
+                };
+                for r in d.history.iter().skip(shown) {
+                    println!(
+                        "  {:<16} {:>3}%  {:>7.1} s  {}",
+                        r.phase.name(),
+                        r.share,
+                        (r.ended_at - r.started_at).as_secs_f64(),
+                        r.evidence.join("; ")
+                    );
+                }
+                shown = d.history.len();
+                match &d.phase {
+                    Phase::Passed => {
+                        println!("drill {id} passed");
+                        return ExitCode::SUCCESS;
+                    }
+                    Phase::Aborted { reason } => {
+                        println!("drill {id} aborted: {reason}");
+                        return ExitCode::FAILURE;
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) if last_contact.elapsed() > Duration::from_secs(30) => return unavailable(e),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn describe(spec: &DrillSpec) -> String {
+    let list = |v: &[u8]| {
+        v.iter()
+            .map(|s| format!("{s}%"))
+            .collect::<Vec<_>>()
+            .join(" -> ")
+    };
+    format!(
+        "drill of {}: {} (each held {} s), then back {}; {}abort on errors over {:.1}% or p99 over {} ms in any region over {} s windows",
+        spec.region,
+        list(&spec.steps),
+        spec.hold.as_secs_f64(),
+        if spec.return_steps.is_empty() {
+            "at once".to_string()
+        } else {
+            format!("in steps {}", list(&spec.return_steps))
+        },
+        match spec.switchover_at {
+            Some(s) => format!("writers switched over at {s}% and back at the end; "),
+            None => String::new(),
+        },
+        spec.guardrails.max_error_rate * 100.0,
+        spec.guardrails.max_p99.as_millis(),
+        spec.guardrails.window.as_secs_f64()
+    )
+}
+
+async fn status(target: &Target) -> ExitCode {
+    let client = match target.client() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let view = match client.drills().await {
+        Ok(v) => v,
+        Err(e) => return unavailable(e),
+    };
+    if target.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view).expect("serializes")
+        );
+        return ExitCode::SUCCESS;
+    }
+    match &view.current {
+        Some(d) => print_drill(d),
+        None => println!("no drill yet"),
+    }
+    if !view.evacuation.is_empty() {
+        let shares: Vec<String> = view
+            .evacuation
+            .iter()
+            .map(|(r, s)| format!("{r} {s}%"))
+            .collect();
+        println!("evacuation now: {}", shares.join(", "));
+    }
+    println!("last passed drill per region:");
+    for line in practice(&view.last_pass) {
+        println!("  {line}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// "REGION: N days ago" per region with a passed drill, with a warning
+/// past [`MAX_AGE`].
+pub fn practice(last_pass: &std::collections::BTreeMap<String, u64>) -> Vec<String> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if last_pass.is_empty() {
+        return vec!["none: no region has passed a drill (never practised)".into()];
+    }
+    last_pass
+        .iter()
+        .map(|(region, at)| {
+            let age = Duration::from_millis(now_ms.saturating_sub(*at));
+            let days = age.as_secs_f64() / 86_400.0;
+            let stale = if age > MAX_AGE {
+                " (WARNING: older than 30 days; practise again)"
+            } else {
+                ""
+            };
+            format!("{region}: {days:.1} days ago{stale}")
+        })
+        .collect()
+}
+
+fn print_drill(d: &Drill) {
+    println!(
+        "drill {} of {} ({}), started by {}: now {} at {}%",
+        d.id,
+        d.spec.region,
+        describe(&d.spec),
+        d.actor,
+        d.phase.name(),
+        d.share()
+    );
+    for r in &d.history {
+        println!(
+            "  {:<16} {:>3}%  {:>7.1} s  {}",
+            r.phase.name(),
+            r.share,
+            (r.ended_at - r.started_at).as_secs_f64(),
+            r.evidence.join("; ")
+        );
+    }
+    if let Phase::Aborted { reason } = &d.phase {
+        println!("  aborted: {reason}");
+    }
+}
+
+async fn abort(target: &Target) -> ExitCode {
+    let client = match target.client() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let command = Command::AbortDrill {
+        id: None,
+        reason: "aborted by hand".into(),
+        actor: actor("tern drill abort"),
+    };
+    match client.write(&command).await {
+        Ok(_) => {
+            println!("drill aborted; routing restored");
+            ExitCode::SUCCESS
+        }
+        Err(CallError::Refused { message, .. }) | Err(CallError::Forbidden { message, .. }) => {
+            eprintln!("tern drill abort: {message}");
+            ExitCode::FAILURE
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn report(id: Option<u64>, json: Option<PathBuf>, target: &Target) -> ExitCode {
+    let client = match target.client() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let view = match client.drills().await {
+        Ok(v) => v,
+        Err(e) => return unavailable(e),
+    };
+    let all: Vec<&Drill> = view.past.iter().chain(view.current.iter()).collect();
+    let drill = match id {
+        Some(id) => all.iter().find(|d| d.id == id).copied(),
+        None => all.last().copied(),
+    };
+    let Some(drill) = drill else {
+        eprintln!("tern drill report: no such drill");
+        return ExitCode::FAILURE;
+    };
+    print_drill(drill);
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(drill).expect("serializes");
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("tern drill report: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        println!("wrote {}", path.display());
+    }
+    ExitCode::SUCCESS
+}
