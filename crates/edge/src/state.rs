@@ -381,6 +381,7 @@ impl EdgeState {
                 applied_unix_ms: r.applied_at.map(|at| self.clock.unix_ms(at)),
                 weights: r.services.clone(),
                 cluster_id: r.cluster_id.clone(),
+                evacuation: r.evacuation.clone(),
             }
         };
         StatusSnapshot {
@@ -430,6 +431,8 @@ pub struct RoutingStatus {
     pub weights: BTreeMap<String, BTreeMap<String, u32>>,
     /// The control plane the table came from.
     pub cluster_id: String,
+    /// A drill's evacuation shares, percent, by region.
+    pub evacuation: BTreeMap<String, u8>,
 }
 
 #[derive(Debug, Serialize)]
