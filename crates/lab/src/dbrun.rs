@@ -98,14 +98,39 @@ pub async fn write_report(
         });
     }
     let (acked, attempts) = db_report::writes_from_records(records);
-    let report = db_report::build(db_report::WriteInputs {
-        acked: &acked,
-        attempts: &attempts,
-        nodes: &nodes,
-        fault_at: fault_ms.map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
-        rpo_time: Some(crate::topology::RPO_TIME),
-        agent_round: crate::topology::agent_round(),
-    });
+    let build = |nodes: &[db_report::NodeRows]| {
+        db_report::build(db_report::WriteInputs {
+            acked: &acked,
+            attempts: &attempts,
+            nodes,
+            fault_at: fault_ms.map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
+            rpo_time: Some(crate::topology::RPO_TIME),
+            agent_round: crate::topology::agent_round(),
+        })
+    };
+    let mut report = build(&nodes);
+    // The final writer fenced during the run (stopped) is started again by
+    // its agent once its lease is back: wait for that state, up to 30 s,
+    // rather than judge a node that is still coming back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Some(n) = nodes
+        .iter_mut()
+        .find(|n| n.node == report.final_primary && n.rows.is_err())
+    {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let addr = db.node(&n.node).map(|d| d.addr);
+        if let Some(addr) = addr {
+            n.rows = postgres::read_payments(&postgres::conninfo_for(addr))
+                .await
+                .map_err(|e| format!("{e:#}"));
+        }
+        if n.rows.is_ok() {
+            report = build(&nodes);
+        }
+    }
     if let Some(n) = nodes.iter().find(|n| n.node == report.final_primary) {
         if let Err(e) = &n.rows {
             return Err(anyhow!(
