@@ -499,10 +499,18 @@ pub async fn status(target: Target) -> ExitCode {
     match client.status().await {
         Ok(s) => {
             let clusters = client.clusters().await.ok();
+            let drills = client.drills().await.ok();
             if target.json {
                 let mut value = serde_json::to_value(&s).expect("status serializes");
                 if let Some(c) = &clusters {
                     value["databases"] = serde_json::to_value(c).expect("clusters serialize");
+                }
+                if let Some(d) = &drills {
+                    value["drills"] = serde_json::json!({
+                        "last_pass_unix_ms": d.last_pass,
+                        "evacuation": d.evacuation,
+                        "running": d.current.as_ref().filter(|c| !c.phase.finished()).map(|c| c.id),
+                    });
                 }
                 println!(
                     "{}",
@@ -512,6 +520,21 @@ pub async fn status(target: Target) -> ExitCode {
                 print!("{}", render_status(&s));
                 if let Some(c) = &clusters {
                     print!("{}", render_clusters(c));
+                }
+                if let Some(d) = &drills {
+                    if let Some(c) = d.current.as_ref().filter(|c| !c.phase.finished()) {
+                        println!(
+                            "drill {} of {} running: {} at {}%",
+                            c.id,
+                            c.spec.region,
+                            c.phase.name(),
+                            c.share()
+                        );
+                    }
+                    println!("practice (last passed drill):");
+                    for line in crate::drill::practice(&d.last_pass) {
+                        println!("  {line}");
+                    }
                 }
             }
             ExitCode::SUCCESS
