@@ -16,6 +16,32 @@ use tern_core::failover::PlanKind;
 use crate::node::Controller;
 
 impl Controller {
+    /// A drill start as the leader commits it: stamped with the leader's
+    /// wall clock, and refused outside `[drill] windows`.
+    pub(crate) fn stamp_drill(
+        &self,
+        command: Command,
+    ) -> Result<Command, crate::commit::WriteError> {
+        let Command::StartDrill { spec, actor, .. } = command else {
+            return Ok(command);
+        };
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if !self.drill.allows(wall_ms) {
+            let windows: Vec<&str> = self.drill.windows.iter().map(|w| w.text.as_str()).collect();
+            return Err(crate::commit::WriteError::Refused(format!(
+                "drill refused: outside the allowed windows ({}, UTC)",
+                windows.join("; ")
+            )));
+        }
+        Ok(Command::StartDrill {
+            spec,
+            actor,
+            wall_ms,
+        })
+    }
+
     /// What every serving region's edges last reported, aged.
     fn guardrail_reading(&self) -> Reading {
         let reports = self.guardrails.lock().expect("guardrails lock");

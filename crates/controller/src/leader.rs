@@ -43,6 +43,7 @@ impl Controller {
                     self.id
                 )));
             }
+            let command = self.stamp_drill(command)?;
             return self.write_local(self.with_lag(command)).await;
         }
         if forwarded {

@@ -223,6 +223,7 @@ impl Controller {
             engine: Mutex::new(None),
             leader_contact: Mutex::new(None),
             databases: config.databases.clone(),
+            drill: config.drill.clone(),
             replication: Mutex::new(BTreeMap::new()),
             guardrails: Mutex::new(BTreeMap::new()),
             plan_attempts: Mutex::new(BTreeMap::new()),

@@ -56,6 +56,8 @@ pub struct Controller {
     /// When a legitimate leader last reached this node.
     pub(crate) leader_contact: Mutex<Option<Instant>>,
     pub(crate) databases: Vec<Database>,
+    /// `[drill]`: the windows a drill may start in.
+    pub(crate) drill: tern_core::drill::DrillSettings,
     /// The latest guardrail report per edge region (during a drill), with
     /// its arrival.
     pub(crate) guardrails: Mutex<BTreeMap<String, (Instant, tern_proto::api::GuardrailReport)>>,

@@ -16,6 +16,122 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// `[drill]` in the configuration: what `tern drill start` uses where its
+/// flags say nothing, when a drill may start, and how stale practice may
+/// get.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrillSettings {
+    /// `tern status` warns when a region's last passed drill is older
+    /// (default 30 days: "if your failover hasn't been tested in the last
+    /// 30 days, it doesn't work").
+    pub max_age: Duration,
+    pub steps: Vec<u8>,
+    pub hold: Duration,
+    pub return_steps: Vec<u8>,
+    pub switchover_at: Option<u8>,
+    pub guardrails: Guardrails,
+    /// When a drill may start (UTC); empty: any time.
+    pub windows: Vec<DrillWindow>,
+}
+
+impl Default for DrillSettings {
+    /// 30 days; steps 1, 10, 50, 100 held 60 s; back at once; no
+    /// switchover; [`Guardrails::default`]; any time.
+    fn default() -> DrillSettings {
+        DrillSettings {
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            steps: vec![1, 10, 50, 100],
+            hold: Duration::from_secs(60),
+            return_steps: Vec::new(),
+            switchover_at: None,
+            guardrails: Guardrails::default(),
+            windows: Vec::new(),
+        }
+    }
+}
+
+impl DrillSettings {
+    /// Whether a drill may start at `unix_ms`: inside one of the windows,
+    /// or any time without windows.
+    pub fn allows(&self, unix_ms: u64) -> bool {
+        self.windows.is_empty() || self.windows.iter().any(|w| w.contains(unix_ms))
+    }
+}
+
+/// A weekly time window in UTC: days of the week and a time of day range,
+/// written `Mon-Fri 09:00-17:00`, `Sat 10:00-12:00` or `daily 00:00-24:00`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrillWindow {
+    /// Monday first.
+    pub days: [bool; 7],
+    /// Minutes after midnight UTC, `start < end <= 1440`.
+    pub start: u16,
+    pub end: u16,
+    pub text: String,
+}
+
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+impl DrillWindow {
+    /// Parses `DAYS HH:MM-HH:MM`; errors say what was expected.
+    pub fn parse(text: &str) -> Result<DrillWindow, String> {
+        let bad = || {
+            format!(
+                "expected a window like \"Mon-Fri 09:00-17:00\" (days, then a UTC time range), found \"{text}\""
+            )
+        };
+        let (days_text, times) = text.trim().split_once(' ').ok_or_else(bad)?;
+        let day = |d: &str| DAYS.iter().position(|x| d.eq_ignore_ascii_case(x));
+        let mut days = [false; 7];
+        if days_text.eq_ignore_ascii_case("daily") {
+            days = [true; 7];
+        } else {
+            for part in days_text.split(',') {
+                match part.split_once('-') {
+                    Some((a, b)) => {
+                        let (a, b) = (day(a).ok_or_else(bad)?, day(b).ok_or_else(bad)?);
+                        let mut i = a;
+                        loop {
+                            days[i] = true;
+                            if i == b {
+                                break;
+                            }
+                            i = (i + 1) % 7;
+                        }
+                    }
+                    None => days[day(part).ok_or_else(bad)?] = true,
+                }
+            }
+        }
+        let minutes = |t: &str| -> Option<u16> {
+            let (h, m) = t.trim().split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (h <= 24 && m < 60 && h * 60 + m <= 1440).then_some(h * 60 + m)
+        };
+        let (a, b) = times.trim().split_once('-').ok_or_else(bad)?;
+        let (start, end) = (minutes(a).ok_or_else(bad)?, minutes(b).ok_or_else(bad)?);
+        if start >= end {
+            return Err(format!("the window \"{text}\" ends before it starts"));
+        }
+        Ok(DrillWindow {
+            days,
+            start,
+            end,
+            text: text.trim().to_string(),
+        })
+    }
+
+    /// Whether `unix_ms` (UTC) falls inside.
+    pub fn contains(&self, unix_ms: u64) -> bool {
+        let minutes = unix_ms / 60_000;
+        let day = minutes / 1440;
+        // 1970-01-01 was a Thursday (index 3, Monday first).
+        let weekday = ((day + 3) % 7) as usize;
+        let minute = (minutes % 1440) as u16;
+        self.days[weekday] && minute >= self.start && minute < self.end
+    }
+}
+
 /// What the operator asked for (`tern drill start`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrillSpec {
@@ -582,6 +698,28 @@ mod tests {
             None,
             "a finished drill stays finished"
         );
+    }
+
+    #[test]
+    fn windows_parse_and_contain_their_minutes_in_utc() {
+        let w = DrillWindow::parse("Mon-Fri 09:00-17:00").unwrap();
+        // 2026-12-07 is a Monday; 10:00 UTC.
+        let monday_10 = 1_796_637_600_000;
+        assert!(w.contains(monday_10));
+        assert!(!w.contains(monday_10 - 2 * 3_600_000), "08:00");
+        assert!(!w.contains(monday_10 - 2 * 86_400_000), "Saturday");
+        let w = DrillWindow::parse("Sat,Sun 00:00-24:00").unwrap();
+        assert!(w.contains(monday_10 - 2 * 86_400_000));
+        let w = DrillWindow::parse("Fri-Mon 22:00-23:00").unwrap();
+        assert_eq!(w.days, [true, false, false, false, true, true, true]);
+        assert!(DrillWindow::parse("Mon 17:00-09:00")
+            .unwrap_err()
+            .contains("ends before"));
+        assert!(DrillWindow::parse("someday 1-2")
+            .unwrap_err()
+            .contains("expected a window"));
+        let s = DrillSettings::default();
+        assert!(s.allows(0), "no windows: any time");
     }
 
     #[test]

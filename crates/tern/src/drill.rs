@@ -13,10 +13,6 @@ use tern_proto::http::CallError;
 use crate::ops::{actor, unavailable, Target};
 use crate::EX_USAGE;
 
-/// How long practice may go stale before `tern status` warns (the "tested
-/// in the last 30 days" rule of thumb).
-pub const MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
-
 #[derive(Subcommand)]
 pub enum DrillCommand {
     /// Evacuate REGION in steps, hold, bring the traffic back; aborts on a
@@ -48,12 +44,13 @@ pub enum DrillCommand {
 pub struct StartArgs {
     /// The region to evacuate.
     pub region: String,
-    /// Evacuation shares in percent, rising to 100.
-    #[arg(long, default_value = "1,10,50,100", value_parser = parse_shares)]
-    pub steps: Shares,
-    /// How long each step is held.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub hold: Duration,
+    /// Evacuation shares in percent, rising to 100 (default: `[drill]
+    /// steps`, else 1,10,50,100).
+    #[arg(long, value_parser = parse_shares)]
+    pub steps: Option<Shares>,
+    /// How long each step is held (default: `[drill] hold`, else 60s).
+    #[arg(long, value_parser = parse_duration)]
+    pub hold: Option<Duration>,
     /// Shares on the way back, falling to 0; default: all at once.
     #[arg(long, value_parser = parse_shares)]
     pub return_steps: Option<Shares>,
@@ -61,18 +58,21 @@ pub struct StartArgs {
     /// loss) at this step's share, and back at the end.
     #[arg(long, value_name = "SHARE")]
     pub with_switchover: Option<u8>,
-    /// Abort when more than this share of a region's client requests fail.
-    #[arg(long, default_value = "1%", value_parser = parse_rate)]
-    pub max_error_rate: f64,
-    /// Abort when a region's clients' p99 latency is over this.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub max_p99: Duration,
-    /// The guardrails' evaluation window.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub window: Duration,
-    /// Fewer requests in a window than this are too few to judge.
-    #[arg(long, default_value_t = 20)]
-    pub min_requests: u64,
+    /// Abort when more than this share of a region's client requests fail
+    /// (default: `[drill] max_error_rate`, else 1%).
+    #[arg(long, value_parser = parse_rate)]
+    pub max_error_rate: Option<f64>,
+    /// Abort when a region's clients' p99 latency is over this (default:
+    /// `[drill] max_p99`, else 1s).
+    #[arg(long, value_parser = parse_duration)]
+    pub max_p99: Option<Duration>,
+    /// The guardrails' evaluation window (default: `[drill] window`, else 5s).
+    #[arg(long, value_parser = parse_duration)]
+    pub window: Option<Duration>,
+    /// Fewer requests in a window than this are too few to judge (default:
+    /// `[drill] min_requests`, else 20).
+    #[arg(long)]
+    pub min_requests: Option<u64>,
     /// Check and print the plan; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -128,17 +128,26 @@ pub async fn run(command: DrillCommand) -> ExitCode {
 }
 
 async fn start(args: StartArgs) -> ExitCode {
+    // The file's [drill] table gives what the flags leave out.
+    let defaults = match &args.target.config {
+        Some(path) => match crate::load(path) {
+            Ok(c) => c.drill,
+            Err(code) => return code,
+        },
+        None => tern_core::drill::DrillSettings::default(),
+    };
+    let g = defaults.guardrails;
     let spec = DrillSpec {
         region: args.region.clone(),
-        steps: args.steps.0.clone(),
-        hold: args.hold,
-        return_steps: args.return_steps.map(|s| s.0).unwrap_or_default(),
-        switchover_at: args.with_switchover,
+        steps: args.steps.map_or(defaults.steps, |s| s.0),
+        hold: args.hold.unwrap_or(defaults.hold),
+        return_steps: args.return_steps.map_or(defaults.return_steps, |s| s.0),
+        switchover_at: args.with_switchover.or(defaults.switchover_at),
         guardrails: Guardrails {
-            max_error_rate: args.max_error_rate,
-            max_p99: args.max_p99,
-            window: args.window,
-            min_requests: args.min_requests,
+            max_error_rate: args.max_error_rate.unwrap_or(g.max_error_rate),
+            max_p99: args.max_p99.unwrap_or(g.max_p99),
+            window: args.window.unwrap_or(g.window),
+            min_requests: args.min_requests.unwrap_or(g.min_requests),
         },
     };
     if let Err(e) = spec.validate() {
@@ -277,15 +286,30 @@ async fn status(target: &Target) -> ExitCode {
         println!("evacuation now: {}", shares.join(", "));
     }
     println!("last passed drill per region:");
-    for line in practice(&view.last_pass) {
+    for line in practice(&view.last_pass, max_age(target)) {
         println!("  {line}");
     }
     ExitCode::SUCCESS
 }
 
+/// The `[drill] max_age` of the file `target` names, else the default
+/// (30 days).
+pub fn max_age(target: &Target) -> Duration {
+    target
+        .config
+        .as_ref()
+        .and_then(|p| crate::load(p).ok())
+        .map_or(tern_core::drill::DrillSettings::default().max_age, |c| {
+            c.drill.max_age
+        })
+}
+
 /// "REGION: N days ago" per region with a passed drill, with a warning
-/// past [`MAX_AGE`].
-pub fn practice(last_pass: &std::collections::BTreeMap<String, u64>) -> Vec<String> {
+/// past `max_age`.
+pub fn practice(
+    last_pass: &std::collections::BTreeMap<String, u64>,
+    max_age: Duration,
+) -> Vec<String> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -297,10 +321,13 @@ pub fn practice(last_pass: &std::collections::BTreeMap<String, u64>) -> Vec<Stri
         .map(|(region, at)| {
             let age = Duration::from_millis(now_ms.saturating_sub(*at));
             let days = age.as_secs_f64() / 86_400.0;
-            let stale = if age > MAX_AGE {
-                " (WARNING: older than 30 days; practise again)"
+            let stale = if age > max_age {
+                format!(
+                    " (WARNING: older than {:.0} days; practise again)",
+                    max_age.as_secs_f64() / 86_400.0
+                )
             } else {
-                ""
+                String::new()
             };
             format!("{region}: {days:.1} days ago{stale}")
         })

@@ -532,7 +532,8 @@ pub async fn status(target: Target) -> ExitCode {
                         );
                     }
                     println!("practice (last passed drill):");
-                    for line in crate::drill::practice(&d.last_pass) {
+                    for line in crate::drill::practice(&d.last_pass, crate::drill::max_age(&target))
+                    {
                         println!("  {line}");
                     }
                 }

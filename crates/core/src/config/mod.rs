@@ -10,6 +10,7 @@
 
 mod control;
 pub mod dns;
+mod drill;
 mod error;
 mod raw;
 pub mod tls;
@@ -48,6 +49,8 @@ pub struct Config {
     /// Where the agent serves `/metrics` (`agent.admin`), if anywhere.
     pub agent_admin: Option<SocketAddr>,
     pub databases: Vec<Database>,
+    /// `[drill]`: drill defaults, allowed windows, the practice age.
+    pub drill: crate::drill::DrillSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -694,6 +697,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors>
         .and_then(|a| control::validate_agent(&mut c, a, &region_names))
         .map_or((None, None), |(region, admin)| (Some(region), admin));
     let databases = control::validate_databases(&mut c, &raw.database, &region_names);
+    let drill = drill::validate_drill(&mut c, raw.drill.as_ref());
 
     if c.errors.is_empty() {
         Ok(Config {
@@ -706,6 +710,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors>
             agent,
             agent_admin,
             databases,
+            drill,
         })
     } else {
         c.errors.sort_by_key(|e| (e.line, e.column));

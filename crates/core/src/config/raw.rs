@@ -391,6 +391,27 @@ pub struct RawConfig {
     pub agent: Option<S<RawAgent>>,
     #[serde(default)]
     pub database: BTreeMap<S<String>, S<RawDatabase>>,
+    pub drill: Option<S<RawDrill>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrill {
+    #[serde(default, deserialize_with = "duration")]
+    pub max_age: Option<S<String>>,
+    pub steps: Option<S<Vec<i64>>>,
+    #[serde(default, deserialize_with = "duration")]
+    pub hold: Option<S<String>>,
+    pub return_steps: Option<S<Vec<i64>>>,
+    pub switchover_at: Option<S<i64>>,
+    pub max_error_rate: Option<S<f64>>,
+    #[serde(default, deserialize_with = "duration")]
+    pub max_p99: Option<S<String>>,
+    #[serde(default, deserialize_with = "duration")]
+    pub window: Option<S<String>>,
+    pub min_requests: Option<S<i64>>,
+    #[serde(default)]
+    pub windows: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
