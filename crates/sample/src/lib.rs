@@ -5,6 +5,8 @@
 //! [`run`]); tests use [`bind`] and [`SampleServer::serve`] in-process. The service answers
 //! `/health` from its [`Dependency`] checks (a TCP connect, a file's existence, or a fixed
 //! answer), can be forced unhealthy through `POST /admin/health` to drive flapping scenarios,
+//! can answer a share of its item and root requests with 500 through `POST /admin/errors`
+//! (`{"share": 0.2}`; health and payments are left alone) to degrade a region under a drill,
 //! stores items, and creates payments with idempotency keys so the lab's oracle can count lost
 //! and double-processed writes. Every response names the region that served it in the
 //! `x-served-by` header. State lives in memory and dies with the process, as each region's
@@ -246,6 +248,7 @@ pub async fn bind_with_database(
         app: Arc::new(App {
             served_by,
             forced_unhealthy: AtomicBool::new(false),
+            error_per_mille: std::sync::atomic::AtomicU32::new(0),
             store: Mutex::new(Store::default()),
             db: db.map(|db| {
                 let name = format!("tern-sample-{}", cfg.region);
@@ -335,6 +338,8 @@ struct App {
     cfg: SampleConfig,
     served_by: HeaderValue,
     forced_unhealthy: AtomicBool,
+    /// Per mille of item and root requests answered with an injected 500.
+    error_per_mille: std::sync::atomic::AtomicU32,
     store: Mutex<Store>,
     /// Payments in PostgreSQL instead of `store`.
     db: Option<Db>,
@@ -395,7 +400,13 @@ impl App {
         let path = req.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let method = req.method().clone();
+        let degradable = matches!(segments.as_slice(), [""] | ["items", _]);
+        let per_mille = self.error_per_mille.load(Ordering::Relaxed);
+        if degradable && per_mille > 0 && fastrand::u32(0..1000) < per_mille {
+            return self.error(StatusCode::INTERNAL_SERVER_ERROR, "injected error");
+        }
         match (&method, segments.as_slice()) {
+            (&Method::POST, ["admin", "errors"]) => self.inject_errors(req).await,
             (&Method::GET, [""]) => self.reply(
                 StatusCode::OK,
                 json!({"service": "sample", "region": self.cfg.region}),
@@ -478,6 +489,32 @@ impl App {
                 "forced_unhealthy": forced,
                 "dependencies": reports,
             }),
+        )
+    }
+
+    /// `POST /admin/errors {"share": F}`: answer that share (0.0 to 1.0)
+    /// of item and root requests with 500 from now on.
+    async fn inject_errors(&self, req: Request<Incoming>) -> Reply {
+        let body = match self.read_body(req).await {
+            Ok(body) => body,
+            Err(reply) => return reply,
+        };
+        let share = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("share").and_then(Value::as_f64))
+            .filter(|s| (0.0..=1.0).contains(s));
+        let Some(share) = share else {
+            return self.error(
+                StatusCode::BAD_REQUEST,
+                r#"expected a JSON body {"share": F} with F from 0.0 to 1.0"#,
+            );
+        };
+        self.error_per_mille
+            .store((share * 1000.0).round() as u32, Ordering::Relaxed);
+        tracing::info!(region = %self.cfg.region, share, "sample service injects errors");
+        self.reply(
+            StatusCode::OK,
+            json!({"share": share, "region": self.cfg.region}),
         )
     }
 

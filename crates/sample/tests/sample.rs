@@ -201,6 +201,45 @@ async fn admin_health_forces_the_verdict_down_and_back() {
 }
 
 #[tokio::test]
+async fn admin_errors_fail_that_share_of_item_requests_and_leave_health_alone() {
+    let svc = start("us-east", vec![]).await;
+    let inject = |share: f64| {
+        call(
+            svc.addr,
+            Method::POST,
+            "/admin/errors",
+            &[("content-type", "application/json")],
+            json!({ "share": share }).to_string(),
+        )
+    };
+    assert_eq!(inject(1.0).await.status, StatusCode::OK);
+    let failed = get(svc.addr, "/items/a").await;
+    assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(failed.body["error"], "injected error");
+    assert_eq!(get(svc.addr, "/health").await.status, StatusCode::OK);
+    let mut failures = 0;
+    assert_eq!(inject(0.2).await.status, StatusCode::OK);
+    for _ in 0..500 {
+        failures += usize::from(get(svc.addr, "/items/a").await.status.is_server_error());
+    }
+    assert!(
+        (50..150).contains(&failures),
+        "{failures} of 500 failed at 20%"
+    );
+    assert_eq!(inject(0.0).await.status, StatusCode::OK);
+    assert_eq!(get(svc.addr, "/items/a").await.status, StatusCode::OK);
+    let bad = call(
+        svc.addr,
+        Method::POST,
+        "/admin/errors",
+        &[],
+        "{\"share\": 2}",
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
 async fn idempotency_key_replays_the_first_payment() {
     let svc = start("us-east", vec![]).await;
     let pay = |key: Option<&'static str>| {
