@@ -402,8 +402,22 @@ impl Drill {
         if self.phase.finished() {
             return Decision::Wait;
         }
-        if let Some(reason) = self.breach_at(now, reading) {
-            return Decision::Abort { reason };
+        // While the writers move (a planned switchover pauses writes for a
+        // moment, under the plan's own gate and step timeouts), and for two
+        // windows after (the windows still hold that pause), the guardrails
+        // are not judged.
+        let writer_moving = matches!(
+            self.phase,
+            Phase::MovingWriter { .. } | Phase::ReturningWriter
+        );
+        let after_move = self.history.last().is_some_and(|r| {
+            matches!(r.phase, Phase::MovingWriter { .. })
+                && now < self.phase_since + self.spec.guardrails.window * 2
+        });
+        if !writer_moving && !after_move {
+            if let Some(reason) = self.breach_at(now, reading) {
+                return Decision::Abort { reason };
+            }
         }
         let held = now.saturating_sub(self.phase_since);
         let evidence = || summarize(reading);
@@ -683,6 +697,20 @@ mod tests {
                 "returning-writer"
             ]
         );
+    }
+
+    #[test]
+    fn the_guardrails_rest_while_the_writer_moves_and_two_windows_after() {
+        let mut sp = spec();
+        sp.switchover_at = Some(10);
+        let mut d = Drill::new(1, sp, "op".into(), s(0));
+        d.advance(Phase::MovingWriter { step: 0 }, vec![], s(10));
+        let mut bad = good();
+        bad.get_mut("us-west").unwrap().as_mut().unwrap().errors = 500;
+        assert_eq!(d.next(s(11), &bad, false), Decision::MoveWriters { away: true });
+        d.advance(Phase::Evacuating { step: 0 }, vec![], s(14));
+        assert!(!matches!(d.next(s(20), &bad, true), Decision::Abort { .. }));
+        assert!(matches!(d.next(s(25), &bad, true), Decision::Abort { .. }));
     }
 
     #[test]
