@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tern_core::control::Command;
-use tern_core::drill::{Decision, Drill, Reading, WindowStats};
+use tern_core::drill::{Decision, Drill, Reading, WindowStats, Writers};
 use tern_core::failover::PlanKind;
 
 use crate::node::Controller;
@@ -59,14 +59,24 @@ impl Controller {
             .collect()
     }
 
-    /// Whether every database writer is away from `region`, with no plan
-    /// running.
-    fn writers_away(&self, region: &str) -> bool {
+    /// Where the writers of the clusters with a node in `region` are.
+    fn writers(&self, region: &str) -> Writers {
         self.machine.with(|m| {
-            m.state
+            let clusters: Vec<_> = m
+                .state
                 .clusters()
                 .values()
-                .all(|c| c.writer.region != region && c.active_plan().is_none())
+                .filter(|c| c.spec.regions.iter().any(|r| r == region))
+                .collect();
+            if clusters.is_empty() {
+                Writers::None
+            } else if clusters.iter().any(|c| c.active_plan().is_some()) {
+                Writers::Moving
+            } else if clusters.iter().any(|c| c.writer.region == region) {
+                Writers::Home
+            } else {
+                Writers::Away
+            }
         })
     }
 
@@ -80,11 +90,11 @@ impl Controller {
         };
         let now = self.cluster_now();
         let reading = self.guardrail_reading();
-        let away = self.writers_away(&drill.spec.region);
+        let writers = self.writers(&drill.spec.region);
         let wall_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let command = match drill.next(now, &reading, away) {
+        let command = match drill.next(now, &reading, writers) {
             Decision::Wait => {
                 if now.saturating_sub(drill.last_seen) < drill.spec.guardrails.window {
                     return;

@@ -304,6 +304,20 @@ pub struct WindowStats {
 /// window, or `None` when no edge of that region reported.
 pub type Reading = BTreeMap<String, Option<WindowStats>>;
 
+/// Where the evacuated region's database writers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writers {
+    /// Every cluster with a node in the region has its writer there (or
+    /// the region holds no writer to move): nothing moves.
+    Home,
+    /// Every writer of the region's clusters is elsewhere, no plan runs.
+    Away,
+    /// A plan is moving a writer now.
+    Moving,
+    /// The region has no database node: nothing to move.
+    None,
+}
+
 /// What the leader commits next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -395,10 +409,9 @@ impl Drill {
         None
     }
 
-    /// What to do at `now`, given the guardrails' `reading` and whether the
-    /// writers are away from the region (`writers_away`: every database
-    /// writer of the region moved, and no plan runs).
-    pub fn next(&self, now: Duration, reading: &Reading, writers_away: bool) -> Decision {
+    /// What to do at `now`, given the guardrails' `reading` and where the
+    /// region's database writers are.
+    pub fn next(&self, now: Duration, reading: &Reading, writers: Writers) -> Decision {
         if self.phase.finished() {
             return Decision::Wait;
         }
@@ -424,7 +437,9 @@ impl Drill {
         match &self.phase {
             Phase::Evacuating { step } if held >= self.spec.hold => {
                 let step = *step;
-                if Some(self.spec.steps[step]) == self.spec.switchover_at && !writers_away {
+                if Some(self.spec.steps[step]) == self.spec.switchover_at
+                    && matches!(writers, Writers::Home | Writers::Moving)
+                {
                     return Decision::Advance {
                         phase: Phase::MovingWriter { step },
                         evidence: evidence(),
@@ -440,17 +455,15 @@ impl Drill {
                     evidence: evidence(),
                 }
             }
-            Phase::MovingWriter { step } => {
-                if writers_away {
-                    // The step is held again, now with the writers away.
-                    Decision::Advance {
-                        phase: Phase::Evacuating { step: *step },
-                        evidence: evidence(),
-                    }
-                } else {
-                    Decision::MoveWriters { away: true }
-                }
-            }
+            Phase::MovingWriter { step } => match writers {
+                // The step is held again, now with the writers away.
+                Writers::Away | Writers::None => Decision::Advance {
+                    phase: Phase::Evacuating { step: *step },
+                    evidence: evidence(),
+                },
+                Writers::Home => Decision::MoveWriters { away: true },
+                Writers::Moving => Decision::Wait,
+            },
             Phase::Returning { step } if held >= self.spec.hold || self.share() == 0 => {
                 let last = self.spec.return_steps.len().saturating_sub(1);
                 if *step < last {
@@ -471,16 +484,14 @@ impl Drill {
                     }
                 }
             }
-            Phase::ReturningWriter => {
-                if writers_away {
-                    Decision::MoveWriters { away: false }
-                } else {
-                    Decision::Advance {
-                        phase: Phase::Passed,
-                        evidence: evidence(),
-                    }
-                }
-            }
+            Phase::ReturningWriter => match writers {
+                Writers::Away => Decision::MoveWriters { away: false },
+                Writers::Home | Writers::None => Decision::Advance {
+                    phase: Phase::Passed,
+                    evidence: evidence(),
+                },
+                Writers::Moving => Decision::Wait,
+            },
             _ => Decision::Wait,
         }
     }
@@ -564,10 +575,18 @@ mod tests {
     /// Runs the drill on `reading` every second until it finishes or 600 s pass.
     fn run(mut d: Drill, reading: impl Fn(Duration, &Drill) -> Reading) -> (Drill, Vec<u8>) {
         let mut shares = vec![d.share()];
-        let mut writers_away = false;
+        // A move takes two ticks: moving, then there.
+        let mut writers = Writers::Home;
+        let mut moving: Option<(Writers, u64)> = None;
         for t in 1..600 {
             let now = s(t);
-            match d.next(now, &reading(now, &d), writers_away) {
+            if let Some((to, at)) = moving {
+                if t >= at {
+                    writers = to;
+                    moving = None;
+                }
+            }
+            match d.next(now, &reading(now, &d), writers) {
                 Decision::Wait => {}
                 Decision::Advance { phase, evidence } => {
                     d.advance(phase, evidence, now);
@@ -577,7 +596,11 @@ mod tests {
                     d.advance(Phase::Aborted { reason }, vec![], now);
                     shares.push(d.share());
                 }
-                Decision::MoveWriters { away } => writers_away = away,
+                Decision::MoveWriters { away } => {
+                    writers = Writers::Moving;
+                    let to = if away { Writers::Away } else { Writers::Home };
+                    moving = Some((to, t + 2));
+                }
             }
             if d.phase.finished() {
                 break;
@@ -649,7 +672,7 @@ mod tests {
                 age: s(1),
             }),
         );
-        let Decision::Abort { reason } = d.next(s(1), &r, false) else {
+        let Decision::Abort { reason } = d.next(s(1), &r, Writers::Home) else {
             panic!()
         };
         assert!(reason.contains("p99 latency of clients in us-east 1500 ms over 1000 ms"));
@@ -661,13 +684,16 @@ mod tests {
         let mut r = good();
         r.insert("us-west".into(), None);
         // In the first window the edges are still learning of the drill.
-        assert_eq!(d.next(s(1), &r, false), Decision::Wait);
+        assert_eq!(d.next(s(1), &r, Writers::Home), Decision::Wait);
         assert!(
-            matches!(d.next(s(6), &r, false), Decision::Abort { reason } if reason.contains("missing data"))
+            matches!(d.next(s(6), &r, Writers::Home), Decision::Abort { reason } if reason.contains("missing data"))
         );
         let mut r = good();
         r.get_mut("us-west").unwrap().as_mut().unwrap().age = s(11);
-        assert!(matches!(d.next(s(6), &r, false), Decision::Abort { .. }));
+        assert!(matches!(
+            d.next(s(6), &r, Writers::Home),
+            Decision::Abort { .. }
+        ));
         let mut r = good();
         *r.get_mut("us-west").unwrap() = Some(WindowStats {
             requests: 5,
@@ -675,7 +701,7 @@ mod tests {
             p99: s(9),
             age: s(1),
         });
-        assert_eq!(d.next(s(1), &r, false), Decision::Wait);
+        assert_eq!(d.next(s(1), &r, Writers::Home), Decision::Wait);
     }
 
     #[test]
@@ -707,10 +733,20 @@ mod tests {
         d.advance(Phase::MovingWriter { step: 0 }, vec![], s(10));
         let mut bad = good();
         bad.get_mut("us-west").unwrap().as_mut().unwrap().errors = 500;
-        assert_eq!(d.next(s(11), &bad, false), Decision::MoveWriters { away: true });
+        assert_eq!(
+            d.next(s(11), &bad, Writers::Home),
+            Decision::MoveWriters { away: true }
+        );
+        assert_eq!(d.next(s(12), &bad, Writers::Moving), Decision::Wait);
         d.advance(Phase::Evacuating { step: 0 }, vec![], s(14));
-        assert!(!matches!(d.next(s(20), &bad, true), Decision::Abort { .. }));
-        assert!(matches!(d.next(s(25), &bad, true), Decision::Abort { .. }));
+        assert!(!matches!(
+            d.next(s(20), &bad, Writers::Away),
+            Decision::Abort { .. }
+        ));
+        assert!(matches!(
+            d.next(s(25), &bad, Writers::Away),
+            Decision::Abort { .. }
+        ));
     }
 
     #[test]

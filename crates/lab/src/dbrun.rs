@@ -48,6 +48,39 @@ pub async fn switchover(deployment: &Deployment, to: &str) -> Result<u64> {
     }
 }
 
+/// Commits a drill as `tern drill start` does; returns its id.
+pub async fn start_drill(
+    deployment: &Deployment,
+    spec: &tern_core::drill::DrillSpec,
+) -> Result<u64> {
+    let command = Command::StartDrill {
+        spec: spec.clone(),
+        actor: "the lab's operator".into(),
+        wall_ms: 0,
+    };
+    let answer = controllers(deployment)
+        .write(&command)
+        .await
+        .map_err(|e| anyhow!("drill of {}: {e}", spec.region))?;
+    match answer.applied {
+        Applied::Drill(id) => Ok(id),
+        other => Err(anyhow!("drill of {}: answered {other:?}", spec.region)),
+    }
+}
+
+/// The running or last drill as a controller in quorum has it; `None`
+/// when there was none (or no controller answers within a few tries).
+pub async fn last_drill(deployment: &Deployment) -> Option<tern_core::drill::Drill> {
+    let client = controllers(deployment);
+    for _ in 0..20 {
+        match client.drills().await {
+            Ok(v) if v.in_quorum => return v.current,
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    None
+}
+
 /// The cluster as the controllers see it, retried for a while (a leader
 /// may be moving at the end of a scenario).
 async fn cluster(deployment: &Deployment) -> Result<(ClustersView, ClusterState)> {

@@ -26,6 +26,7 @@ pub mod db_report;
 pub mod dbrun;
 pub mod dns_client;
 pub mod dns_report;
+pub mod drill_report;
 pub mod html;
 pub mod https;
 pub mod load;

@@ -97,6 +97,20 @@ pub struct Targets {
     /// Every edge answered over HTTPS (TLS trusting the lab's CA, h2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub https_at_every_edge: Option<bool>,
+    /// The drill passed (its committed outcome).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill_passed: Option<bool>,
+    /// Each phase's share of requests served outside the evacuated region,
+    /// from the clients' records, within the tolerance of the drill's share.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill_shares_as_planned: Option<bool>,
+    /// A breach aborted the drill in time, and the clients' requests went
+    /// back to the region (from their records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill_aborted_in_time: Option<bool>,
+    /// Requests failed by the breach within the lab's stated bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breach_failures_within_bound: Option<bool>,
 }
 
 impl Targets {
@@ -144,6 +158,19 @@ impl Targets {
             ("no failed write", self.no_failed_writes),
             ("no failover (the writer never moved)", self.no_failover),
             ("every edge answered over HTTPS", self.https_at_every_edge),
+            ("the drill passed", self.drill_passed),
+            (
+                "traffic moved as each drill step said (clients' records)",
+                self.drill_shares_as_planned,
+            ),
+            (
+                "the drill aborted within 2 windows + 2 s of the breach and traffic came back",
+                self.drill_aborted_in_time,
+            ),
+            (
+                "requests failed by the breach within the bound",
+                self.breach_failures_within_bound,
+            ),
         ];
         all.into_iter()
             .filter_map(|(name, t)| t.map(|t| (name, t)))
@@ -244,6 +271,9 @@ pub struct Report {
     /// The same fault seen by clients that find edges through DNS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_path: Option<crate::dns_report::DnsPathReport>,
+    /// The drill of a drill scenario, judged from the clients' records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill: Option<crate::drill_report::DrillOutcome>,
     /// What happened to the payments written to PostgreSQL (with the database).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writes: Option<crate::db_report::WriteReport>,
@@ -611,6 +641,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         restore_ms: moments.restore_ms,
         end_ms: moments.end_ms,
         dns_path: None,
+        drill: None,
         writes: None,
         database: None,
         https: Vec::new(),
@@ -632,6 +663,37 @@ fn edge_route_changes(routing: &[RoutingSample]) -> usize {
 }
 
 impl Report {
+    /// Adds a drill scenario's drill and the targets that depend on it.
+    pub fn add_drill(&mut self, d: crate::drill_report::DrillOutcome, window_ms: f64) {
+        match self.scenario.as_str() {
+            "evacuation" => {
+                self.targets.drill_passed = Some(d.outcome == "passed");
+                self.targets.drill_shares_as_planned = Some(d.shares_within_tolerance());
+            }
+            "evacuation-abort" => {
+                // Requests fail during the breach by design: the bound
+                // replaces "no failed request".
+                self.targets.no_failures = None;
+                let in_time = match (d.breach_ms, d.aborted_ms) {
+                    (Some(b), Some(a)) => {
+                        a - b <= crate::drill_report::abort_deadline_ms(window_ms)
+                    }
+                    _ => false,
+                };
+                let back = d
+                    .after_share
+                    .is_some_and(|s| s <= crate::drill_report::SHARE_TOLERANCE);
+                self.targets.drill_aborted_in_time = Some(in_time && back);
+                self.targets.breach_failures_within_bound = Some(
+                    d.failed_during_breach
+                        .is_some_and(|f| f <= crate::drill_report::BREACH_FAILURE_BOUND),
+                );
+            }
+            _ => {}
+        }
+        self.drill = Some(d);
+    }
+
     /// Adds the write oracle's report and the targets that depend on it.
     pub fn add_writes(&mut self, w: crate::db_report::WriteOutcome, sync: bool) {
         let r = &w.report;
@@ -640,7 +702,7 @@ impl Report {
         let zero_loss = sync
             || matches!(
                 self.scenario.as_str(),
-                "switchover" | "agent-loss" | "rolling-restart"
+                "switchover" | "agent-loss" | "rolling-restart" | "evacuation" | "evacuation-abort"
             );
         if self.scenario == "rolling-restart" {
             self.targets.no_failed_writes = Some(r.failed_writes == 0);
@@ -1022,6 +1084,9 @@ impl Report {
             }
             out.push_str(&w.table());
         }
+        if let Some(drill) = &self.drill {
+            out.push_str(&drill.render());
+        }
         if let Some(dns) = &self.dns_path {
             out.push_str(&dns.table());
         }
@@ -1139,6 +1204,10 @@ mod tests {
             no_failed_writes: Some(true),
             no_failover: Some(true),
             https_at_every_edge: Some(true),
+            drill_passed: Some(true),
+            drill_shares_as_planned: Some(true),
+            drill_aborted_in_time: Some(true),
+            breach_failures_within_bound: Some(true),
         };
         assert!(t.all_met());
         let n = t.list().len();
@@ -1159,7 +1228,11 @@ mod tests {
                 11 => broken.nothing_failed_before_the_fault = Some(false),
                 12 => broken.no_failed_writes = Some(false),
                 13 => broken.no_failover = Some(false),
-                _ => broken.https_at_every_edge = Some(false),
+                14 => broken.https_at_every_edge = Some(false),
+                15 => broken.drill_passed = Some(false),
+                16 => broken.drill_shares_as_planned = Some(false),
+                17 => broken.drill_aborted_in_time = Some(false),
+                _ => broken.breach_failures_within_bound = Some(false),
             }
             assert!(
                 !broken.all_met(),

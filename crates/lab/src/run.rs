@@ -436,6 +436,37 @@ struct Faults {
     /// Audit-log length of the cut-off controller when the partition began.
     minority_at_cut: Option<(SocketAddr, usize)>,
     minority_decisions: Option<usize>,
+    /// When a drill scenario's breach started.
+    breach_ms: Option<f64>,
+}
+
+/// Has `region`'s sample service fail `share` of its item and root
+/// requests (`POST /admin/errors`).
+async fn inject_errors(deployment: &Deployment, region: &str, share: f64) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = deployment
+        .serving
+        .iter()
+        .find(|r| r.spec.name == region)
+        .map(|r| r.service_addr)
+        .ok_or_else(|| anyhow::anyhow!("no serving region {region}"))?;
+    let body = format!("{{\"share\": {share}}}");
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!(
+            "POST /admin/errors HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await?;
+    let text = String::from_utf8_lossy(&answer);
+    if !text.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("{region}'s service refused the error injection: {text}");
+    }
+    Ok(())
 }
 
 /// Carries out one step of the scenario.
@@ -544,6 +575,17 @@ async fn apply_step(
         Action::RestartEdge(region) => {
             faults.fault_ms.get_or_insert(clock.ms());
             deployment.restart_edge(region).await?;
+        }
+        Action::StartDrill(spec) => {
+            faults.fault_ms.get_or_insert(clock.ms());
+            let id = dbrun::start_drill(deployment, spec).await?;
+            println!("{} drill {id} committed", clock.stamp());
+        }
+        Action::InjectErrors { region, per_mille } => {
+            if *per_mille > 0 {
+                faults.breach_ms.get_or_insert(clock.ms());
+            }
+            inject_errors(deployment, region, f64::from(*per_mille) / 1000.0).await?;
         }
     }
     Ok(())
@@ -665,6 +707,7 @@ async fn judge(
         dark_ms,
         restore_ms,
         minority_decisions,
+        breach_ms,
         ..
     } = faults;
     // With the database, payments are the write load, counted apart from
@@ -768,6 +811,13 @@ async fn judge(
     ));
     report.probe_failures = probe_failures;
     report.add_control(facts);
+    if let Some(drill) = dbrun::last_drill(deployment).await {
+        let window_ms = drill.spec.guardrails.window.as_millis() as f64;
+        report.add_drill(
+            crate::drill_report::judge(&drill, clock, &records, breach_ms, end_ms),
+            window_ms,
+        );
+    }
     if let Some(w) = write_outcome {
         let w: db_report::WriteOutcome = w.context("the write oracle")?;
         let sync = deployment.db.as_ref().is_some_and(|d| d.settings.sync);

@@ -46,6 +46,11 @@ pub enum Action {
     RestartAgent(String),
     /// The same for the region's edge (not ready, then draining, then gone).
     RestartEdge(String),
+    /// An operator starts a drill (`tern drill start`).
+    StartDrill(Box<tern_core::drill::DrillSpec>),
+    /// The region's sample service answers this share, per mille, of item
+    /// and root requests with 500 (0 stops it).
+    InjectErrors { region: String, per_mille: u16 },
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +81,8 @@ pub const NAMES: &[&str] = &[
     "failback",
     "agent-loss",
     "rolling-restart",
+    "evacuation",
+    "evacuation-abort",
 ];
 
 /// What a scenario does, in the one line that `tern lab --help` and the
@@ -93,8 +100,31 @@ pub fn about(name: &str) -> Option<&'static str> {
         "failback" => "us-east is killed and the database fails over; us-east rejoins and gets the writer back (needs the database)",
         "agent-loss" => "us-east's agent is killed while its node is the primary, then starts again (needs the database)",
         "rolling-restart" => "every controller, then every agent, then every edge is restarted one at a time under load, as an upgrade would (needs the database)",
+        "evacuation" => "a drill evacuates us-east in steps of 10, 50 and 100%, its writer switched over at 50% and back at the end (needs the database)",
+        "evacuation-abort" => "a drill evacuates us-east while us-west starts failing 30% of its requests; the drill must abort and restore routing (needs the database)",
         _ => return None,
     })
+}
+
+/// How long each step of the lab's drills is held.
+pub const DRILL_HOLD: Duration = Duration::from_secs(5);
+
+/// The lab's drill of us-east: 10, 50 and 100%, each held [`DRILL_HOLD`],
+/// back at once; guardrails of 1% errors and a 2 s p99 over 2 s windows.
+pub fn drill_spec(switchover_at: Option<u8>) -> tern_core::drill::DrillSpec {
+    tern_core::drill::DrillSpec {
+        region: "us-east".into(),
+        steps: vec![10, 50, 100],
+        hold: DRILL_HOLD,
+        return_steps: Vec::new(),
+        switchover_at,
+        guardrails: tern_core::drill::Guardrails {
+            max_error_rate: 0.01,
+            max_p99: Duration::from_secs(2),
+            window: Duration::from_secs(2),
+            min_requests: 20,
+        },
+    }
 }
 
 impl Scenario {
@@ -292,6 +322,53 @@ impl Scenario {
                     failed_region: None,
                     steps,
                     duration: at + Duration::from_secs(6),
+                    needs_db: true,
+                })
+            }
+            "evacuation" => {
+                let at = Duration::from_secs(6) + jitter;
+                Ok(Scenario {
+                    name: "evacuation",
+                    failed_region: None,
+                    steps: vec![Step {
+                        at,
+                        action: Action::StartDrill(Box::new(drill_spec(Some(50)))),
+                        label: "drill: us-east is evacuated in steps of 10, 50 and 100%, its writer moved at 50%".into(),
+                    }],
+                    duration: at + Duration::from_secs(45),
+                    needs_db: true,
+                })
+            }
+            "evacuation-abort" => {
+                let at = Duration::from_secs(6) + jitter;
+                Ok(Scenario {
+                    name: "evacuation-abort",
+                    failed_region: None,
+                    steps: vec![
+                        Step {
+                            at,
+                            action: Action::StartDrill(Box::new(drill_spec(None))),
+                            label: "drill: us-east is evacuated in steps of 10, 50 and 100%".into(),
+                        },
+                        Step {
+                            // Into the 50% step.
+                            at: at + DRILL_HOLD + Duration::from_secs(2),
+                            action: Action::InjectErrors {
+                                region: "us-west".into(),
+                                per_mille: 300,
+                            },
+                            label: "breach: us-west's service fails 30% of its requests".into(),
+                        },
+                        Step {
+                            at: at + DRILL_HOLD + Duration::from_secs(14),
+                            action: Action::InjectErrors {
+                                region: "us-west".into(),
+                                per_mille: 0,
+                            },
+                            label: "us-west's service is healthy again".into(),
+                        },
+                    ],
+                    duration: at + DRILL_HOLD + Duration::from_secs(20),
                     needs_db: true,
                 })
             }
