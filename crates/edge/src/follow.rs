@@ -139,3 +139,36 @@ pub async fn follow(
         }
     }
 }
+
+/// While the committed table names a drill window, sends the last window's
+/// figures to every controller once a second, until `stop`.
+pub async fn report_guardrails(
+    state: Arc<EdgeState>,
+    client: ControllerClient,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let window = state.routing.read().expect("routing lock").drill_window;
+        let Some(window) = window else {
+            continue;
+        };
+        let now = state.clock.now().as_secs();
+        let t = state.clients.totals(now, window);
+        let report = tern_proto::api::GuardrailReport {
+            region: state.region.clone(),
+            window_ms: window.as_millis() as u64,
+            requests: t.requests,
+            errors: t.errors,
+            p99_ms: t.p99_ms,
+        };
+        if client.report_guardrails(&report).await == 0 {
+            tracing::warn!("no controller took this edge's guardrail report");
+        }
+    }
+}

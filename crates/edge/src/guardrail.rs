@@ -2,18 +2,11 @@
 //! requests, failures (5xx, or no answer) and a latency histogram of the
 //! time to response headers, in a ring of one-second slots updated with
 //! atomics (no lock on the request path). While the committed routing
-//! table says a drill runs, [`report_loop`] sends the controllers the last
-//! window's figures once a second.
+//! table says a drill runs, `follow::report_guardrails` sends the
+//! controllers the last window's figures once a second.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-
-use tern_proto::api::GuardrailReport;
-use tern_proto::ControllerClient;
-use tokio_util::sync::CancellationToken;
-
-use crate::state::EdgeState;
 
 /// Seconds kept: the longest window a drill can be judged over.
 const SLOTS: usize = 64;
@@ -129,35 +122,6 @@ impl ClientWindow {
             }
         }
         t
-    }
-}
-
-/// While the committed table names a drill window, sends the last window's
-/// figures to every controller once a second, until `stop`.
-pub async fn report_loop(state: Arc<EdgeState>, client: ControllerClient, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let window = state.routing.read().expect("routing lock").drill_window;
-        let Some(window) = window else {
-            continue;
-        };
-        let now = state.clock.now().as_secs();
-        let t = state.clients.totals(now, window);
-        let report = GuardrailReport {
-            region: state.region.clone(),
-            window_ms: window.as_millis() as u64,
-            requests: t.requests,
-            errors: t.errors,
-            p99_ms: t.p99_ms,
-        };
-        if client.report_guardrails(&report).await == 0 {
-            tracing::warn!("no controller took this edge's guardrail report");
-        }
     }
 }
 

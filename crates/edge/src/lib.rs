@@ -293,7 +293,7 @@ impl Edge {
         if let Some(client) = controllers {
             tasks.spawn(
                 "guardrail reports",
-                guardrail::report_loop(state.clone(), client.clone(), background.clone()),
+                follow::report_guardrails(state.clone(), client.clone(), background.clone()),
             );
             let path = state.settings.routing_state.clone();
             tasks.spawn(

@@ -532,8 +532,7 @@ pub async fn status(target: Target) -> ExitCode {
                         );
                     }
                     println!("practice (last passed drill):");
-                    for line in crate::drill::practice(&d.last_pass, crate::drill::max_age(&target))
-                    {
+                    for line in practice(&d.last_pass, max_age(&target)) {
                         println!("  {line}");
                     }
                 }
@@ -786,4 +785,46 @@ pub async fn route(cmd: RouteCommand) -> ExitCode {
         }
         Err(e) => unavailable(e),
     }
+}
+
+/// The `[drill] max_age` of the file `target` names, else the default
+/// (30 days).
+pub fn max_age(target: &Target) -> Duration {
+    target
+        .config
+        .as_ref()
+        .and_then(|p| crate::load(p).ok())
+        .map_or(tern_core::drill::DrillSettings::default().max_age, |c| {
+            c.drill.max_age
+        })
+}
+
+/// "REGION: N days ago" per region with a passed drill, with a warning
+/// past `max_age`.
+pub fn practice(
+    last_pass: &std::collections::BTreeMap<String, u64>,
+    max_age: Duration,
+) -> Vec<String> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if last_pass.is_empty() {
+        return vec!["none: no region has passed a drill (never practised)".into()];
+    }
+    last_pass
+        .iter()
+        .map(|(region, at)| {
+            let age = Duration::from_millis(now_ms.saturating_sub(*at));
+            let days = age.as_secs_f64() / 86_400.0;
+            let stale = if age > max_age {
+                format!(
+                    " (WARNING: older than {:.0} days; practise again)",
+                    max_age.as_secs_f64() / 86_400.0
+                )
+            } else {
+                String::new()
+            };
+            format!("{region}: {days:.1} days ago{stale}")
+        })
+        .collect()
 }
