@@ -273,6 +273,46 @@ pub fn render(node: &Controller) -> String {
             .set(i64::from(rep.read_only || rep.role == "down"));
     }
 
+    // Drills: when each serving region last passed one (0: never, so that
+    // an alert can fire on "never practised"), and the running drill.
+    let (last_pass, evacuation, running) = node.machine.with(|m| {
+        (
+            m.state.last_drill_pass().clone(),
+            m.state.routing().evacuation.clone(),
+            m.state
+                .drill()
+                .filter(|d| !d.phase.finished())
+                .map(|d| d.spec.region.clone()),
+        )
+    });
+    let passed = family::<FloatGauge>(
+        &mut r,
+        "tern_drill_last_pass_timestamp_seconds",
+        "Unix time of the region's last passed drill (0: never practised)",
+    );
+    let share = family::<Gauge>(
+        &mut r,
+        "tern_drill_evacuation_percent",
+        "The share of the region's traffic a running drill sends elsewhere",
+    );
+    let drilling = family::<Gauge>(
+        &mut r,
+        "tern_drill_running",
+        "1 while a drill of the region runs",
+    );
+    for region in &node.regions {
+        let labels = label(&[("region", region)]);
+        passed
+            .get_or_create(&labels)
+            .set(last_pass.get(region).map_or(0.0, |ms| *ms as f64 / 1000.0));
+        share
+            .get_or_create(&labels)
+            .set(i64::from(evacuation.get(region).copied().unwrap_or(0)));
+        drilling
+            .get_or_create(&labels)
+            .set(i64::from(running.as_deref() == Some(region.as_str())));
+    }
+
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String cannot fail");
     out

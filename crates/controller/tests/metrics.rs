@@ -107,6 +107,20 @@ async fn metrics_say_who_leads_who_is_in_quorum_and_what_the_leases_hold() {
         Some(0.0),
         "{body}"
     );
+    // No drill yet: never practised (0), none running.
+    assert_eq!(
+        sample(
+            &body,
+            "tern_drill_last_pass_timestamp_seconds{region=\"east\"}"
+        ),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "tern_drill_running{region=\"east\"}"),
+        Some(0.0),
+        "{body}"
+    );
 
     let (_, body) = scrape(&g, follower).await;
     assert_eq!(
