@@ -10,7 +10,7 @@ use tern_core::control::{Applied, Command};
 use tern_core::drill::{Drill, DrillSpec, Guardrails, Phase};
 use tern_proto::http::CallError;
 
-use crate::ops::{actor, unavailable, Target};
+use crate::ops::{actor, unavailable, Controllers, Target};
 use crate::EX_USAGE;
 
 #[derive(Subcommand)]
@@ -35,8 +35,12 @@ pub enum DrillCommand {
         id: Option<u64>,
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
+        /// Also write the drill as an HTML page (a step chart and every
+        /// phase against the guardrails).
+        #[arg(long, value_name = "PATH")]
+        html: Option<PathBuf>,
         #[command(flatten)]
-        target: Target,
+        target: Controllers,
     },
 }
 
@@ -123,7 +127,12 @@ pub async fn run(command: DrillCommand) -> ExitCode {
         DrillCommand::Start(args) => start(args).await,
         DrillCommand::Status { target } => status(&target).await,
         DrillCommand::Abort { target } => abort(&target).await,
-        DrillCommand::Report { id, json, target } => report(id, json, &target).await,
+        DrillCommand::Report {
+            id,
+            json,
+            html,
+            target,
+        } => report(id, json, html, &target).await,
     }
 }
 
@@ -339,7 +348,12 @@ async fn abort(target: &Target) -> ExitCode {
     }
 }
 
-async fn report(id: Option<u64>, json: Option<PathBuf>, target: &Target) -> ExitCode {
+async fn report(
+    id: Option<u64>,
+    json: Option<PathBuf>,
+    html: Option<PathBuf>,
+    target: &Controllers,
+) -> ExitCode {
     let client = match target.client() {
         Ok(c) => c,
         Err(code) => return code,
@@ -361,6 +375,13 @@ async fn report(id: Option<u64>, json: Option<PathBuf>, target: &Target) -> Exit
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(drill).expect("serializes");
         if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("tern drill report: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = html {
+        if let Err(e) = std::fs::write(&path, crate::drill_html::render(drill)) {
             eprintln!("tern drill report: {}: {e}", path.display());
             return ExitCode::FAILURE;
         }

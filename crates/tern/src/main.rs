@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod drill;
+mod drill_html;
 mod notify;
 mod ops;
 mod sockets;

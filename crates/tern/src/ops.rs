@@ -41,10 +41,28 @@ pub struct ControllerArgs {
     pub join: bool,
 }
 
-/// Where to find the controllers: `--controller` addresses, or the nodes of
-/// a configuration file's `[controller]` table.
+/// Where to find the controllers, and how to print the answer.
 #[derive(Args, Clone)]
 pub struct Target {
+    #[command(flatten)]
+    pub at: Controllers,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl std::ops::Deref for Target {
+    type Target = Controllers;
+
+    fn deref(&self) -> &Controllers {
+        &self.at
+    }
+}
+
+/// Where to find the controllers: `--controller` addresses, or the nodes of
+/// a configuration file's `[controller]` table; and who the caller is.
+#[derive(Args, Clone)]
+pub struct Controllers {
     /// A controller's address; repeat for several (any node answers).
     #[arg(long = "controller", value_name = "ADDR")]
     pub controllers: Vec<SocketAddr>,
@@ -60,12 +78,9 @@ pub struct Target {
     /// The key of `--cert` (PEM).
     #[arg(long, env = "TERN_KEY", value_name = "PEM")]
     pub key: Option<PathBuf>,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
 }
 
-impl Target {
+impl Controllers {
     pub(crate) fn client(&self) -> Result<ControllerClient, ExitCode> {
         let mut addrs = self.controllers.clone();
         let mut tls = None;
@@ -789,7 +804,7 @@ pub async fn route(cmd: RouteCommand) -> ExitCode {
 
 /// The `[drill] max_age` of the file `target` names, else the default
 /// (30 days).
-pub fn max_age(target: &Target) -> Duration {
+pub fn max_age(target: &Controllers) -> Duration {
     target
         .config
         .as_ref()
