@@ -1,15 +1,21 @@
-//! The controller's HTTP API server: one connection task per client,
-//! routes dispatched by method and path to the node, every failure an
-//! [`tern_proto::api::ApiError`] body. The shapes are in
-//! [`tern_proto::api`].
+//! The controller's HTTP API server: one connection task per client (TLS
+//! accepted here, the caller's certificate read once per connection), and
+//! an axum [`Router`] whose authorization layer and handlers decide what the
+//! caller may do; every failure is an [`tern_proto::api::ApiError`] body.
+//! The shapes are in [`tern_proto::api`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::{DefaultBodyLimit, Extension, Query, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
 use bytes::Bytes;
-use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,6 +31,7 @@ use tern_proto::api::{
 use tern_proto::http::{error, json};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower_service::Service as _;
 
 use crate::commit::{WriteError, FORWARDED};
 use crate::node::Controller;
@@ -43,6 +50,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP otherwise (every caller is trusted; see `[controller.tls]`).
 pub(crate) async fn serve(node: Arc<Controller>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     let stop = node.stop.clone();
+    let app = router(node.clone()).layer(DefaultBodyLimit::max(MAX_BODY));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -56,6 +64,7 @@ pub(crate) async fn serve(node: Arc<Controller>, listener: TcpListener, tls: Opt
         let node = node.clone();
         let conn_stop = node.stop.clone();
         let tls = tls.clone();
+        let app = app.clone();
         tokio::spawn(async move {
             let (io, who) = match tls {
                 None => (Io::Plain(stream), None),
@@ -86,10 +95,14 @@ pub(crate) async fn serve(node: Arc<Controller>, listener: TcpListener, tls: Opt
                     }
                 }
             };
-            let svc = service_fn(move |req| {
-                let node = node.clone();
-                let who = who.clone();
-                async move { Ok::<_, Infallible>(route(node, who, req).await) }
+            let svc = service_fn(move |mut req: http::Request<Incoming>| {
+                req.extensions_mut().insert(Caller(who.clone()));
+                let mut app = app.clone();
+                async move {
+                    // Bodies over MAX_BODY are refused with 413 (DefaultBodyLimit).
+                    let req = req.map(axum::body::Body::new);
+                    Ok::<_, Infallible>(app.call(req).await.unwrap_or_else(|e| match e {}))
+                }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             // A client that sends no request head for this long is dropped.
@@ -106,21 +119,62 @@ pub(crate) async fn serve(node: Arc<Controller>, listener: TcpListener, tls: Opt
     }
 }
 
-async fn body<T: DeserializeOwned>(req: http::Request<Incoming>) -> Result<T, Resp> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| error(ErrorKind::BadRequest, format!("reading the body: {e}")))?
-        .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|e| error(ErrorKind::BadRequest, format!("bad JSON body: {e}")))
+/// What every handler gets: the node, and who is calling (`None` when the
+/// server runs without TLS: every caller is trusted).
+#[derive(Clone)]
+struct Caller(Option<Principal>);
+
+type App = State<Arc<Controller>>;
+
+/// The API's routes. Authorization comes in two layers: [`by_route`]
+/// decides for the requests whose route says everything (Raft, reads,
+/// membership), and the handlers of bodies that name a region or a
+/// cluster decide on the body ([`forbidden`]).
+fn router(node: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/raft/append", post(raft_append))
+        .route("/raft/vote", post(raft_vote))
+        .route("/raft/snapshot", post(raft_snapshot))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/v1/events", get(events))
+        .route("/v1/routing", get(routing))
+        .route("/v1/clusters", get(clusters))
+        .route("/v1/drills", get(drills))
+        .route("/v1/observations", post(observations))
+        .route("/v1/write", post(write))
+        .route("/v1/replication", post(replication))
+        .route("/v1/guardrails", post(guardrails))
+        .route("/v1/members", post(members))
+        .fallback(not_found)
+        .layer(middleware::from_fn(by_route))
+        .with_state(node)
 }
 
-fn query(req: &http::Request<Incoming>, key: &str) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == key).then(|| v.to_string())
-    })
+/// The route-level authorization layer.
+async fn by_route(req: Request, next: Next) -> Response {
+    let who = req
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller(None));
+    let path = req.uri().path();
+    let action = match *req.method() {
+        Method::POST if path.starts_with("/raft/") => Some(Action::Raft),
+        Method::GET => Some(Action::Read),
+        Method::POST if path == "/v1/members" => Some(Action::Members),
+        _ => None, // decided on the body
+    };
+    if let Some(resp) = action.and_then(|a| forbidden(&who.0, a)) {
+        return resp.into_response();
+    }
+    next.run(req).await
+}
+
+/// A JSON body, or the [`ApiError`](tern_proto::api::ApiError) saying why not.
+fn decode<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Box<Resp>> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Box::new(error(ErrorKind::BadRequest, format!("bad JSON body: {e}"))))
 }
 
 /// The answer refusing `action` to `who`, if it is refused: never when the
@@ -133,219 +187,229 @@ fn forbidden(who: &Option<Principal>, action: Action<'_>) -> Option<Resp> {
     Some(error(ErrorKind::Forbidden, denied.to_string()))
 }
 
-async fn route(
-    node: Arc<Controller>,
-    who: Option<Principal>,
-    req: http::Request<Incoming>,
-) -> Resp {
-    let forwarded = req.headers().contains_key(FORWARDED);
-    let path = req.uri().path().to_string();
-    let action = match (req.method(), path.as_str()) {
-        (&Method::POST, p) if p.starts_with("/raft/") => Some(Action::Raft),
-        (&Method::GET, _) => Some(Action::Read),
-        (&Method::POST, "/v1/members") => Some(Action::Members),
-        _ => None, // decided on the body
+macro_rules! body {
+    ($bytes:expr) => {
+        match decode(&$bytes) {
+            Ok(v) => v,
+            Err(resp) => return *resp,
+        }
     };
-    if let Some(action) = action {
-        if let Some(resp) = forbidden(&who, action) {
-            return resp;
+}
+
+async fn raft_append(State(node): App, bytes: Bytes) -> Resp {
+    let rpc = body!(bytes);
+    let result = node.raft.append_entries(rpc).await;
+    if let Ok(r) = &result {
+        if !matches!(r, AppendEntriesResponse::HigherVote(_)) {
+            *node.leader_contact.lock().expect("contact lock") = Some(Instant::now());
         }
     }
-    match (req.method().clone(), path.as_str()) {
-        (Method::POST, "/raft/append") => {
-            let rpc = match body(req).await {
-                Ok(r) => r,
-                Err(resp) => return resp,
-            };
-            let result = node.raft.append_entries(rpc).await;
-            if let Ok(r) = &result {
-                if !matches!(r, AppendEntriesResponse::HigherVote(_)) {
-                    *node.leader_contact.lock().expect("contact lock") = Some(Instant::now());
-                }
-            }
-            json(StatusCode::OK, &result)
-        }
-        (Method::POST, "/raft/vote") => match body(req).await {
-            Ok(rpc) => json(StatusCode::OK, &node.raft.vote(rpc).await),
-            Err(resp) => resp,
+    json(StatusCode::OK, &result)
+}
+
+async fn raft_vote(State(node): App, bytes: Bytes) -> Resp {
+    let rpc = body!(bytes);
+    json(StatusCode::OK, &node.raft.vote(rpc).await)
+}
+
+async fn raft_snapshot(State(node): App, bytes: Bytes) -> Resp {
+    let rpc = body!(bytes);
+    json(StatusCode::OK, &node.raft.install_snapshot(rpc).await)
+}
+
+async fn status(State(node): App) -> Resp {
+    json(StatusCode::OK, &node.status())
+}
+
+async fn metrics(State(node): App) -> Resp {
+    let mut resp = http::Response::new(Full::new(Bytes::from(crate::metrics::render(&node))));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    resp
+}
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    limit: Option<usize>,
+}
+
+async fn events(State(node): App, Query(q): Query<EventsQuery>) -> Resp {
+    let limit = q.limit.unwrap_or(100);
+    let events = node
+        .machine
+        .with(|m| m.state.audit().iter().rev().take(limit).cloned().collect());
+    json(
+        StatusCode::OK,
+        &EventsView {
+            in_quorum: node.in_quorum(),
+            events,
         },
-        (Method::POST, "/raft/snapshot") => match body(req).await {
-            Ok(rpc) => json(StatusCode::OK, &node.raft.install_snapshot(rpc).await),
-            Err(resp) => resp,
-        },
-        (Method::GET, "/v1/status") => json(StatusCode::OK, &node.status()),
-        (Method::GET, "/metrics") => {
-            let mut resp =
-                http::Response::new(Full::new(Bytes::from(crate::metrics::render(&node))));
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            resp
-        }
-        (Method::GET, "/v1/events") => {
-            let limit: usize = query(&req, "limit")
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(100);
-            let events = node
-                .machine
-                .with(|m| m.state.audit().iter().rev().take(limit).cloned().collect());
-            json(
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct RoutingQuery {
+    after: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// The committed routing table; with `after` and `wait_ms`, a long poll
+/// that answers as soon as a newer version is applied here (at most 60 s).
+async fn routing(State(node): App, Query(q): Query<RoutingQuery>) -> Resp {
+    let after = q.after.unwrap_or(0);
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(60_000));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut metrics = node.raft.metrics();
+    loop {
+        let table = node.machine.with(|m| m.state.routing().clone());
+        if table.version > after || tokio::time::Instant::now() >= deadline {
+            return json(
                 StatusCode::OK,
-                &EventsView {
+                &RoutingView {
                     in_quorum: node.in_quorum(),
-                    events,
+                    table,
                 },
-            )
-        }
-        (Method::GET, "/v1/routing") => {
-            let after: u64 = query(&req, "after")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let wait = Duration::from_millis(
-                query(&req, "wait_ms")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0u64)
-                    .min(60_000),
             );
-            let deadline = tokio::time::Instant::now() + wait;
-            let mut metrics = node.raft.metrics();
-            loop {
-                let table = node.machine.with(|m| m.state.routing().clone());
-                if table.version > after || tokio::time::Instant::now() >= deadline {
-                    return json(
-                        StatusCode::OK,
-                        &RoutingView {
-                            in_quorum: node.in_quorum(),
-                            table,
-                        },
-                    );
-                }
-                tokio::select! {
-                    _ = metrics.changed() => {}
-                    _ = tokio::time::sleep_until(deadline) => {}
-                }
-            }
         }
-        (Method::POST, "/v1/observations") => {
-            let batch: ObservationBatch = match body(req).await {
-                Ok(b) => b,
-                Err(resp) => return resp,
-            };
-            if let Some(resp) = forbidden(
-                &who,
-                Action::Observe {
-                    vantage: &batch.vantage,
-                },
-            ) {
-                return resp;
-            }
-            match node.observe(batch, forwarded).await {
-                Ok(()) => json(StatusCode::OK, &serde_json::json!({ "accepted": true })),
-                Err(e) => error(ErrorKind::NoQuorum, e.to_string()),
-            }
+        tokio::select! {
+            _ = metrics.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
         }
-        (Method::POST, "/v1/write") => {
-            let command: Command = match body(req).await {
-                Ok(c) => c,
-                Err(resp) => return resp,
-            };
-            let cluster_name = command_cluster(&command);
-            let cluster = cluster_name
-                .and_then(|name| node.machine.with(|m| m.state.clusters().get(name).cloned()));
-            if let Some(resp) = forbidden(
-                &who,
-                Action::Write {
-                    command: &command,
-                    cluster: cluster.as_ref(),
-                },
-            ) {
-                return resp;
-            }
-            // The audit log names the certificate, not what the client says.
-            let command = match &who {
-                Some(p) if p.role != Role::Controller => attribute(p, command),
-                _ => command,
-            };
-            match node.write(command, forwarded).await {
-                Ok(answer) => json(StatusCode::OK, &answer),
-                Err(WriteError::Refused(m)) => error(ErrorKind::Refused, m),
-                Err(WriteError::NoQuorum(m)) => error(ErrorKind::NoQuorum, m),
-            }
-        }
-        (Method::GET, "/v1/clusters") => json(StatusCode::OK, &node.clusters_view()),
-        (Method::GET, "/v1/drills") => {
-            let view = node.machine.with(|m| tern_proto::api::DrillsView {
-                in_quorum: false,
-                current: m.state.drill().cloned(),
-                past: m.state.past_drills().to_vec(),
-                last_pass: m.state.last_drill_pass().clone(),
-                evacuation: m.state.routing().evacuation.clone(),
-            });
-            json(
-                StatusCode::OK,
-                &tern_proto::api::DrillsView {
-                    in_quorum: node.in_quorum(),
-                    ..view
-                },
-            )
-        }
-        (Method::POST, "/v1/replication") => {
-            let report: ReplicationReport = match body(req).await {
-                Ok(r) => r,
-                Err(resp) => return resp,
-            };
-            if let Some(resp) = forbidden(
-                &who,
-                Action::Replicate {
-                    region: &report.region,
-                },
-            ) {
-                return resp;
-            }
-            if !node.databases.iter().any(|d| d.name == report.cluster) {
-                return error(
-                    ErrorKind::NotFound,
-                    format!("unknown database cluster \"{}\"", report.cluster),
-                );
-            }
-            node.replication.lock().expect("replication lock").insert(
-                (report.cluster.clone(), report.region.clone()),
-                (Instant::now(), report),
-            );
-            json(StatusCode::OK, &serde_json::json!({ "accepted": true }))
-        }
-        (Method::POST, "/v1/guardrails") => {
-            let report: GuardrailReport = match body(req).await {
-                Ok(r) => r,
-                Err(resp) => return resp,
-            };
-            if let Some(resp) = forbidden(
-                &who,
-                Action::Guardrails {
-                    region: &report.region,
-                },
-            ) {
-                return resp;
-            }
-            crate::drills::keep_report(&node, report);
-            json(StatusCode::OK, &serde_json::json!({ "accepted": true }))
-        }
-        (Method::POST, "/v1/members") => {
-            let change: MembershipChange = match body(req).await {
-                Ok(c) => c,
-                Err(resp) => return resp,
-            };
-            match crate::membership::change_membership(&node, change).await {
-                Ok(()) => json(StatusCode::OK, &node.status()),
-                Err(WriteError::Refused(m)) => error(ErrorKind::Refused, m),
-                Err(WriteError::NoQuorum(m)) => error(ErrorKind::NoQuorum, m),
-            }
-        }
-        _ => error(ErrorKind::NotFound, format!("no such endpoint: {path}")),
     }
+}
+
+async fn clusters(State(node): App) -> Resp {
+    json(StatusCode::OK, &node.clusters_view())
+}
+
+async fn drills(State(node): App) -> Resp {
+    let view = node.machine.with(|m| tern_proto::api::DrillsView {
+        in_quorum: false,
+        current: m.state.drill().cloned(),
+        past: m.state.past_drills().to_vec(),
+        last_pass: m.state.last_drill_pass().clone(),
+        evacuation: m.state.routing().evacuation.clone(),
+    });
+    json(
+        StatusCode::OK,
+        &tern_proto::api::DrillsView {
+            in_quorum: node.in_quorum(),
+            ..view
+        },
+    )
+}
+
+fn forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(FORWARDED)
+}
+
+async fn observations(
+    State(node): App,
+    Extension(who): Extension<Caller>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Resp {
+    let batch: ObservationBatch = body!(bytes);
+    if let Some(resp) = forbidden(
+        &who.0,
+        Action::Observe {
+            vantage: &batch.vantage,
+        },
+    ) {
+        return resp;
+    }
+    match node.observe(batch, forwarded(&headers)).await {
+        Ok(()) => json(StatusCode::OK, &serde_json::json!({ "accepted": true })),
+        Err(e) => error(ErrorKind::NoQuorum, e.to_string()),
+    }
+}
+
+async fn write(
+    State(node): App,
+    Extension(who): Extension<Caller>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Resp {
+    let command: Command = body!(bytes);
+    let cluster_name = command_cluster(&command);
+    let cluster =
+        cluster_name.and_then(|name| node.machine.with(|m| m.state.clusters().get(name).cloned()));
+    if let Some(resp) = forbidden(
+        &who.0,
+        Action::Write {
+            command: &command,
+            cluster: cluster.as_ref(),
+        },
+    ) {
+        return resp;
+    }
+    // The audit log names the certificate, not what the client says.
+    let command = match &who.0 {
+        Some(p) if p.role != Role::Controller => attribute(p, command),
+        _ => command,
+    };
+    match node.write(command, forwarded(&headers)).await {
+        Ok(answer) => json(StatusCode::OK, &answer),
+        Err(WriteError::Refused(m)) => error(ErrorKind::Refused, m),
+        Err(WriteError::NoQuorum(m)) => error(ErrorKind::NoQuorum, m),
+    }
+}
+
+async fn replication(State(node): App, Extension(who): Extension<Caller>, bytes: Bytes) -> Resp {
+    let report: ReplicationReport = body!(bytes);
+    if let Some(resp) = forbidden(
+        &who.0,
+        Action::Replicate {
+            region: &report.region,
+        },
+    ) {
+        return resp;
+    }
+    if !node.databases.iter().any(|d| d.name == report.cluster) {
+        return error(
+            ErrorKind::NotFound,
+            format!("unknown database cluster \"{}\"", report.cluster),
+        );
+    }
+    node.replication.lock().expect("replication lock").insert(
+        (report.cluster.clone(), report.region.clone()),
+        (Instant::now(), report),
+    );
+    json(StatusCode::OK, &serde_json::json!({ "accepted": true }))
+}
+
+async fn guardrails(State(node): App, Extension(who): Extension<Caller>, bytes: Bytes) -> Resp {
+    let report: GuardrailReport = body!(bytes);
+    if let Some(resp) = forbidden(
+        &who.0,
+        Action::Guardrails {
+            region: &report.region,
+        },
+    ) {
+        return resp;
+    }
+    crate::drills::keep_report(&node, report);
+    json(StatusCode::OK, &serde_json::json!({ "accepted": true }))
+}
+
+async fn members(State(node): App, bytes: Bytes) -> Resp {
+    let change: MembershipChange = body!(bytes);
+    match crate::membership::change_membership(&node, change).await {
+        Ok(()) => json(StatusCode::OK, &node.status()),
+        Err(WriteError::Refused(m)) => error(ErrorKind::Refused, m),
+        Err(WriteError::NoQuorum(m)) => error(ErrorKind::NoQuorum, m),
+    }
+}
+
+async fn not_found(uri: http::Uri) -> Resp {
+    error(
+        ErrorKind::NotFound,
+        format!("no such endpoint: {}", uri.path()),
+    )
 }
 
 /// The database cluster a command is about, if any.
