@@ -232,13 +232,15 @@ async fn metrics(State(node): App) -> Resp {
     resp
 }
 
+/// Query values are read leniently, as before the router: a value that
+/// does not parse counts as absent.
 #[derive(serde::Deserialize)]
 struct EventsQuery {
-    limit: Option<usize>,
+    limit: Option<String>,
 }
 
 async fn events(State(node): App, Query(q): Query<EventsQuery>) -> Resp {
-    let limit = q.limit.unwrap_or(100);
+    let limit = q.limit.and_then(|l| l.parse().ok()).unwrap_or(100);
     let events = node
         .machine
         .with(|m| m.state.audit().iter().rev().take(limit).cloned().collect());
@@ -253,15 +255,16 @@ async fn events(State(node): App, Query(q): Query<EventsQuery>) -> Resp {
 
 #[derive(serde::Deserialize)]
 struct RoutingQuery {
-    after: Option<u64>,
-    wait_ms: Option<u64>,
+    after: Option<String>,
+    wait_ms: Option<String>,
 }
 
 /// The committed routing table; with `after` and `wait_ms`, a long poll
 /// that answers as soon as a newer version is applied here (at most 60 s).
 async fn routing(State(node): App, Query(q): Query<RoutingQuery>) -> Resp {
-    let after = q.after.unwrap_or(0);
-    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(60_000));
+    let after: u64 = q.after.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let wait_ms: u64 = q.wait_ms.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let wait = Duration::from_millis(wait_ms.min(60_000));
     let deadline = tokio::time::Instant::now() + wait;
     let mut metrics = node.raft.metrics();
     loop {
