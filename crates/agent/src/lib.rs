@@ -35,6 +35,12 @@ const PROXY_STARTUP_HOLD: Duration = Duration::from_millis(1500);
 /// How long the agent's tasks get to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a stopping agent's writer proxies let their open sessions go on
+/// while the next agent, given the same sockets, takes over (see
+/// [`writer_proxy`]'s drain). Sessions never outlive the writer's lease as
+/// this agent last saw it renewed, however long this is.
+const PROXY_DRAIN: Duration = Duration::from_secs(4);
+
 pub struct Agent {
     region: String,
     interval: Duration,
@@ -329,16 +335,30 @@ impl Agent {
     /// loop per cluster with a node here, and the writer proxies. A
     /// database loop that panics is started again after a second; its
     /// fence watchdog has already stopped the node and closed the proxy.
+    ///
+    /// On `stop` the database loops, probes and admin endpoint stop first
+    /// (a round in progress finishes; the node keeps running), then the
+    /// agent prints `draining: ...` on stdout and its writer proxies stop
+    /// accepting and drain their open sessions for up to [`PROXY_DRAIN`]: a
+    /// supervisor holding the proxies' sockets starts the next agent on
+    /// that line, so that one database loop at a time acts on the node and
+    /// no client session is cut in flight.
     pub async fn run(mut self, stop: CancellationToken) {
         let mut tasks = Tasks::new(&stop);
         if let Some(t) = &self.tls {
             t.spawn_watch(tasks.token());
         }
+        // The proxies outlive the rest: their token is cancelled only once
+        // the database loops have stopped.
+        let mut proxies = Tasks::new(&CancellationToken::new());
         for (task, (cluster, _)) in std::mem::take(&mut self.proxy_tasks)
             .into_iter()
             .zip(&self.proxies)
         {
-            tasks.spawn(format!("writer proxy {cluster}"), task.run(tasks.token()));
+            proxies.spawn(
+                format!("writer proxy {cluster}"),
+                task.with_drain(PROXY_DRAIN).run(proxies.token()),
+            );
         }
         if let Some(l) = self.admin_listener.take() {
             let metrics = self.metrics.clone();
@@ -358,6 +378,7 @@ impl Agent {
         loop {
             tokio::select! {
                 () = &mut probes => break,
+                Some(exit) = proxies.next_exit(), if !proxies.is_empty() => tracing::warn!("{exit}"),
                 Some(exit) = tasks.next_exit(), if !tasks.is_empty() => {
                     if stop.is_cancelled() {
                         continue;
@@ -375,6 +396,11 @@ impl Agent {
             }
         }
         tasks.shutdown(SHUTDOWN_GRACE).await;
+        if !proxies.is_empty() {
+            let clusters: Vec<&str> = self.proxies.iter().map(|(c, _)| c.as_str()).collect();
+            println!("draining: writer proxies of {}", clusters.join(", "));
+            proxies.shutdown(PROXY_DRAIN + Duration::from_secs(1)).await;
+        }
     }
 
     fn spawn_db_loop(&self, tasks: &mut Tasks, d: &Database) {

@@ -31,6 +31,19 @@
 //! connections and cuts open ones, as for a change of target, so a proxy
 //! whose agent is cut off, hung or gone stops leading clients to a primary
 //! whose lease may have run out.
+//!
+//! **Drain.** A proxy given a drain time ([`ProxyTask::with_drain`]) that is
+//! told to stop (an agent restarting) stops accepting at once but lets its
+//! open sessions go on, under both invariants above, while a successor takes
+//! over the listening socket (a supervisor hands the same socket to the next
+//! agent). Once a successor answers on the proxy's address, each session is
+//! closed at its next idle point: every request answered, no transaction
+//! open, nothing half sent (the relay follows the framing of the protocol in
+//! both directions, never the content). A client's next query then finds the
+//! connection closed before any byte of it was relayed, so reconnecting and
+//! sending it again is safe; no query is cut in flight. What is still open
+//! when the drain time runs out is cut. Encrypted sessions cannot be
+//! followed: they run until they end, their deadline, or the drain time.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -56,6 +69,14 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_STARTUP_PACKET: usize = 10_000;
 /// SQLSTATE `cannot_connect_now`: clients and pools treat it as retryable.
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
+/// How often a draining proxy asks whether a successor serves its address.
+const SUCCESSOR_POLL: Duration = Duration::from_millis(100);
+/// How long a draining proxy waits for a successor's answer to one probe:
+/// a new proxy holds connections until it first learns the writer.
+const SUCCESSOR_ANSWER: Duration = Duration::from_secs(2);
+/// Frontend `Terminate`: sent to the primary for a session closed idle, so
+/// that its backend ends as for a client that left.
+const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
@@ -127,6 +148,8 @@ pub struct ProxyStats {
     pub active: u64,
     /// Connections ended because the target changed.
     pub cut: u64,
+    /// Sessions a draining proxy closed at an idle point.
+    pub drained: u64,
 }
 
 /// The current target and the generation it was applied in.
@@ -158,6 +181,20 @@ struct Shared {
     /// a new connection waits for the first target instead of being
     /// refused at once (see [`WriterProxy::hold_until_first_target`]).
     hold_until: std::sync::OnceLock<tokio::time::Instant>,
+    drained: AtomicU64,
+    /// Whether the proxy accepts, drains, or has a successor (see [`Drain`]).
+    drain: watch::Sender<Drain>,
+}
+
+/// Where a proxy is in its stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drain {
+    /// Accepting connections.
+    Serving,
+    /// Not accepting; open sessions go on.
+    Draining,
+    /// A successor serves the address: open sessions close when idle.
+    HandedOver,
 }
 
 /// A handle on a bound writer proxy; cheap to clone.
@@ -170,6 +207,8 @@ pub struct WriterProxy {
 pub struct ProxyTask {
     listener: TcpListener,
     shared: Arc<Shared>,
+    /// How long open sessions may go on once the loop is told to stop.
+    drain: Duration,
 }
 
 impl WriterProxy {
@@ -227,12 +266,18 @@ impl WriterProxy {
             active: AtomicU64::new(0),
             cut: AtomicU64::new(0),
             hold_until: std::sync::OnceLock::new(),
+            drained: AtomicU64::new(0),
+            drain: watch::channel(Drain::Serving).0,
         });
         Ok((
             WriterProxy {
                 shared: shared.clone(),
             },
-            ProxyTask { listener, shared },
+            ProxyTask {
+                listener,
+                shared,
+                drain: Duration::ZERO,
+            },
         ))
     }
 
@@ -351,6 +396,7 @@ impl WriterProxy {
             unreachable: s.unreachable.load(Ordering::Relaxed),
             active: s.active.load(Ordering::Relaxed),
             cut: s.cut.load(Ordering::Relaxed),
+            drained: s.drained.load(Ordering::Relaxed),
         }
     }
 
@@ -374,11 +420,25 @@ impl WriterProxy {
 }
 
 impl ProxyTask {
-    /// Accepts connections until `stop` fires, then ends every open
-    /// connection and returns once their tasks have finished.
+    /// Lets open sessions go on for up to `drain` once the loop is told to
+    /// stop (see the module's **Drain**); without it, stopping cuts them.
+    pub fn with_drain(mut self, drain: Duration) -> ProxyTask {
+        self.drain = drain;
+        self
+    }
+
+    /// Accepts connections until `stop` fires, then stops accepting, drains
+    /// open sessions for the drain time (none by default), ends what is
+    /// left, and returns once every connection's task has finished.
     pub async fn run(self, stop: CancellationToken) {
-        let ProxyTask { listener, shared } = self;
+        let ProxyTask {
+            listener,
+            shared,
+            drain,
+        } = self;
         let connections = TaskTracker::new();
+        // Ends every connection at once: after the drain, or at the stop.
+        let cut = CancellationToken::new();
         loop {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -388,7 +448,7 @@ impl ProxyTask {
                 Ok((client, peer)) => {
                     shared.accepted.fetch_add(1, Ordering::Relaxed);
                     let active = ActiveGuard::new(&shared);
-                    connections.spawn(serve(shared.clone(), client, peer, stop.clone(), active));
+                    connections.spawn(serve(shared.clone(), client, peer, cut.clone(), active));
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: let some close.
@@ -400,9 +460,72 @@ impl ProxyTask {
                 }
             }
         }
+        // Connections not accepted yet stay queued in the socket for the
+        // next proxy when the supervisor holds a copy of it.
         drop(listener);
         connections.close();
+        if !drain.is_zero() && !connections.is_empty() {
+            drain_sessions(&shared, &connections, drain).await;
+        }
+        cut.cancel();
         connections.wait().await;
+    }
+}
+
+/// Lets the open sessions go on until a successor answers on the proxy's
+/// address, then has each close at its next idle point; returns when none
+/// is left or `drain` has passed.
+async fn drain_sessions(shared: &Shared, connections: &TaskTracker, drain: Duration) {
+    let deadline = tokio::time::Instant::now() + drain;
+    shared.drain.send_replace(Drain::Draining);
+    tracing::info!(
+        cluster = %shared.cluster,
+        sessions = shared.active.load(Ordering::Relaxed),
+        ?drain,
+        "writer proxy draining: no new connections; open sessions go on until a successor serves the address"
+    );
+    let handed_over = tokio::select! {
+        () = connections.wait() => return,
+        () = tokio::time::sleep_until(deadline) => false,
+        () = successor(shared.local_addr) => true,
+    };
+    if handed_over {
+        shared.drain.send_replace(Drain::HandedOver);
+        tracing::info!(
+            cluster = %shared.cluster,
+            sessions = shared.active.load(Ordering::Relaxed),
+            "a successor serves the writer proxy's address: open sessions close when idle"
+        );
+        tokio::select! {
+            () = connections.wait() => return,
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+    tracing::warn!(
+        cluster = %shared.cluster,
+        sessions = shared.active.load(Ordering::Relaxed),
+        handed_over,
+        "writer proxy drain time over: cutting the sessions still open"
+    );
+}
+
+/// Resolves once another proxy answers on `addr`: this one no longer
+/// accepts there, so an answer to an SSLRequest (`S` or `N`, which a new
+/// proxy gives only once it has learned its first target or stopped
+/// waiting for it) comes from a successor given the same socket.
+async fn successor(addr: SocketAddr) {
+    loop {
+        let probe = async {
+            let mut s = TcpStream::connect(addr).await.ok()?;
+            let mut request = 8u32.to_be_bytes().to_vec();
+            request.extend_from_slice(&SSL_REQUEST.to_be_bytes());
+            s.write_all(&request).await.ok()?;
+            s.read_u8().await.ok()
+        };
+        if let Ok(Some(_)) = tokio::time::timeout(SUCCESSOR_ANSWER, probe).await {
+            return;
+        }
+        tokio::time::sleep(SUCCESSOR_POLL).await;
     }
 }
 
@@ -456,6 +579,8 @@ enum Relay {
     /// The target changed: the connection was cut.
     Cut,
     Stopped,
+    /// Closed idle while the proxy drained.
+    Drained,
     /// The primary could not be reached; the message for the client.
     Unreachable(String),
 }
@@ -464,7 +589,7 @@ async fn serve(
     shared: Arc<Shared>,
     mut client: TcpStream,
     peer: SocketAddr,
-    stop: CancellationToken,
+    cut: CancellationToken,
     _active: ActiveGuard,
 ) {
     let mut current = shared.current.subscribe();
@@ -474,7 +599,7 @@ async fn serve(
         tokio::select! {
             _ = current.wait_for(|c| c.generation > 0) => {}
             () = tokio::time::sleep_until(until) => {}
-            () = stop.cancelled() => return,
+            () = cut.cancelled() => return,
         }
     }
     let made_under = current.borrow_and_update().clone();
@@ -485,7 +610,7 @@ async fn serve(
                 "tern writer proxy: no writable primary for cluster {}: {reason}",
                 shared.cluster
             );
-            refuse(&shared, client, peer, &message, &stop).await;
+            refuse(&shared, client, peer, &message, &cut).await;
             return;
         }
     };
@@ -495,7 +620,7 @@ async fn serve(
                 "tern writer proxy: no writable primary for cluster {}: the lease of epoch {} has not been seen renewed in time (the writer may be cut off; failing closed)",
                 shared.cluster, primary.epoch
             );
-            refuse(&shared, client, peer, &message, &stop).await;
+            refuse(&shared, client, peer, &message, &cut).await;
             return;
         }
     }
@@ -507,8 +632,8 @@ async fn serve(
     let ended = tokio::select! {
         biased;
         () = target_invalid(&mut current, generation) => Relay::Cut,
-        () = stop.cancelled() => Relay::Stopped,
-        r = relay(&mut client, &primary) => r,
+        () = cut.cancelled() => Relay::Stopped,
+        r = relay(&mut client, &primary, shared.drain.subscribe()) => r,
     };
     // Dropping the relay closed the primary's side. The client socket was
     // only borrowed, so that it is still there to refuse when the primary
@@ -519,13 +644,20 @@ async fn serve(
         Relay::Unreachable(message) => {
             drop(live);
             shared.unreachable.fetch_add(1, Ordering::Relaxed);
-            refuse(&shared, client, peer, &message, &stop).await;
+            refuse(&shared, client, peer, &message, &cut).await;
         }
         ended => {
             drop(client);
-            if matches!(ended, Relay::Cut) {
-                shared.cut.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(cluster = %shared.cluster, %peer, epoch = primary.epoch, "connection cut: the writer target changed");
+            match ended {
+                Relay::Cut => {
+                    shared.cut.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(cluster = %shared.cluster, %peer, epoch = primary.epoch, "connection cut: the writer target changed");
+                }
+                Relay::Drained => {
+                    shared.drained.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(cluster = %shared.cluster, %peer, epoch = primary.epoch, "session closed idle: the proxy drains");
+                }
+                _ => {}
             }
             drop(live);
         }
@@ -560,7 +692,11 @@ async fn target_invalid(current: &mut watch::Receiver<Current>, generation: u64)
     }
 }
 
-async fn relay(client: &mut TcpStream, primary: &WriterTarget) -> Relay {
+async fn relay(
+    client: &mut TcpStream,
+    primary: &WriterTarget,
+    mut drain: watch::Receiver<Drain>,
+) -> Relay {
     let mut upstream =
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(primary.addr)).await {
             Ok(Ok(s)) => s,
@@ -573,13 +709,323 @@ async fn relay(client: &mut TcpStream, primary: &WriterTarget) -> Relay {
     // PostgreSQL's protocol is chatty and latency-bound.
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    match tokio::io::copy_bidirectional(client, &mut upstream).await {
-        Ok((sent, received)) => {
-            tracing::debug!(epoch = primary.epoch, sent, received, "connection ended")
+    let session = std::sync::Mutex::new(Session::default());
+    let (mut from_client, mut to_client) = client.split();
+    let (mut from_primary, mut to_primary) = upstream.split();
+    let ended = {
+        let up = pump_up(&mut from_client, &mut to_primary, &session);
+        let down = pump_down(&mut from_primary, &mut to_client, &session);
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done, mut close_at_idle) = (false, false, false);
+        // Both directions run in this one task, so the session's lock is
+        // never contended; it is taken between awaits only.
+        loop {
+            tokio::select! {
+                r = &mut up, if !up_done => match r {
+                    Ok(()) => up_done = true,
+                    Err(e) => break Err(e),
+                },
+                r = &mut down, if !down_done => match r {
+                    Ok(Pumped::Eof) => down_done = true,
+                    Ok(Pumped::Idle) => break Ok(true),
+                    Err(e) => break Err(e),
+                },
+                _ = drain.wait_for(|d| *d == Drain::HandedOver), if !close_at_idle => {
+                    close_at_idle = true;
+                    let mut s = session.lock().unwrap_or_else(|p| p.into_inner());
+                    s.close_at_idle = true;
+                    if s.idle() {
+                        s.closing = true;
+                        break Ok(true);
+                    }
+                }
+            }
+            if up_done && down_done {
+                break Ok(false);
+            }
         }
-        Err(e) => tracing::debug!(epoch = primary.epoch, error = %e, "connection ended"),
+    };
+    let s = session.into_inner().unwrap_or_else(|p| p.into_inner());
+    match ended {
+        Ok(true) => {
+            // Idle: the primary's backend is told the client left.
+            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                to_primary.write_all(&TERMINATE).await?;
+                to_primary.shutdown().await
+            })
+            .await;
+            tracing::debug!(
+                epoch = primary.epoch,
+                sent = s.sent,
+                received = s.received,
+                "session closed idle"
+            );
+            Relay::Drained
+        }
+        Ok(false) => {
+            tracing::debug!(
+                epoch = primary.epoch,
+                sent = s.sent,
+                received = s.received,
+                "connection ended"
+            );
+            Relay::Done
+        }
+        Err(e) => {
+            tracing::debug!(epoch = primary.epoch, error = %e, "connection ended");
+            Relay::Done
+        }
     }
-    Relay::Done
+}
+
+/// How the primary's side of a session ended.
+enum Pumped {
+    /// The primary closed it.
+    Eof,
+    /// The proxy drains and the session became idle: it is to be closed.
+    Idle,
+}
+
+const RELAY_BUFFER: usize = 8 * 1024;
+
+/// Relays the client's bytes to the primary, noting each message; stops
+/// relaying once the session is closing (nothing more reaches the primary).
+async fn pump_up(
+    from: &mut tokio::net::tcp::ReadHalf<'_>,
+    to: &mut tokio::net::tcp::WriteHalf<'_>,
+    session: &std::sync::Mutex<Session>,
+) -> io::Result<()> {
+    let mut buf = vec![0; RELAY_BUFFER];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        {
+            let mut s = session.lock().unwrap_or_else(|p| p.into_inner());
+            if s.closing {
+                return Ok(());
+            }
+            s.client_sent(&buf[..n]);
+        }
+        to.write_all(&buf[..n]).await?;
+    }
+}
+
+/// Relays the primary's bytes to the client, noting each message; answers
+/// [`Pumped::Idle`] once the session may be closed.
+async fn pump_down(
+    from: &mut tokio::net::tcp::ReadHalf<'_>,
+    to: &mut tokio::net::tcp::WriteHalf<'_>,
+    session: &std::sync::Mutex<Session>,
+) -> io::Result<Pumped> {
+    let mut buf = vec![0; RELAY_BUFFER];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            to.shutdown().await?;
+            return Ok(Pumped::Eof);
+        }
+        to.write_all(&buf[..n]).await?;
+        let mut s = session.lock().unwrap_or_else(|p| p.into_inner());
+        s.primary_sent(&buf[..n]);
+        if s.close_at_idle && s.idle() {
+            s.closing = true;
+            return Ok(Pumped::Idle);
+        }
+    }
+}
+
+/// What the relay knows of a session from the framing of PostgreSQL's
+/// protocol (version 3) in both directions: enough to tell when it is idle,
+/// never what it says.
+#[derive(Default)]
+struct Session {
+    client: Framer,
+    primary: Framer,
+    /// The client's StartupMessage went through: its messages are typed.
+    started: bool,
+    /// The client asked for encryption and the primary's one-byte answer
+    /// has not come yet.
+    answer_due: bool,
+    /// ReadyForQuery messages the primary still owes: one for the startup,
+    /// one per Query, FunctionCall and Sync.
+    owed: u64,
+    /// Extended-query messages sent since the last Sync.
+    batch_open: bool,
+    /// The transaction status of the last ReadyForQuery (`I`: none open).
+    status: u8,
+    /// The framing is not followed (TLS or GSSAPI, a cancel request, or
+    /// not protocol 3): never idle.
+    opaque: bool,
+    /// The proxy drains: close at the next idle point.
+    close_at_idle: bool,
+    /// Decided to close: nothing more of the client's is relayed.
+    closing: bool,
+    sent: u64,
+    received: u64,
+}
+
+impl Session {
+    /// Idle: every request answered, no transaction open, no message half
+    /// sent either way. Closing now loses nothing the client sent.
+    fn idle(&self) -> bool {
+        !self.opaque
+            && self.started
+            && !self.answer_due
+            && self.owed == 0
+            && self.status == b'I'
+            && !self.batch_open
+            && self.client.at_boundary()
+            && self.primary.at_boundary()
+    }
+
+    fn client_sent(&mut self, bytes: &[u8]) {
+        self.sent += bytes.len() as u64;
+        let mut rest = bytes;
+        while !self.opaque && !rest.is_empty() {
+            let typed = self.started;
+            match self.client.feed(&mut rest, typed) {
+                Framed::Partial => {}
+                Framed::Invalid => self.opaque = true,
+                Framed::Untyped { length, code } => match code {
+                    SSL_REQUEST | GSSENC_REQUEST if length == 8 => self.answer_due = true,
+                    c if c >> 16 == 3 => {
+                        self.started = true;
+                        self.owed += 1;
+                    }
+                    // A cancel request, or another protocol.
+                    _ => self.opaque = true,
+                },
+                Framed::Typed { kind, .. } => match kind {
+                    b'Q' | b'F' => self.owed += 1,
+                    b'S' => {
+                        self.owed += 1;
+                        self.batch_open = false;
+                    }
+                    // Parse, Bind, Execute, Describe, Close, Flush.
+                    b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.batch_open = true,
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    fn primary_sent(&mut self, bytes: &[u8]) {
+        self.received += bytes.len() as u64;
+        let mut rest = bytes;
+        if self.answer_due && !self.opaque {
+            if let Some((&answer, tail)) = rest.split_first() {
+                self.answer_due = false;
+                rest = tail;
+                // `N`: declined, the startup follows in clear; `S` or `G`:
+                // the session is encrypted from here.
+                if answer != b'N' {
+                    self.opaque = true;
+                }
+            }
+        }
+        while !self.opaque && !rest.is_empty() {
+            match self.primary.feed(&mut rest, true) {
+                Framed::Partial => {}
+                Framed::Typed { kind: b'Z', first } => {
+                    self.owed = self.owed.saturating_sub(1);
+                    self.status = first.unwrap_or(0);
+                }
+                Framed::Typed { .. } => {}
+                Framed::Invalid | Framed::Untyped { .. } => self.opaque = true,
+            }
+        }
+    }
+}
+
+/// Follows message boundaries in one direction of a session without
+/// keeping any message: a header (`type, length` or, before the startup,
+/// `length, code`), then the length's worth of body, skipped.
+#[derive(Default)]
+struct Framer {
+    head: [u8; 8],
+    /// Header bytes of the current message seen so far.
+    have: usize,
+    /// Body bytes of the current message still to come.
+    left: usize,
+    /// The current message's type (typed messages).
+    kind: u8,
+    /// The current message's first body byte, once seen.
+    first: Option<u8>,
+}
+
+/// What [`Framer::feed`] found.
+enum Framed {
+    /// The bytes ended inside a message.
+    Partial,
+    /// A typed message ended: its type and first body byte.
+    Typed { kind: u8, first: Option<u8> },
+    /// A startup-phase packet ended: its length and code.
+    Untyped { length: usize, code: u32 },
+    /// A length no PostgreSQL message has.
+    Invalid,
+}
+
+impl Framer {
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.left == 0
+    }
+
+    /// Consumes bytes from `rest` up to the end of the current message.
+    fn feed(&mut self, rest: &mut &[u8], typed: bool) -> Framed {
+        let head_len = if typed { 5 } else { 8 };
+        if self.left == 0 {
+            let take = (head_len - self.have).min(rest.len());
+            self.head[self.have..self.have + take].copy_from_slice(&rest[..take]);
+            self.have += take;
+            *rest = &rest[take..];
+            if self.have < head_len {
+                return Framed::Partial;
+            }
+            let at = usize::from(typed);
+            let length =
+                u32::from_be_bytes(self.head[at..at + 4].try_into().expect("4 bytes")) as usize;
+            // The length counts itself, not the type; untyped, the code too.
+            let counted = if typed { 4 } else { 8 };
+            if length < counted || length > 1 << 30 {
+                return Framed::Invalid;
+            }
+            self.kind = self.head[0];
+            self.first = None;
+            self.left = length - counted;
+            if self.left == 0 {
+                return self.finish(typed);
+            }
+        }
+        if self.left > 0 && !rest.is_empty() {
+            if self.first.is_none() {
+                self.first = Some(rest[0]);
+            }
+            let take = self.left.min(rest.len());
+            self.left -= take;
+            *rest = &rest[take..];
+            if self.left == 0 {
+                return self.finish(typed);
+            }
+        }
+        Framed::Partial
+    }
+
+    fn finish(&mut self, typed: bool) -> Framed {
+        self.have = 0;
+        if typed {
+            Framed::Typed {
+                kind: self.kind,
+                first: self.first,
+            }
+        } else {
+            Framed::Untyped {
+                length: u32::from_be_bytes(self.head[0..4].try_into().expect("4 bytes")) as usize,
+                code: u32::from_be_bytes(self.head[4..8].try_into().expect("4 bytes")),
+            }
+        }
+    }
 }
 
 fn unreachable_message(primary: &WriterTarget, why: &str) -> String {
@@ -736,6 +1182,147 @@ mod tests {
         let mut reply = Vec::new();
         client.read_to_end(&mut reply).await.unwrap();
         assert!(reply.is_empty(), "{reply:?}");
+    }
+
+    /// A typed protocol message.
+    fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![kind];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn ready(status: u8) -> Vec<u8> {
+        msg(b'Z', &[status])
+    }
+
+    /// The server's answer to a startup: authentication ok, a parameter,
+    /// the backend key, ready.
+    fn startup_answer() -> Vec<u8> {
+        let mut m = msg(b'R', &0u32.to_be_bytes());
+        m.extend(msg(b'S', b"server_version\x0015\x00"));
+        m.extend(msg(b'K', &[0; 8]));
+        m.extend(ready(b'I'));
+        m
+    }
+
+    fn started() -> Session {
+        let mut s = Session::default();
+        s.client_sent(&startup_message());
+        assert!(!s.idle(), "idle before the server answered the startup");
+        s.primary_sent(&startup_answer());
+        assert!(s.idle());
+        s
+    }
+
+    #[test]
+    fn a_session_is_idle_only_between_transactions() {
+        let mut s = started();
+        s.client_sent(&msg(b'Q', b"BEGIN\x00"));
+        assert!(!s.idle(), "a query in flight");
+        s.primary_sent(&msg(b'C', b"BEGIN\x00"));
+        assert!(!s.idle(), "its ReadyForQuery has not come");
+        s.primary_sent(&ready(b'T'));
+        assert!(!s.idle(), "a transaction is open");
+        s.client_sent(&msg(b'Q', b"COMMIT\x00"));
+        s.primary_sent(&msg(b'C', b"COMMIT\x00"));
+        s.primary_sent(&ready(b'I'));
+        assert!(s.idle());
+        // A failed transaction is still open.
+        s.client_sent(&msg(b'Q', b"BEGIN; SELECT 1/0\x00"));
+        s.primary_sent(&ready(b'E'));
+        assert!(!s.idle());
+    }
+
+    #[test]
+    fn pipelined_requests_keep_a_session_busy_until_the_last_answer() {
+        let mut s = started();
+        // Extended protocol: nothing is owed before the Sync, but the
+        // batch is open.
+        let mut batch = msg(b'P', b"\x00INSERT\x00\x00\x00");
+        batch.extend(msg(b'B', b"\x00\x00\x00\x00\x00\x00\x00\x00"));
+        batch.extend(msg(b'E', b"\x00\x00\x00\x00\x00"));
+        s.client_sent(&batch);
+        assert!(!s.idle(), "a batch without its Sync");
+        s.client_sent(&msg(b'S', b""));
+        s.client_sent(&msg(b'Q', b"SELECT 1\x00"));
+        s.primary_sent(&msg(b'1', b""));
+        s.primary_sent(&ready(b'I'));
+        assert!(!s.idle(), "the second request is unanswered");
+        s.primary_sent(&ready(b'I'));
+        assert!(s.idle());
+    }
+
+    #[test]
+    fn message_boundaries_are_followed_across_any_split() {
+        let mut client = startup_message();
+        client.extend(msg(b'Q', b"SELECT 1\x00"));
+        let mut server = startup_answer();
+        server.extend(msg(b'T', &[0; 20]));
+        server.extend(msg(b'D', &[0; 11]));
+        server.extend(msg(b'C', b"SELECT 1\x00"));
+        server.extend(ready(b'I'));
+        for chunk in [1, 2, 3, 5, 7, 64] {
+            let mut s = Session::default();
+            // The startup, then its answer, then the query and its answer.
+            let (startup, query) = client.split_at(startup_message().len());
+            let (welcome, answer) = server.split_at(startup_answer().len());
+            for c in startup.chunks(chunk) {
+                s.client_sent(c);
+            }
+            for c in welcome.chunks(chunk) {
+                s.primary_sent(c);
+            }
+            assert!(s.idle(), "chunks of {chunk}");
+            for c in query.chunks(chunk) {
+                s.client_sent(c);
+                assert!(!s.idle(), "chunks of {chunk}");
+            }
+            let pieces: Vec<&[u8]> = answer.chunks(chunk).collect();
+            for (i, c) in pieces.iter().enumerate() {
+                s.primary_sent(c);
+                assert_eq!(
+                    s.idle(),
+                    i + 1 == pieces.len(),
+                    "chunks of {chunk}, piece {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_encrypted_or_unknown_session_is_never_idle() {
+        let ssl = [8u32.to_be_bytes(), SSL_REQUEST.to_be_bytes()].concat();
+        // TLS accepted: the rest is opaque.
+        let mut s = Session::default();
+        s.client_sent(&ssl);
+        s.primary_sent(b"S");
+        s.client_sent(&startup_message());
+        s.primary_sent(&startup_answer());
+        assert!(!s.idle());
+        // TLS declined: the startup follows in clear.
+        let mut s = Session::default();
+        s.client_sent(&ssl);
+        s.primary_sent(b"N");
+        s.client_sent(&startup_message());
+        s.primary_sent(&startup_answer());
+        assert!(s.idle());
+        // A cancel request, or something that is not PostgreSQL.
+        for first in [
+            [
+                16u32.to_be_bytes(),
+                CANCEL_REQUEST.to_be_bytes(),
+                [0; 4],
+                [0; 4],
+            ]
+            .concat(),
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        ] {
+            let mut s = Session::default();
+            s.client_sent(&first);
+            s.primary_sent(&startup_answer());
+            assert!(!s.idle());
+        }
     }
 
     #[tokio::test]
