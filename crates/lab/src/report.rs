@@ -1013,7 +1013,9 @@ impl Report {
                 thousands(w.failed_writes)
             );
         }
-        self.times(&mut out);
+        for (label, figure, meaning) in self.times() {
+            explained(&mut out, label, &figure, &meaning);
+        }
         let _ = writeln!(
             out,
             "latency (ms)        phase    count     p50     p99     max"
@@ -1097,9 +1099,11 @@ impl Report {
         out
     }
 
-    /// The times of the run, one line each with what it measures: only
-    /// those that apply to the scenario.
-    fn times(&self, out: &mut String) {
+    /// The times of the run as the table prints them, each a label, its
+    /// figure and what it measures: only those that apply to the scenario.
+    /// The HTML page shows these same rows.
+    pub fn times(&self) -> Vec<(&'static str, String, String)> {
+        let mut out = Vec::new();
         let region = self.failed_region.as_deref();
         let from = if self.scenario == "switchover" {
             "switchover start"
@@ -1107,11 +1111,10 @@ impl Report {
             "fault"
         };
         if let Some(region) = region {
-            explained(
-                out,
+            out.push((
                 "detection",
-                &opt_ms(self.detection_ms),
-                &format!(
+                opt_ms(self.detection_ms),
+                format!(
                     "{from} until the first surviving edge stopped routing to {region} (that edge's clock); {}",
                     match self.clients_detection_ms {
                         Some(paid) if paid > 0.0 => format!(
@@ -1122,68 +1125,64 @@ impl Report {
                         None => "what clients paid for it is unknown".to_string(),
                     }
                 ),
-            );
+            ));
             if self.routing_changes.is_some() {
-                explained(
-                    out,
+                out.push((
                     "verdict",
-                    &opt_ms(self.verdict_ms),
-                    &format!(
+                    opt_ms(self.verdict_ms),
+                    format!(
                         "{from} until the controllers committed {region} down (probes failing from a majority of vantage points)"
                     ),
-                );
+                ));
             }
         }
         if self.writes.is_some() {
-            explained(
-                out,
+            out.push((
                 "failover",
-                &opt_ms(self.failover_ms),
-                &format!(
+                opt_ms(self.failover_ms),
+                format!(
                     "{from} until the controllers committed a new writer{}",
                     self.new_writer
                         .as_ref()
                         .map_or(String::new(), |w| format!(" ({w})"))
                 ),
-            );
+            ));
         }
         if self.fault_ms.is_some() {
-            explained(
-                out,
+            out.push((
                 "rto, http requests",
-                &opt_ms(self.rto_ms),
-                &format!(
+                opt_ms(self.rto_ms),
+                format!(
                     "{from} until http requests succeeded 99.9% of the time over 5 s; error window {} (first failed http request to last)",
                     fmt_ms(self.error_window_ms)
                 ),
-            );
+            ));
         }
         if let Some(w) = &self.writes {
             if self.fault_ms.is_some() {
-                explained(
-                    out,
+                out.push((
                     "rto, writes",
-                    &opt_ms(w.write_unavailable_ms),
-                    &format!(
+                    opt_ms(w.write_unavailable_ms),
+                    format!(
                         "{from} until a write sent after it was acknowledged (by a new writer when there is one); the last failed write ended {} after it",
                         opt_ms(w.last_failed_write_ms)
                     ),
-                );
+                ));
             }
         }
         if let (Some(region), Some(_)) = (region, self.restore_ms) {
-            explained(
-                out,
+            out.push((
                 "failback",
-                &opt_ms(self.failback_ms),
-                &format!("{region}'s restart until every edge routed to it again"),
-            );
+                opt_ms(self.failback_ms),
+                format!("{region}'s restart until every edge routed to it again"),
+            ));
         }
+        out
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1476,7 +1475,7 @@ mod tests {
 
     /// A region-outage run with the database: HTTP requests all served,
     /// payments failing while the writer moves, then the table's inputs.
-    fn outage_with_writes() -> (Vec<RequestRecord>, Report) {
+    pub(crate) fn outage_with_writes() -> (Vec<RequestRecord>, Report) {
         let mut all: Vec<RequestRecord> = (0..300)
             .map(|i| rec(i as f64 * 100.0, 5.0, "us-west", true))
             .collect();
