@@ -12,7 +12,12 @@
 //! listener, and backends may be `https://`.
 //! Shutdown follows one contract: a cancellation token makes the edge
 //! unready, then stops accepting, the edge reports `Draining`, in-flight
-//! requests get the configured grace time, then everything is joined.
+//! requests get the configured grace time, then everything is joined. When
+//! clients still connect directly after the unready delay, the edge first
+//! hands its address over: it lets go of its admin address and keeps
+//! accepting until a new edge listens beside it (SO_REUSEPORT); it then
+//! serves what was queued in its listeners before closing them, and a
+//! connection it accepted gets to send its first request.
 
 pub mod admin;
 pub mod dns;
@@ -27,13 +32,13 @@ pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tern_core::config::Config;
 use tern_proto::lifecycle::Tasks;
 use tokio::net::{TcpListener, TcpSocket};
@@ -310,16 +315,27 @@ impl Edge {
                 tls::reload_loop(certs, background.clone()),
             );
         }
+        // The admin API has a token of its own: a stopping edge lets go of
+        // its address before the others (see the successor below).
+        let admin_stop = background.child_token();
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+        let (admin_gone, admin_closed) = oneshot::channel::<()>();
         if let Some(admin) = admin {
             let state = state.clone();
             let phase = phase.subscribe();
-            let stop = background.clone();
-            tasks.spawn("admin api", admin::serve(admin, state, phase, stop));
+            let stop = admin_stop.clone();
+            tasks.spawn("admin api", async move {
+                admin::serve(admin, state, phase, stop).await;
+                // Its listener is closed once `serve` has returned.
+                let _ = admin_gone.send(());
+            });
         }
 
         // Workers stop accepting on their own token, cancelled only after
         // the edge has been seen not ready for `unready_delay`.
         let close_listeners = CancellationToken::new();
+        // Client connections accepted, by every worker.
+        let accepted = Arc::new(AtomicU64::new(0));
         let mut closed = Vec::new();
         let mut drained = Vec::new();
         let (mut tls_listeners, acceptor) = match tls {
@@ -337,6 +353,7 @@ impl Edge {
                 state: state.clone(),
                 listener,
                 tls,
+                accepted: accepted.clone(),
                 shutdown: close_listeners.clone(),
                 closed: closed_tx,
                 drained: drained_tx,
@@ -362,7 +379,27 @@ impl Edge {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         phase.send_replace(Phase::Unready);
         tracing::info!(delay = ?settings.unready_delay, "edge unready; listeners close after the delay");
+        let before = accepted.load(Ordering::Relaxed);
         tokio::time::sleep(settings.unready_delay).await;
+        // Clients still connecting after the unready delay reach this edge
+        // directly (no balancer in front moved them away): closing now would
+        // refuse them. A restart hands the address over instead: the admin
+        // address, the one a successor cannot share, is let go of; a new
+        // edge binds its client listeners beside these (SO_REUSEPORT), then
+        // the admin address. Until it does, these listeners keep accepting.
+        // A plain stop waits for no one past the bound.
+        let direct = accepted.load(Ordering::Relaxed) > before;
+        if let Some(addr) = admin_addr.filter(|_| direct && !settings.unready_delay.is_zero()) {
+            let wait = settings.unready_delay.max(settings.shutdown_grace);
+            admin_stop.cancel();
+            let _ = admin_closed.await;
+            tracing::info!(
+                ?wait,
+                "edge released its admin address; listeners close once a successor listens"
+            );
+            let found = tokio::time::timeout(wait, successor(addr)).await.is_ok();
+            tracing::info!(successor = found, "edge closing its listeners");
+        }
         close_listeners.cancel();
         // Draining is announced only once no worker accepts any more.
         for rx in closed {
@@ -375,6 +412,15 @@ impl Edge {
         }
         tasks.shutdown(BACKGROUND_GRACE).await;
         phase.send_replace(Phase::Stopped);
+    }
+}
+
+/// Resolves once something listens on `addr` again: the edge that
+/// succeeds this one (it binds its admin address after its client
+/// listeners).
+async fn successor(addr: SocketAddr) {
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -395,6 +441,8 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 struct Worker {
     state: Arc<EdgeState>,
     listener: std::net::TcpListener,
+    /// Counts the client connections it accepts.
+    accepted: Arc<AtomicU64>,
     /// This worker's HTTPS listener and the handshake it runs.
     tls: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     shutdown: CancellationToken,
@@ -424,6 +472,7 @@ impl Worker {
             state,
             listener,
             tls,
+            accepted: accepted_count,
             shutdown,
             closed,
             drained,
@@ -474,7 +523,14 @@ impl Worker {
         builder
             .http2()
             .max_header_list_size(settings.max_header.min(u64::from(u32::MAX)) as u32);
-        let graceful = GracefulShutdown::new();
+        let conns = Connections {
+            state,
+            client,
+            builder,
+            acceptor,
+            closing: CancellationToken::new(),
+            tracker: tokio_util::task::TaskTracker::new(),
+        };
 
         loop {
             let (accepted, secure) = tokio::select! {
@@ -496,80 +552,177 @@ impl Worker {
                     continue;
                 }
             };
-            let _ = stream.set_nodelay(true);
-            let state = state.clone();
-            let client = client.clone();
-            let conn_facts = proxy::ClientConn { remote, secure };
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                let client = client.clone();
-                // Boxed so that an idle connection holds a pointer, not the
-                // whole request future, between requests.
-                Box::pin(async move {
-                    let http1 = req.version() == http::Version::HTTP_11;
-                    let mut resp = proxy::handle(state.clone(), client, req, conn_facts).await;
-                    if http1 && state.closing.load(std::sync::atomic::Ordering::Relaxed) {
-                        // Shutting down: the client's next request goes
-                        // on a new connection (HTTP/2 is told by GOAWAY).
-                        resp.headers_mut().insert(
-                            http::header::CONNECTION,
-                            http::HeaderValue::from_static("close"),
-                        );
-                    }
-                    Ok::<_, Infallible>(resp)
-                })
-            });
-            match (&acceptor, secure) {
-                (Some(acceptor), true) => {
-                    // The handshake runs in the connection's task, bounded
-                    // like a request head, so a slow client holds no worker.
-                    let acceptor = acceptor.clone();
-                    let builder = builder.clone();
-                    let watcher = graceful.watcher();
-                    let handshake_timeout = settings.client_timeout;
-                    tokio::spawn(async move {
-                        let tls =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, %remote, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%remote, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let conn = builder.serve_connection(TokioIo::new(tls), svc);
-                        if let Err(e) = watcher.watch(conn.into_owned()).await {
-                            tracing::debug!(error = %e, "client connection ended with an error");
-                        }
-                    });
-                }
-                _ => {
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "client connection ended with an error");
-                        }
-                    });
-                }
+            accepted_count.fetch_add(1, Ordering::Relaxed);
+            conns.serve(stream, remote, secure);
+        }
+        // Connections the kernel completed but nobody accepted yet would be
+        // reset when the listener closes: they are accepted and served first.
+        let mut queued = 0;
+        for (l, secure) in [(Some(listener), false), (tls_listener, true)] {
+            if let Some(l) = l {
+                queued += accept_queued(l, |stream, remote| conns.serve(stream, remote, secure));
             }
         }
-        drop(listener);
-        drop(tls_listener);
+        if queued > 0 {
+            tracing::debug!(queued, "served the connections queued at close");
+        }
         let _ = closed.send(());
-        if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
+        conns.closing.cancel();
+        conns.tracker.close();
+        if tokio::time::timeout(settings.shutdown_grace, conns.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!("grace time over; closing remaining connections");
         }
         let _ = drained.send(());
+    }
+}
+
+/// Accepts, without waiting, every connection queued on `listener`, hands
+/// each to `serve`, then closes the listener; answers how many there were.
+fn accept_queued(
+    listener: TcpListener,
+    mut serve: impl FnMut(tokio::net::TcpStream, SocketAddr),
+) -> usize {
+    // The readiness tokio caches may be stale: ask the socket itself.
+    let Ok(listener) = listener.into_std() else {
+        return 0;
+    };
+    let mut n = 0;
+    loop {
+        match listener.accept() {
+            Ok((stream, remote)) => {
+                let stream = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpStream::from_std(stream));
+                if let Ok(stream) = stream {
+                    serve(stream, remote);
+                    n += 1;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // WouldBlock: nothing left (or the socket failed; nothing to serve).
+            Err(_) => return n,
+        }
+    }
+}
+
+/// Drives a client connection (`$conn`, a hyper-util connection); once
+/// `$closing` fires, lets it finish the request in hand and closes it
+/// (HTTP/1.1 without keep-alive, HTTP/2 with GOAWAY). A connection that has
+/// not sent its first request yet (`$asked` not notified: accepted just
+/// before the listeners closed) first gets up to `$timeout` to send it:
+/// closing it unread would drop a request its client already sent.
+///
+/// A macro, not a generic function: the connection's future does not prove
+/// `Send` for every lifetime through a generic bound (rustc's inference of
+/// higher-ranked bounds in spawned futures).
+macro_rules! serve_until_closed {
+    ($conn:expr, $asked:expr, $closing:expr, $timeout:expr) => {{
+        let mut conn = std::pin::pin!($conn);
+        let ended = tokio::select! {
+            r = conn.as_mut() => Some(r),
+            () = $closing.cancelled() => None,
+        };
+        let ended = match ended {
+            Some(r) => Some(r),
+            None => tokio::select! {
+                r = conn.as_mut() => Some(r),
+                () = $asked.notified() => None,
+                () = tokio::time::sleep($timeout) => None,
+            },
+        };
+        let result = match ended {
+            Some(r) => r,
+            None => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "client connection ended with an error");
+        }
+    }};
+}
+
+/// The client connections of one worker: how each is served, and the
+/// shutdown that ends them.
+struct Connections {
+    state: Arc<EdgeState>,
+    client: proxy::Upstreams,
+    builder: auto::Builder<TokioExecutor>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// Cancelled once the listeners are closed: each connection finishes
+    /// the request in hand and closes.
+    closing: CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+}
+
+impl Connections {
+    /// Serves one accepted connection in a task of its own.
+    fn serve(&self, stream: tokio::net::TcpStream, remote: SocketAddr, secure: bool) {
+        let _ = stream.set_nodelay(true);
+        let state = self.state.clone();
+        let client = self.client.clone();
+        let conn_facts = proxy::ClientConn { remote, secure };
+        // Woken by the connection's first request (see `serve_until_closed`).
+        let asked = Arc::new(tokio::sync::Notify::new());
+        let asked_by_request = asked.clone();
+        let svc = service_fn(move |req| {
+            let state = state.clone();
+            let client = client.clone();
+            asked_by_request.notify_one();
+            // Boxed so that an idle connection holds a pointer, not the
+            // whole request future, between requests.
+            Box::pin(async move {
+                let http1 = req.version() == http::Version::HTTP_11;
+                let mut resp = proxy::handle(state.clone(), client, req, conn_facts).await;
+                if http1 && state.closing.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Shutting down: the client's next request goes
+                    // on a new connection (HTTP/2 is told by GOAWAY).
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, Infallible>(resp)
+            })
+        });
+        let builder = self.builder.clone();
+        let closing = self.closing.clone();
+        let timeout = self.state.settings.client_timeout;
+        match (&self.acceptor, secure) {
+            (Some(acceptor), true) => {
+                // The handshake runs in the connection's task, bounded
+                // like a request head, so a slow client holds no worker.
+                let acceptor = acceptor.clone();
+                self.tracker.spawn(async move {
+                    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .into_owned();
+                    serve_until_closed!(conn, asked, closing, timeout);
+                });
+            }
+            _ => {
+                self.tracker.spawn(async move {
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .into_owned();
+                    serve_until_closed!(conn, asked, closing, timeout);
+                });
+            }
+        }
     }
 }
