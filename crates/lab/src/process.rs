@@ -19,6 +19,8 @@ pub struct Proc {
     pub name: String,
     child: Child,
     log: PathBuf,
+    /// The lines the child printed on stdout after its ready line.
+    lines: tokio::sync::watch::Receiver<Vec<String>>,
 }
 
 impl Proc {
@@ -109,13 +111,20 @@ impl Proc {
                 tail(&log, 15)
             ),
         };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep draining stdout so the child never blocks on a full pipe;
+        // the lines are kept for [`Proc::wait_for_line`] (roles print few).
+        let (seen, seen_rx) = tokio::sync::watch::channel(Vec::new());
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen.send_modify(|l: &mut Vec<String>| l.push(line));
+            }
+        });
         Ok((
             Proc {
                 name: name.to_string(),
                 child,
                 log,
+                lines: seen_rx,
             },
             words,
         ))
@@ -129,17 +138,44 @@ impl Proc {
 
     /// Asks the process to stop (SIGTERM) and waits up to `grace`, then kills it.
     pub async fn stop(&mut self, grace: Duration) {
+        self.terminate();
+        self.wait_or_kill(grace).await;
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn terminate(&self) {
         if let Some(pid) = self.child.id() {
             // SAFETY: plain syscall on a pid we own.
             unsafe {
                 libc::kill(pid as libc::pid_t, libc::SIGTERM);
             }
         }
+    }
+
+    /// Waits up to `grace` for the process to end, then kills it.
+    pub async fn wait_or_kill(&mut self, grace: Duration) {
         if tokio::time::timeout(grace, self.child.wait())
             .await
             .is_err()
         {
             self.kill().await;
+        }
+    }
+
+    /// Waits up to `timeout` until the process prints a line starting with
+    /// `prefix` on stdout (after its ready line) or ends; answers whether
+    /// it printed it.
+    pub async fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> bool {
+        let mut lines = self.lines.clone();
+        let printed = lines.wait_for(|l| l.iter().any(|l| l.starts_with(prefix)));
+        tokio::select! {
+            r = printed => r.is_ok(),
+            _ = self.child.wait() => {
+                // The last lines may still be on their way through the pipe.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.lines.borrow().iter().any(|l| l.starts_with(prefix))
+            }
+            () = tokio::time::sleep(timeout) => false,
         }
     }
 

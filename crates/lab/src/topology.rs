@@ -629,35 +629,84 @@ impl Deployment {
 
     /// Restarts the region's agent (the witness's too) as an upgrade would:
     /// SIGTERM, which leaves its database node running, then a new agent.
+    ///
+    /// The new agent starts as soon as the old one says it only drains its
+    /// writer proxies' sessions (its `draining:` line, printed once its
+    /// database loop has stopped), on the same held sockets: it takes the
+    /// new connections while the old one's sessions end at idle points.
+    /// Returns once the new agent is ready and the old one has ended.
     pub async fn restart_agent_gracefully(&mut self, region: &str) -> Result<()> {
         if let Some(w) = self
             .witness_agents
             .iter()
             .position(|(s, _, _)| s.name == region)
         {
-            if let Some(mut p) = self.witness_agents[w].2.take() {
-                p.stop(Self::RESTART_GRACE).await;
-            }
+            let old = self.witness_agents[w].2.take();
             let (spec, paths, _) = &self.witness_agents[w];
-            let proc = self.spawn_agent(&spec.name.clone(), &paths.clone()).await?;
+            let (name, paths) = (spec.name.clone(), paths.clone());
+            let proc = self
+                .hand_over_agent(old, || self.spawn_agent(&name, &paths))
+                .await?;
             self.witness_agents[w].2 = Some(proc);
             return Ok(());
         }
         let i = self.runtime_mut(region)?;
-        if let Some(mut p) = self.serving[i].agent.take() {
-            p.stop(Self::RESTART_GRACE).await;
-        }
-        self.start_agent(i).await
+        let old = self.serving[i].agent.take();
+        let (name, paths) = (
+            self.serving[i].spec.name.clone(),
+            self.serving[i].backend_paths.clone(),
+        );
+        let proc = self
+            .hand_over_agent(old, || self.spawn_agent(&name, &paths))
+            .await?;
+        self.serving[i].agent = Some(proc);
+        Ok(())
+    }
+
+    /// Stops `old` (SIGTERM), starts its successor with `start` once `old`
+    /// drains or has ended, then waits for `old` to end.
+    async fn hand_over_agent<'a, F>(
+        &'a self,
+        old: Option<Proc>,
+        start: impl FnOnce() -> F,
+    ) -> Result<Proc>
+    where
+        F: std::future::Future<Output = Result<Proc>> + 'a,
+    {
+        let Some(mut old) = old else {
+            return start().await;
+        };
+        old.terminate();
+        old.wait_for_line("draining:", Self::RESTART_GRACE).await;
+        let new = start().await;
+        old.wait_or_kill(Self::RESTART_GRACE).await;
+        new
     }
 
     /// Restarts the region's edge as an upgrade would: SIGTERM (it answers
     /// not ready, then drains), then a new edge on the same addresses.
+    ///
+    /// The new edge starts once the old one has let go of its admin address
+    /// (after its unready delay), while the old one still accepts on its
+    /// client listeners: the new edge joins them (SO_REUSEPORT) and the old
+    /// one closes its own only once the new one listens, so no client
+    /// connection is refused. Returns once the old edge has ended.
     pub async fn restart_edge(&mut self, region: &str) -> Result<()> {
         let i = self.runtime_mut(region)?;
-        if let Some(mut p) = self.serving[i].edge.take() {
-            p.stop(Self::RESTART_GRACE).await;
+        let Some(mut old) = self.serving[i].edge.take() else {
+            return self.start_edge(i).await;
+        };
+        old.terminate();
+        let admin = self.serving[i].admin_addr;
+        let deadline = tokio::time::Instant::now() + Self::RESTART_GRACE;
+        while tokio::net::TcpStream::connect(admin).await.is_ok()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.start_edge(i).await
+        let started = self.start_edge(i).await;
+        old.wait_or_kill(Self::RESTART_GRACE).await;
+        started
     }
 
     /// Lets go of the lab's copies of the sockets of the region's
