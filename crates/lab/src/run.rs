@@ -625,10 +625,13 @@ async fn drive(deployment: &mut Deployment, scenario: &Scenario, args: &LabArgs)
     let mut faults = Faults::default();
     for step in &scenario.steps {
         tokio::time::sleep_until((t0 + step.at).into()).await;
+        // The event is stamped when the step starts, as the terminal's line
+        // is: a region's restart takes seconds to finish.
+        let started_ms = clock.ms();
         println!("{} {}", clock.stamp(), step.label);
         apply_step(deployment, step, &clock, &mut faults).await?;
         events.push(Event {
-            t_ms: clock.ms(),
+            t_ms: started_ms,
             what: step.label.clone(),
         });
     }

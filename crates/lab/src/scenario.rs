@@ -432,7 +432,12 @@ mod tests {
                     s.needs_db,
                     matches!(
                         *name,
-                        "switchover" | "failback" | "agent-loss" | "rolling-restart"
+                        "switchover"
+                            | "failback"
+                            | "agent-loss"
+                            | "rolling-restart"
+                            | "evacuation"
+                            | "evacuation-abort"
                     ),
                     "{name}"
                 );
