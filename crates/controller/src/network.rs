@@ -59,16 +59,23 @@ pub struct Peer {
 struct Failure(String);
 
 impl Peer {
+    /// One Raft call. It runs in a task of its own with the RPC timeout:
+    /// openraft drops a call at its own deadline (the heartbeat, 150 ms by
+    /// default), shorter than a new connection's TCP and TLS handshakes plus
+    /// the request across a WAN (three round trips). Dropped with it, the
+    /// connection would never be made and a restarted peer never reached
+    /// again; finished in its task, the connection lands in the pool for
+    /// the next call, and a late answer is dropped.
     async fn send<Req, Resp, E>(
         &self,
-        path: &str,
+        path: &'static str,
         body: &Req,
-        option: &RPCOption,
+        _option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
+        Resp: DeserializeOwned + Send + 'static,
+        E: std::error::Error + DeserializeOwned + Send + 'static,
     {
         let addr = self.addr.ok_or_else(|| {
             RPCError::Unreachable(Unreachable::new(&Failure(format!(
@@ -76,11 +83,25 @@ impl Peer {
                 self.target
             ))))
         })?;
-        let deadline = option.hard_ttl().min(self.rpc_timeout);
-        let answer: Result<Resp, RaftError<NodeId, E>> = self
-            .client
-            .post(addr, path, body, deadline)
+        let body = serde_json::to_value(body).map_err(|e| {
+            RPCError::Network(NetworkError::new(&Failure(format!(
+                "the request does not serialize: {e}"
+            ))))
+        })?;
+        let client = self.client.clone();
+        let timeout = self.rpc_timeout;
+        let call = tokio::spawn(async move {
+            client
+                .post::<_, Result<Resp, RaftError<NodeId, E>>>(addr, path, &body, timeout)
+                .await
+        });
+        let answer = call
             .await
+            .map_err(|e| {
+                RPCError::Network(NetworkError::new(&Failure(format!(
+                    "the call's task ended: {e}"
+                ))))
+            })?
             .map_err(|e| match e {
                 CallError::Unreachable { .. } => {
                     RPCError::Unreachable(Unreachable::new(&Failure(e.to_string())))
