@@ -2,14 +2,21 @@
 //! served at `/metrics` on `agent.admin` (OpenMetrics text format 1.0):
 //! what its probes see of every region and service, and per database
 //! cluster its node's role, fence and replication lag, its lease, and its
-//! writer proxy's connections and refusals.
+//! writer proxy's connections and refusals. Every series carries the
+//! agent's region (`agent_region`). Label values are region, service and
+//! cluster names, which the configuration restricts to letters, digits,
+//! `-` and `_`: none needs escaping.
 //!
 //! The probe loop and the database loops record into one [`AgentMetrics`]
-//! as they go; the writer proxies' counters are read at the scrape.
+//! as they go, each with the time of its last round
+//! (`tern_agent_last_round_timestamp_seconds`), so that a loop that hangs
+//! shows as a timestamp that stops moving rather than as figures that look
+//! current; the writer proxies' counters are read at the scrape.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -18,28 +25,114 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::writer_proxy::WriterProxy;
+use crate::writer_proxy::{ProxyStats, WriterProxy};
 
 type Labels = Vec<(&'static str, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
-/// A writer-proxy family: name, type, help, and its value in the stats.
+/// A writer-proxy family: name (a counter's without `_total`, which the
+/// encoder adds), type, help, and its value in the stats.
 type ProxyFamily = (
     &'static str,
+    MetricType,
     &'static str,
-    &'static str,
-    fn(&crate::writer_proxy::ProxyStats) -> u64,
+    fn(&ProxyStats) -> u64,
 );
+
+/// The writer proxies' families, read from their own counters at the scrape.
+const PROXY_FAMILIES: [ProxyFamily; 5] = [
+    (
+        "tern_agent_writer_proxy_connections",
+        MetricType::Gauge,
+        "Client connections the writer proxy relays now",
+        |s| s.active,
+    ),
+    (
+        "tern_agent_writer_proxy_accepted",
+        MetricType::Counter,
+        "Client connections led to a primary",
+        |s| s.accepted,
+    ),
+    (
+        "tern_agent_writer_proxy_refused",
+        MetricType::Counter,
+        "Client connections refused because no primary may take writes",
+        |s| s.refused,
+    ),
+    (
+        "tern_agent_writer_proxy_unreachable",
+        MetricType::Counter,
+        "Client connections whose primary could not be reached",
+        |s| s.unreachable,
+    ),
+    (
+        "tern_agent_writer_proxy_cut",
+        MetricType::Counter,
+        "Client connections ended because the writer changed or its lease ran out",
+        |s| s.cut,
+    ),
+];
 
 fn labels(pairs: &[(&'static str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+/// Seconds since the Unix epoch now, for a timestamp gauge.
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The writer proxies, by cluster, whose counters the scrape reads.
+type Proxies = Arc<Mutex<Vec<(String, WriterProxy)>>>;
+
+/// Encodes the writer proxies' counters at the scrape, through the
+/// registry, so they carry its `agent_region` label and its encoding.
+struct ProxyCollector(Proxies);
+
+impl std::fmt::Debug for ProxyCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxyCollector")
+    }
+}
+
+impl Collector for ProxyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats: Vec<(Labels, ProxyStats)> = self
+            .0
+            .lock()
+            .expect("metrics proxies")
+            .iter()
+            .map(|(cluster, proxy)| (labels(&[("cluster", cluster)]), proxy.stats()))
+            .collect();
+        if stats.is_empty() {
+            return Ok(());
+        }
+        for (name, kind, help, value) in PROXY_FAMILIES {
+            // Written as the registry writes its own families' help.
+            let help = format!("{help}.");
+            let mut family = encoder.encode_descriptor(name, &help, None, kind)?;
+            for (l, s) in &stats {
+                let series = family.encode_family(l)?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(value(s)).encode(series)?,
+                    _ => ConstGauge::new(value(s) as i64).encode(series)?,
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The agent's metrics; cheap to clone (shared).
@@ -58,7 +151,8 @@ struct Inner {
     lag_seconds: Family<Labels, FloatGauge>,
     lease_epoch: Family<Labels, Gauge>,
     lease_remaining: Family<Labels, FloatGauge>,
-    proxies: Mutex<Vec<(String, WriterProxy)>>,
+    last_round: Family<Labels, FloatGauge>,
+    proxies: Proxies,
 }
 
 /// What a database loop saw of its node and lease in one round.
@@ -145,6 +239,14 @@ impl AgentMetrics {
             "Time left before the lease held here runs out, counted from the renewal's send (0: none)",
             lease_remaining.clone(),
         );
+        let last_round = Family::<Labels, FloatGauge>::default();
+        registry.register(
+            "tern_agent_last_round_timestamp_seconds",
+            "Unix time at which the loop (probe; database, per cluster) last finished a round: stops moving when the loop hangs",
+            last_round.clone(),
+        );
+        let proxies = Proxies::default();
+        registry.register_collector(Box::new(ProxyCollector(proxies.clone())));
         AgentMetrics(Arc::new(Inner {
             registry,
             probe_up,
@@ -157,12 +259,18 @@ impl AgentMetrics {
             lag_seconds,
             lease_epoch,
             lease_remaining,
-            proxies: Mutex::new(Vec::new()),
+            last_round,
+            proxies,
         }))
     }
 
-    /// One probe result of `service` (or every service, `None`) in `region`.
+    /// One probe result of `service` (or every service, `None`) in `region`,
+    /// recorded as the probe loop finishes a round.
     pub fn probe(&self, region: &str, service: Option<&str>, ok: bool, latency_ms: Option<u64>) {
+        self.0
+            .last_round
+            .get_or_create(&labels(&[("loop", "probe")]))
+            .set(unix_now());
         let l = labels(&[("region", region), ("service", service.unwrap_or("*"))]);
         self.0.probe_up.get_or_create(&l).set(i64::from(ok));
         if ok {
@@ -205,6 +313,10 @@ impl AgentMetrics {
         let (epoch, left) = r.lease.unwrap_or((0, 0.0));
         self.0.lease_epoch.get_or_create(&cluster).set(epoch as i64);
         self.0.lease_remaining.get_or_create(&cluster).set(left);
+        self.0
+            .last_round
+            .get_or_create(&labels(&[("loop", "database"), ("cluster", r.cluster)]))
+            .set(unix_now());
     }
 
     /// The writer proxies whose counters the scrape reads.
@@ -216,62 +328,11 @@ impl AgentMetrics {
             .push((cluster.to_string(), proxy));
     }
 
-    /// Every metric now, in the text exposition format.
+    /// Every metric now, in the text exposition format; the writer
+    /// proxies' counters are read now (they count by themselves).
     pub fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.0.registry).expect("writing to a String cannot fail");
-        // The proxies' own counters, read now (they count by themselves).
-        let proxies = self.0.proxies.lock().expect("metrics proxies").clone();
-        if !proxies.is_empty() {
-            // Appended before the registry's `# EOF` line.
-            let body = out.trim_end().trim_end_matches("# EOF").to_string();
-            out = body;
-            let families: [ProxyFamily; 5] = [
-                (
-                    "tern_agent_writer_proxy_connections",
-                    "gauge",
-                    "Client connections the writer proxy relays now",
-                    |s| s.active,
-                ),
-                (
-                    "tern_agent_writer_proxy_accepted_total",
-                    "counter",
-                    "Client connections led to a primary",
-                    |s| s.accepted,
-                ),
-                (
-                    "tern_agent_writer_proxy_refused_total",
-                    "counter",
-                    "Client connections refused because no primary may take writes",
-                    |s| s.refused,
-                ),
-                (
-                    "tern_agent_writer_proxy_unreachable_total",
-                    "counter",
-                    "Client connections whose primary could not be reached",
-                    |s| s.unreachable,
-                ),
-                (
-                    "tern_agent_writer_proxy_cut_total",
-                    "counter",
-                    "Client connections ended because the writer changed or its lease ran out",
-                    |s| s.cut,
-                ),
-            ];
-            for (name, kind, help, value) in families {
-                let family = name.trim_end_matches("_total");
-                out.push_str(&format!(
-                    "# HELP {family} {help}.\n# TYPE {family} {kind}\n"
-                ));
-                for (cluster, proxy) in &proxies {
-                    out.push_str(&format!(
-                        "{name}{{cluster=\"{cluster}\"}} {}\n",
-                        value(&proxy.stats())
-                    ));
-                }
-            }
-            out.push_str("# EOF\n");
-        }
         out
     }
 }
@@ -346,4 +407,71 @@ pub async fn serve(
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     std::net::TcpListener::bind(addr)
         .with_context(|| format!("bind the agent's admin address {addr}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer_proxy::Target;
+
+    #[tokio::test]
+    async fn every_series_names_the_agent_region_and_each_loop_stamps_its_rounds() {
+        let metrics = AgentMetrics::new("us-east");
+        let (proxy, _task) = WriterProxy::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            "payments",
+            Target::Closed {
+                reason: "test".into(),
+            },
+        )
+        .await
+        .unwrap();
+        metrics.add_proxy("payments", proxy);
+        metrics.probe("us-west", Some("api"), true, Some(12));
+        metrics.db_round(&DbRound {
+            cluster: "payments",
+            role: Some("primary"),
+            fenced: false,
+            lag_bytes: Some(0),
+            lag_seconds: Some(0.0),
+            lease: Some((3, 1.5)),
+        });
+        let page = metrics.render();
+        let samples: Vec<&str> = page.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(!samples.is_empty(), "{page}");
+        for line in &samples {
+            assert!(line.contains("agent_region=\"us-east\""), "{line}");
+        }
+        assert!(
+            page.contains("# TYPE tern_agent_writer_proxy_accepted counter\n"),
+            "{page}"
+        );
+        assert!(
+            samples
+                .iter()
+                .any(|l| l.starts_with("tern_agent_writer_proxy_accepted_total{")
+                    && l.contains("cluster=\"payments\"")),
+            "{page}"
+        );
+        assert!(
+            samples
+                .iter()
+                .any(|l| l.starts_with("tern_agent_writer_proxy_connections{")),
+            "{page}"
+        );
+        let now = unix_now();
+        for set in ["loop=\"probe\"", "loop=\"database\""] {
+            let stamp: f64 = samples
+                .iter()
+                .find(|l| {
+                    l.starts_with("tern_agent_last_round_timestamp_seconds{") && l.contains(set)
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no round timestamp for {set}:\n{page}"));
+            assert!((now - stamp).abs() < 5.0, "{set}: {stamp} vs {now}");
+        }
+        assert_eq!(page.matches("# EOF").count(), 1, "{page}");
+        assert!(page.ends_with("# EOF\n"), "{page}");
+    }
 }

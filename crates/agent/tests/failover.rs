@@ -846,11 +846,41 @@ async fn agent_metrics_show_the_role_the_lease_and_the_fence_as_they_change() {
         series(&page, "tern_agent_lease_remaining_seconds", &[cluster]).unwrap() > 0.0,
         "{page}"
     );
+    // Every series names the agent's region, the writer proxy's too.
+    let region = "agent_region=\"east\"";
     assert!(
-        series(&page, "tern_agent_writer_proxy_connections", &[cluster]).is_some(),
+        series(
+            &page,
+            "tern_agent_writer_proxy_connections",
+            &[cluster, region]
+        )
+        .is_some(),
         "{page}"
     );
-    assert!(page.contains("agent_region=\"east\""), "{page}");
+    assert!(
+        series(
+            &page,
+            "tern_agent_writer_proxy_accepted_total",
+            &[cluster, region]
+        )
+        .is_some(),
+        "{page}"
+    );
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.contains(region), "{line}");
+    }
+    // The database loop stamps each round, so that a hung loop shows.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let round = series(
+        &page,
+        "tern_agent_last_round_timestamp_seconds",
+        &[cluster, "loop=\"database\""],
+    )
+    .expect("a round timestamp");
+    assert!((now - round).abs() < 10.0, "{now} vs {round}:\n{page}");
 
     // Cut from the controllers, east fences itself: the metrics say so.
     for l in &lab.east_links {

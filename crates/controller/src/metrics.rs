@@ -107,11 +107,26 @@ pub fn render(node: &Controller) -> String {
     let warnings = family::<Gauge>(
         &mut r,
         "tern_controller_config_warnings",
-        "Warnings the configuration accepted in so many words (allow_unsafe_placement, insecure_plaintext)",
+        "1 for each warning the configuration accepted in so many words, by kind (allow_unsafe_placement, insecure_plaintext)",
     );
-    warnings
-        .get_or_create(&me)
-        .set(status.warnings.len() as i64);
+    for (kind, on) in [
+        (
+            "allow_unsafe_placement",
+            node.settings.placement_warning.is_some(),
+        ),
+        (
+            "insecure_plaintext",
+            node.settings.plaintext_warning.is_some(),
+        ),
+    ] {
+        warnings
+            .get_or_create(&label(&[
+                ("node", &node.id.to_string()),
+                ("region", &node.region),
+                ("kind", kind),
+            ]))
+            .set(i64::from(on));
+    }
 
     let verdict = family::<Gauge>(
         &mut r,
@@ -173,10 +188,12 @@ pub fn render(node: &Controller) -> String {
         "tern_controller_last_plan_duration_seconds",
         "Duration of the cluster's last finished plan, labelled with its outcome",
     );
-    let plans = family::<Counter>(
+    // A gauge: the state keeps only the last finished plans, so the count
+    // falls when an old one is dropped; it counts nothing since a start.
+    let plans = family::<Gauge>(
         &mut r,
         "tern_controller_plans_finished",
-        "Plans kept in the state as finished, by outcome (at most the last 16)",
+        "Finished plans the state keeps now, by outcome (at most the last 16)",
     );
     for (name, c) in &clusters.clusters {
         let running = c.plan.as_ref().filter(|p| p.active());
