@@ -397,6 +397,8 @@ async fn tls_from_the_client_reaches_the_primary_through_the_proxy() {
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
         ])
         .args(["-subj", "/CN=east.db"])
+        .args(["-addext", "subjectAltName=DNS:east.db,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -456,5 +458,39 @@ async fn tls_from_the_client_reaches_the_primary_through_the_proxy() {
         )
         .await,
         Ok("f".to_string())
+    );
+
+    // tokio-postgres over rustls, verifying the server's certificate (its
+    // own CA here) through the proxy: the proxy relays the TLS bytes.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_file_iter(&cert).unwrap() {
+        let c: rustls::pki_types::CertificateDer<'static> = c.unwrap();
+        roots.add(c).unwrap();
+    }
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(config);
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=require"),
+        tls,
+    )
+    .await
+    .expect("tokio-postgres over TLS through the proxy");
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, bool>(0),
+        "the server sees the session encrypted"
     );
 }

@@ -101,7 +101,7 @@ impl Controller {
                 }
                 Command::DrillWatch {
                     id: drill.id,
-                    evidence: summary(&reading),
+                    evidence: tern_core::drill::summarize(&reading),
                 }
             }
             Decision::Advance { phase, evidence } => Command::DrillAdvance {
@@ -196,21 +196,6 @@ impl Controller {
             tracing::info!(drill = drill.id, ?moved, "drill switchovers started");
         }
     }
-}
-
-fn summary(reading: &Reading) -> Vec<String> {
-    reading
-        .iter()
-        .map(|(region, s)| match s {
-            Some(s) => format!(
-                "clients in {region}: {} requests, {} failed, p99 {} ms",
-                s.requests,
-                s.errors,
-                s.p99.as_millis()
-            ),
-            None => format!("clients in {region}: no data"),
-        })
-        .collect()
 }
 
 /// Keeps an edge's report at this node.

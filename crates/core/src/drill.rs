@@ -524,7 +524,9 @@ impl Drill {
     }
 }
 
-fn summarize(reading: &Reading) -> Vec<String> {
+/// One line per client region of what the guardrails read (the evidence
+/// of a phase, and of a watch entry).
+pub fn summarize(reading: &Reading) -> Vec<String> {
     reading
         .iter()
         .map(|(region, s)| match s {
