@@ -310,28 +310,11 @@ pub fn server_config(certs: Arc<Certificates>) -> Result<Arc<ServerConfig>, TlsE
 /// Reloads on SIGHUP and when a file changes (checked every
 /// `reload_check`), until `stop`.
 pub async fn reload_loop(certs: Arc<Certificates>, stop: CancellationToken) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "no SIGHUP handler; certificates reload on file changes only");
-            None
-        }
+    let every = certs.settings.reload_check;
+    let changed = || certs.changed();
+    let reload = || {
+        let _ = certs.reload();
     };
-    let mut ticker = tokio::time::interval(certs.settings.reload_check);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let signalled = tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => false,
-            _ = async {
-                match hangup.as_mut() {
-                    Some(h) => { h.recv().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => true,
-        };
-        if signalled || certs.changed() {
-            let _ = certs.reload();
-        }
-    }
+    tern_proto::tls::reload_on_change("the edge's certificate set", every, stop, changed, reload)
+        .await;
 }

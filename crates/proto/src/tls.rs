@@ -282,30 +282,55 @@ impl LiveCert {
     /// Reloads on SIGHUP and when a file changes (checked every `every`),
     /// until `stop`.
     pub async fn watch(self: Arc<Self>, every: Duration, stop: CancellationToken) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "no SIGHUP handler; the control-plane certificate reloads on file changes only");
-                None
-            }
+        let changed = || self.changed();
+        let reload = || {
+            let _ = self.reload();
         };
-        let mut ticker = tokio::time::interval(every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let signalled = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = ticker.tick() => false,
-                _ = async {
-                    match hangup.as_mut() {
-                        Some(h) => { h.recv().await; }
-                        None => std::future::pending::<()>().await,
-                    }
-                } => true,
-            };
-            if signalled || self.changed() {
-                let _ = self.reload();
-            }
+        reload_on_change(
+            "the control-plane certificate",
+            every,
+            stop,
+            changed,
+            reload,
+        )
+        .await;
+    }
+}
+
+/// Calls `reload` on SIGHUP, and whenever `changed` says a file changed
+/// (checked every `every`), until `stop`: how each set of certificates
+/// (the control plane's, the edge's HTTPS) follows its files. `what` names
+/// them in the warning when no SIGHUP handler can be installed.
+pub async fn reload_on_change(
+    what: &str,
+    every: Duration,
+    stop: CancellationToken,
+    changed: impl Fn() -> bool,
+    reload: impl Fn(),
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler; {what} reloads on file changes only");
+            None
+        }
+    };
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let signalled = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => false,
+            _ = async {
+                match hangup.as_mut() {
+                    Some(h) => { h.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => true,
+        };
+        if signalled || changed() {
+            reload();
         }
     }
 }
