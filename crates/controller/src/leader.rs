@@ -59,7 +59,8 @@ impl Controller {
             ))
         })?;
         let deadline = self.write_deadline() + self.settings.rpc_timeout;
-        self.client
+        let answer = self
+            .client
             .post_with_header::<_, WriteAnswer>(
                 leader,
                 "/v1/write",
@@ -73,7 +74,17 @@ impl Controller {
                 other => WriteError::NoQuorum(format!(
                     "the leader could not commit it ({other}); this node may be out of quorum"
                 )),
-            })
+            })?;
+        // Read your writes: the client's next read usually comes to this
+        // node, so answer once this node has applied the entry too. The
+        // entry is committed either way; past the wait, a read here may
+        // still be one entry behind.
+        let _ = self
+            .raft
+            .wait(Some(self.settings.rpc_timeout))
+            .applied_index_at_least(Some(answer.index), "forwarded write applied here")
+            .await;
+        Ok(answer)
     }
 
     /// Feeds an agent's observations to the leader's verdict engine.

@@ -493,3 +493,30 @@ async fn members_are_added_and_removed_by_command_run() {
     node4.shutdown().await;
     g.stop_all().await;
 }
+
+/// Read your writes: a write sent to a follower answers only once that
+/// follower has applied it, so the client's next read there sees it.
+/// (Broke: `tern drill start` committed a drill through a follower, asked
+/// the same follower about it and was told it was not the current drill.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_a_follower_is_seen_there_when_it_answers() {
+    let g = Group::start(1, Timings::default()).await;
+    let leader = g.leader().await;
+    for round in 0..10u32 {
+        let follower = (leader + 1 + (round as usize % 2)) % 3;
+        let answer = g
+            .client(follower)
+            .write(&set_weights(round + 1, 1))
+            .await
+            .expect("committed");
+        let applied = g.status(follower).last_applied.unwrap_or(0);
+        assert!(
+            applied >= answer.index,
+            "round {round}: the follower answered for entry {} but has applied only {applied}",
+            answer.index
+        );
+        let state = g.node(follower).state();
+        let east = state.routing().services["api"].weights.get("east").copied();
+        assert_eq!(east, Some(round + 1), "round {round}");
+    }
+}

@@ -202,13 +202,32 @@ async fn start(args: StartArgs) -> ExitCode {
 async fn follow(client: &tern_proto::ControllerClient, id: u64) -> ExitCode {
     let mut shown = 0;
     let mut last_contact = Instant::now();
+    let started = Instant::now();
     loop {
         match client.drills().await {
             Ok(view) => {
                 last_contact = Instant::now();
-                let Some(d) = view.current.filter(|d| d.id == id) else {
-                    eprintln!("drill {id} is no longer the current drill");
-                    return ExitCode::FAILURE;
+                // The controller that answers may not have applied the
+                // drill yet: wait for it; a newer drill means ours is gone.
+                let newest = view.current.as_ref().map_or(0, |d| d.id);
+                let found = view
+                    .current
+                    .into_iter()
+                    .chain(view.past)
+                    .find(|d| d.id == id);
+                let Some(d) = found else {
+                    if newest > id {
+                        eprintln!("drill {id} is no longer the current drill");
+                        return ExitCode::FAILURE;
+                    }
+                    if started.elapsed() > Duration::from_secs(30) {
+                        eprintln!(
+                            "drill {id} was committed but the controller answering has not shown it for 30 s; see `tern drill status`"
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
                 };
                 for r in d.history.iter().skip(shown) {
                     println!(
