@@ -226,6 +226,12 @@ impl Controller {
             drill: config.drill.clone(),
             replication: Mutex::new(BTreeMap::new()),
             guardrails: Mutex::new(BTreeMap::new()),
+            capacities: config
+                .regions
+                .iter()
+                .filter(|r| r.serves_traffic)
+                .filter_map(|r| Some((r.name.clone(), r.capacity_rps?)))
+                .collect(),
             plan_attempts: Mutex::new(BTreeMap::new()),
             clock,
             announced_term: tokio::sync::watch::channel(0).0,

@@ -58,9 +58,12 @@ pub struct Controller {
     pub(crate) databases: Vec<Database>,
     /// `[drill]`: the windows a drill may start in.
     pub(crate) drill: tern_core::drill::DrillSettings,
-    /// The latest guardrail report per edge region (during a drill), with
-    /// its arrival.
-    pub(crate) guardrails: Mutex<BTreeMap<String, (Instant, tern_proto::api::GuardrailReport)>>,
+    /// The latest guardrail report per (region, edge), with its arrival.
+    pub(crate) guardrails:
+        Mutex<BTreeMap<(String, String), (Instant, tern_proto::api::GuardrailReport)>>,
+    /// Per serving region, requests per second its backends can serve
+    /// (`capacity_rps`); empty: drills do not check capacity.
+    pub(crate) capacities: BTreeMap<String, u64>,
     /// The latest replication report per (cluster, region), with its arrival.
     pub(crate) replication: Mutex<BTreeMap<(String, String), (Instant, ReplicationReport)>>,
     /// When the leader last tried to start a plan, per cluster (a refused

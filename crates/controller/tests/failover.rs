@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use common::{batch, over_seeds, Group, Rng, Timings};
 use tern_core::control::{Applied, Command};
+use tern_core::drill::{DrillSpec, Guardrails};
 use tern_core::failover::{PlanKind, Step};
-use tern_proto::api::ReplicationReport;
+use tern_proto::api::{GuardrailReport, ReplicationReport};
+use tern_proto::http::CallError;
 
 const CLUSTER: &str = "orders";
 
@@ -428,4 +430,75 @@ async fn a_second_failover_in_sync_mode_does_not_promote_the_stale_old_primary()
             .any(|e| e.contains("east is no candidate") && e.contains("a primary")),
         "{refusal:?}"
     );
+}
+
+/// The checks before a drill (issue: "when capacities are configured, the
+/// receivers can absorb the evacuated load"; "with a switchover, the
+/// standby's lag is within the budget"): each refusal says why and commits
+/// nothing; with the checks met the drill starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_is_refused_until_the_receivers_can_absorb_the_load_and_the_lag_is_known() {
+    let t = Timings {
+        capacity_rps: Some([1000, 100]),
+        ..Timings::default()
+    };
+    let g = Group::start(11, t).await;
+    g.leader().await;
+    let start = |switchover_at| Command::StartDrill {
+        spec: DrillSpec {
+            region: "east".into(),
+            steps: vec![50, 100],
+            hold: Duration::from_secs(60),
+            return_steps: vec![],
+            switchover_at,
+            guardrails: Guardrails::default(),
+            service_guardrails: Default::default(),
+        },
+        actor: "test".into(),
+        wall_ms: 0,
+    };
+    let refused = |r: Result<tern_proto::api::WriteAnswer, CallError>| match r {
+        Err(CallError::Refused { message, .. }) => message,
+        other => panic!("expected a refusal: {other:?}"),
+    };
+    // No edge has said what east serves: nothing to check the capacities
+    // against, so no drill.
+    let m = refused(g.all().write(&start(None)).await);
+    assert!(m.contains("no edge reported the load it serves"), "{m}");
+
+    // east's edge: east's backends answered 2,500 requests in 5 s.
+    let load = |served_east: u64| GuardrailReport {
+        region: "east".into(),
+        edge: "edge-1".into(),
+        window_ms: 5000,
+        requests: served_east,
+        errors: 0,
+        p50_ms: 2,
+        p99_ms: 8,
+        services: vec![],
+        served: [("east".to_string(), served_east)].into(),
+    };
+    assert_eq!(g.all().report_guardrails(&load(2500)).await, 3);
+    let m = refused(g.all().write(&start(None)).await);
+    assert!(
+        m.contains("cannot absorb east's load: east serves 500 req/s; west has 100 req/s free"),
+        "{m}"
+    );
+
+    // At 50 req/s west can take it; with a switchover, the lag of the
+    // standby in west must be known first.
+    assert_eq!(g.all().report_guardrails(&load(250)).await, 3);
+    let m = refused(g.all().write(&start(Some(50))).await);
+    assert!(
+        m.contains("standby in west is unknown") && m.contains("budget of 1024 bytes"),
+        "{m}"
+    );
+    assert!(
+        g.all().drills().await.unwrap().current.is_none(),
+        "nothing committed"
+    );
+    match g.all().write(&start(None)).await {
+        Ok(a) => assert_eq!(a.applied, Applied::Drill(1)),
+        Err(e) => panic!("the checks pass: {e}"),
+    }
 }

@@ -131,6 +131,10 @@ pub enum Command {
     DrillWatch {
         id: u64,
         evidence: Vec<String>,
+        /// Per client region, the window's figures (added to the phase's
+        /// tally for the report).
+        #[serde(default)]
+        window: BTreeMap<String, crate::drill::WindowStats>,
     },
     /// The drill ends now and routing returns to what it was: a guardrail
     /// breached (the leader), or an operator said so (`tern drill abort`).
@@ -1052,14 +1056,18 @@ impl ControlState {
                 evidence,
                 wall_ms,
             } => self.end_drill_phase(id, phase, evidence, wall_ms, at),
-            Command::DrillWatch { id, evidence: _ } => {
+            Command::DrillWatch {
+                id,
+                evidence: _,
+                window,
+            } => {
                 match self
                     .drill
                     .as_mut()
                     .filter(|d| d.id == id && !d.phase.finished())
                 {
                     Some(d) => {
-                        d.last_seen = at;
+                        d.watch(&window, at);
                         Ok(Applied::Drill(id))
                     }
                     None => Ok(Applied::Nothing),
@@ -1270,6 +1278,7 @@ mod tests {
 
     fn drill_spec(region: &str) -> crate::drill::DrillSpec {
         crate::drill::DrillSpec {
+            service_guardrails: Default::default(),
             region: region.into(),
             steps: vec![10, 100],
             hold: t(10),
@@ -1368,6 +1377,7 @@ mod tests {
             Command::DrillWatch {
                 id: 1,
                 evidence: vec![],
+                window: BTreeMap::new(),
             },
             t(6),
         )

@@ -32,6 +32,9 @@ pub struct DrillSettings {
     pub guardrails: Guardrails,
     /// When a drill may start (UTC); empty: any time.
     pub windows: Vec<DrillWindow>,
+    /// Per service, its own limits (`[service.NAME.guardrails]`, each
+    /// limit it leaves out taken from `guardrails`).
+    pub service_guardrails: BTreeMap<String, Guardrails>,
 }
 
 impl Default for DrillSettings {
@@ -46,6 +49,7 @@ impl Default for DrillSettings {
             switchover_at: None,
             guardrails: Guardrails::default(),
             windows: Vec::new(),
+            service_guardrails: BTreeMap::new(),
         }
     }
 }
@@ -148,7 +152,23 @@ pub struct DrillSpec {
     /// Move the region's database writers away (a planned switchover)
     /// once the share reaches this, and back at the end.
     pub switchover_at: Option<u8>,
+    /// The default limits, and the evaluation window of every service.
     pub guardrails: Guardrails,
+    /// Per service, its own limits (`[service.NAME.guardrails]` in the
+    /// leader's configuration, stamped in when the drill is committed so
+    /// that every later leader judges the same); their `window` is unused.
+    /// Services not named here are judged on `guardrails`.
+    #[serde(default)]
+    pub service_guardrails: BTreeMap<String, Guardrails>,
+}
+
+impl DrillSpec {
+    /// The limits that apply to `service`'s requests.
+    pub fn limits(&self, service: &str) -> &Guardrails {
+        self.service_guardrails
+            .get(service)
+            .unwrap_or(&self.guardrails)
+    }
 }
 
 /// Limits on what clients see during a drill, per client region, over the
@@ -267,6 +287,9 @@ pub struct PhaseRecord {
     pub ended_at: Duration,
     /// What the guardrails read at its end.
     pub evidence: Vec<String>,
+    /// Per client region, what its clients saw over the phase.
+    #[serde(default)]
+    pub stats: BTreeMap<String, StepStats>,
 }
 
 /// A drill in the replicated state.
@@ -286,18 +309,78 @@ pub struct Drill {
     /// Who started it.
     pub actor: String,
     pub history: Vec<PhaseRecord>,
+    /// Per client region, the windows watched so far in this phase.
+    #[serde(default)]
+    pub tally: BTreeMap<String, StepStats>,
+}
+
+/// Requests of one service over one window, as the edges of one client
+/// region saw them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ServiceStats {
+    pub requests: u64,
+    /// Answered 5xx, or not at all.
+    pub errors: u64,
+    /// Median and 99th percentile of the time to response headers (upper
+    /// bounds of the edges' histogram buckets; several edges: the largest).
+    #[serde(with = "crate::units::serde_ms")]
+    pub p50: Duration,
+    #[serde(with = "crate::units::serde_ms")]
+    pub p99: Duration,
 }
 
 /// What the edges last said about one client region's requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct WindowStats {
     pub requests: u64,
     pub errors: u64,
+    #[serde(with = "crate::units::serde_ms", default)]
+    pub p50: Duration,
     #[serde(with = "crate::units::serde_ms")]
     pub p99: Duration,
     /// How old the reading is.
     #[serde(with = "crate::units::serde_ms")]
     pub age: Duration,
+    /// The same figures per service; empty from an edge that does not
+    /// break them down (then the totals are judged on the drill's limits).
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceStats>,
+}
+
+/// What clients of one region saw over a whole phase: the sums of the
+/// windows the leader watched during it, and the worst window's
+/// percentiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StepStats {
+    /// Evaluation windows summed.
+    pub windows: u32,
+    pub requests: u64,
+    pub errors: u64,
+    /// The largest p50 and p99 of those windows.
+    #[serde(with = "crate::units::serde_ms")]
+    pub p50: Duration,
+    #[serde(with = "crate::units::serde_ms")]
+    pub p99: Duration,
+}
+
+impl StepStats {
+    /// Adds one window's figures.
+    pub fn add(&mut self, w: &WindowStats) {
+        self.windows += 1;
+        self.requests += w.requests;
+        self.errors += w.errors;
+        self.p50 = self.p50.max(w.p50);
+        self.p99 = self.p99.max(w.p99);
+    }
+
+    /// Failed requests as a share of all, 0.0 without requests.
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
 }
 
 /// The guardrails' inputs at one tick: per client region, the latest
@@ -344,7 +427,17 @@ impl Drill {
             last_seen: now,
             actor,
             history: Vec::new(),
+            tally: BTreeMap::new(),
         }
+    }
+
+    /// The leader watched one window at `now`: the drill's heartbeat, and
+    /// the window's figures added to the phase's tally.
+    pub fn watch(&mut self, window: &BTreeMap<String, WindowStats>, now: Duration) {
+        for (region, w) in window {
+            self.tally.entry(region.clone()).or_default().add(w);
+        }
+        self.last_seen = now;
     }
 
     /// The evacuated region's share of traffic that goes elsewhere now,
@@ -376,7 +469,7 @@ impl Drill {
         let g = &self.spec.guardrails;
         let learning = now < self.started_at + g.window;
         for (region, stats) in reading {
-            let fresh = stats.filter(|s| s.age <= g.window * 2);
+            let fresh = stats.as_ref().filter(|s| s.age <= g.window * 2);
             if fresh.is_none() && learning {
                 continue;
             }
@@ -385,25 +478,22 @@ impl Drill {
                     "no fresh guardrail data from the edges of {region} (missing data counts as a breach)"
                 ));
             };
-            if s.requests < g.min_requests {
-                continue;
+            if s.services.is_empty() {
+                let total = ServiceStats {
+                    requests: s.requests,
+                    errors: s.errors,
+                    p50: s.p50,
+                    p99: s.p99,
+                };
+                if let Some(b) = judge(&total, g, &format!("clients in {region}")) {
+                    return Some(b);
+                }
             }
-            let rate = s.errors as f64 / s.requests as f64;
-            if rate > g.max_error_rate {
-                return Some(format!(
-                    "error rate of clients in {region} {:.1}% over {:.1}% ({} of {} requests)",
-                    rate * 100.0,
-                    g.max_error_rate * 100.0,
-                    s.errors,
-                    s.requests
-                ));
-            }
-            if s.p99 > g.max_p99 {
-                return Some(format!(
-                    "p99 latency of clients in {region} {} ms over {} ms",
-                    s.p99.as_millis(),
-                    g.max_p99.as_millis()
-                ));
+            for (service, st) in &s.services {
+                let who = format!("{service} for clients in {region}");
+                if let Some(b) = judge(st, self.spec.limits(service), &who) {
+                    return Some(b);
+                }
             }
         }
         None
@@ -504,6 +594,7 @@ impl Drill {
             started_at: self.phase_since,
             ended_at: now,
             evidence,
+            stats: std::mem::take(&mut self.tally),
         });
         self.phase = phase;
         self.phase_since = now;
@@ -524,6 +615,31 @@ impl Drill {
     }
 }
 
+/// The first limit `s` breaks, said of `who`; too few requests break none.
+fn judge(s: &ServiceStats, g: &Guardrails, who: &str) -> Option<String> {
+    if s.requests < g.min_requests {
+        return None;
+    }
+    let rate = s.errors as f64 / s.requests as f64;
+    if rate > g.max_error_rate {
+        return Some(format!(
+            "error rate of {who} {:.1}% over {:.1}% ({} of {} requests)",
+            rate * 100.0,
+            g.max_error_rate * 100.0,
+            s.errors,
+            s.requests
+        ));
+    }
+    if s.p99 > g.max_p99 {
+        return Some(format!(
+            "p99 latency of {who} {} ms over {} ms",
+            s.p99.as_millis(),
+            g.max_p99.as_millis()
+        ));
+    }
+    None
+}
+
 /// One line per client region of what the guardrails read (the evidence
 /// of a phase, and of a watch entry).
 pub fn summarize(reading: &Reading) -> Vec<String> {
@@ -531,9 +647,10 @@ pub fn summarize(reading: &Reading) -> Vec<String> {
         .iter()
         .map(|(region, s)| match s {
             Some(s) => format!(
-                "clients in {region}: {} requests, {} failed, p99 {} ms",
+                "clients in {region}: {} requests, {} failed, p50 {} ms, p99 {} ms",
                 s.requests,
                 s.errors,
+                s.p50.as_millis(),
                 s.p99.as_millis()
             ),
             None => format!("clients in {region}: no data"),
@@ -551,6 +668,7 @@ mod tests {
 
     fn spec() -> DrillSpec {
         DrillSpec {
+            service_guardrails: Default::default(),
             region: "us-east".into(),
             steps: vec![10, 50, 100],
             hold: s(10),
@@ -566,9 +684,10 @@ mod tests {
             errors: 0,
             p99: Duration::from_millis(80),
             age: s(1),
+            ..Default::default()
         };
         [
-            ("us-east".to_string(), Some(w)),
+            ("us-east".to_string(), Some(w.clone())),
             ("us-west".to_string(), Some(w)),
         ]
         .into()
@@ -645,6 +764,7 @@ mod tests {
                         errors: 10,
                         p99: Duration::from_millis(90),
                         age: s(1),
+                        ..Default::default()
                     }),
                 );
             }
@@ -672,6 +792,7 @@ mod tests {
                 errors: 0,
                 p99: Duration::from_millis(1500),
                 age: s(1),
+                ..Default::default()
             }),
         );
         let Decision::Abort { reason } = d.next(s(1), &r, Writers::Home) else {
@@ -702,6 +823,7 @@ mod tests {
             errors: 5,
             p99: s(9),
             age: s(1),
+            ..Default::default()
         });
         assert_eq!(d.next(s(1), &r, Writers::Home), Decision::Wait);
     }
@@ -801,5 +923,77 @@ mod tests {
         assert!(bad(|s| s.hold = Duration::ZERO).contains("longer than 0"));
         assert!(bad(|s| s.switchover_at = Some(30)).contains("not one of the steps"));
         assert_eq!(spec().validate(), Ok(()));
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn each_service_is_judged_on_its_own_guardrails() {
+        let mut sp = spec();
+        sp.service_guardrails.insert(
+            "batch".into(),
+            Guardrails {
+                max_p99: s(5),
+                ..Guardrails::default()
+            },
+        );
+        let d = Drill::new(1, sp, "op".into(), s(0));
+        let svc = |p99, errors| ServiceStats {
+            requests: 100,
+            errors,
+            p50: ms(10),
+            p99: ms(p99),
+        };
+        let mut r = good();
+        let set = |r: &mut Reading, name: &str, st: ServiceStats| {
+            let w = r.get_mut("us-west").unwrap().as_mut().unwrap();
+            w.services.insert(name.into(), st);
+        };
+        set(&mut r, "api", svc(80, 0));
+        set(&mut r, "batch", svc(3000, 0));
+        // batch's 3 s p99 is within its own 5 s limit, over the default 1 s.
+        assert_eq!(d.next(s(1), &r, Writers::Home), Decision::Wait);
+        // api is judged on the default.
+        set(&mut r, "api", svc(1500, 0));
+        let Decision::Abort { reason } = d.next(s(1), &r, Writers::Home) else {
+            panic!()
+        };
+        assert!(
+            reason.contains("p99 latency of api for clients in us-west 1500 ms over 1000 ms"),
+            "{reason}"
+        );
+        // batch's own limit keeps the default error rate (1%).
+        set(&mut r, "api", svc(80, 0));
+        set(&mut r, "batch", svc(100, 2));
+        let Decision::Abort { reason } = d.next(s(1), &r, Writers::Home) else {
+            panic!()
+        };
+        assert!(
+            reason.contains("error rate of batch for clients in us-west 2.0% over 1.0%"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn each_phase_keeps_what_clients_saw_over_it() {
+        let mut d = Drill::new(1, spec(), "op".into(), s(0));
+        let w = |requests, errors, p50, p99| WindowStats {
+            requests,
+            errors,
+            p50: ms(p50),
+            p99: ms(p99),
+            ..Default::default()
+        };
+        d.watch(&[("us-west".to_string(), w(100, 1, 10, 90))].into(), s(5));
+        d.watch(&[("us-west".to_string(), w(300, 0, 30, 40))].into(), s(10));
+        d.advance(Phase::Evacuating { step: 1 }, vec![], s(10));
+        let st = d.history[0].stats["us-west"];
+        assert_eq!((st.windows, st.requests, st.errors), (2, 400, 1));
+        assert_eq!((st.p50, st.p99), (ms(30), ms(90)), "the worst window's");
+        assert!((st.error_rate() - 0.0025).abs() < 1e-9);
+        assert!(d.tally.is_empty(), "the next phase starts from nothing");
+        assert_eq!(d.last_seen, s(10));
     }
 }

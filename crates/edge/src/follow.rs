@@ -140,8 +140,13 @@ pub async fn follow(
     }
 }
 
-/// While the committed table names a drill window, sends the last window's
-/// figures to every controller once a second, until `stop`.
+/// The window reported while no drill runs (the load a drill's capacity
+/// check reads).
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
+
+/// Sends every controller the last window's figures: once a second, over
+/// the drill's window, while the committed table names one; once every
+/// [`IDLE_WINDOW`] otherwise. Until `stop`.
 pub async fn report_guardrails(
     state: Arc<EdgeState>,
     client: ControllerClient,
@@ -149,26 +154,63 @@ pub async fn report_guardrails(
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle_ticks = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let window = state.routing.read().expect("routing lock").drill_window;
-        let Some(window) = window else {
-            continue;
+        let drill_window = state.routing.read().expect("routing lock").drill_window;
+        let window = match drill_window {
+            Some(w) => w,
+            None => {
+                idle_ticks += 1;
+                if !idle_ticks.is_multiple_of(IDLE_WINDOW.as_secs()) {
+                    continue;
+                }
+                IDLE_WINDOW
+            }
         };
-        let now = state.clock.now().as_secs();
-        let t = state.clients.totals(now, window);
-        let report = tern_proto::api::GuardrailReport {
-            region: state.region.clone(),
-            window_ms: window.as_millis() as u64,
-            requests: t.requests,
-            errors: t.errors,
-            p99_ms: t.p99_ms,
-        };
-        if client.report_guardrails(&report).await == 0 {
+        let report = guardrail_report(&state, window);
+        if client.report_guardrails(&report).await == 0 && drill_window.is_some() {
             tracing::warn!("no controller took this edge's guardrail report");
         }
+    }
+}
+
+/// This edge's figures over the whole seconds of the last `window`.
+pub fn guardrail_report(state: &EdgeState, window: Duration) -> tern_proto::api::GuardrailReport {
+    let now = state.clock.now().as_secs();
+    let t = state.clients.totals(now, window);
+    let services = state
+        .services
+        .iter()
+        .filter_map(|s| {
+            let t = s.clients.totals(now, window);
+            (t.requests > 0).then(|| tern_proto::api::ServiceWindow {
+                service: s.config.name.clone(),
+                requests: t.requests,
+                errors: t.errors,
+                p50_ms: t.p50_ms,
+                p99_ms: t.p99_ms,
+            })
+        })
+        .collect();
+    let served = state
+        .served
+        .iter()
+        .map(|(region, w)| (region.clone(), w.totals(now, window).requests))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    tern_proto::api::GuardrailReport {
+        region: state.region.clone(),
+        edge: state.instance.clone(),
+        window_ms: window.as_millis() as u64,
+        requests: t.requests,
+        errors: t.errors,
+        p50_ms: t.p50_ms,
+        p99_ms: t.p99_ms,
+        services,
+        served,
     }
 }

@@ -1,9 +1,10 @@
 //! What this edge's clients see, per second, for a drill's guardrails:
 //! requests, failures (5xx, or no answer) and a latency histogram of the
 //! time to response headers, in a ring of one-second slots updated with
-//! atomics (no lock on the request path). While the committed routing
-//! table says a drill runs, `follow::report_guardrails` sends the
-//! controllers the last window's figures once a second.
+//! atomics (no lock on the request path). `follow::report_guardrails`
+//! sends the controllers the last window's figures: once a second while
+//! the committed routing table says a drill runs, once a window otherwise
+//! (the load a drill's capacity check reads).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -56,7 +57,9 @@ impl Default for ClientWindow {
 pub struct Totals {
     pub requests: u64,
     pub errors: u64,
-    /// Upper bound of the bucket holding the 99th percentile, in ms.
+    /// Upper bounds of the buckets holding the median and the 99th
+    /// percentile, in ms (0 without requests).
+    pub p50_ms: u64,
     pub p99_ms: u64,
 }
 
@@ -110,19 +113,24 @@ impl ClientWindow {
             }
         }
         let total: u64 = buckets.iter().sum();
-        if total > 0 {
-            let rank = total - total / 100; // the 99th percentile's rank, from 1
-            let mut seen = 0;
-            for (i, n) in buckets.iter().enumerate() {
-                seen += n;
-                if seen >= rank {
-                    t.p99_ms = bucket_bound_ms(i);
-                    break;
-                }
-            }
-        }
+        // Ranks from 1: the median's, and the 99th percentile's.
+        t.p50_ms = percentile(&buckets, total.div_ceil(2));
+        t.p99_ms = percentile(&buckets, total - total / 100);
         t
     }
+}
+
+/// The upper bound of the bucket holding the `rank`-th smallest latency
+/// (from 1), in ms; 0 for an empty histogram.
+fn percentile(buckets: &[u64; BUCKETS], rank: u64) -> u64 {
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if rank > 0 && seen >= rank {
+            return bucket_bound_ms(i);
+        }
+    }
+    0
 }
 
 #[cfg(test)]
@@ -145,8 +153,9 @@ mod tests {
         }
         let t = w.totals(110, Duration::from_secs(5));
         assert_eq!((t.requests, t.errors), (500, 5));
-        // 99% of requests took at most 4 ms (the bucket above 3 ms).
-        assert_eq!(t.p99_ms, 4);
+        // 99% of requests took at most 4 ms (the bucket above 3 ms), and
+        // so did the median.
+        assert_eq!((t.p50_ms, t.p99_ms), (4, 4));
         // The unfinished second is left out; seconds never recorded count nothing.
         w.record(110, true, Duration::from_secs(5));
         assert_eq!(w.totals(110, Duration::from_secs(5)).errors, 5);
@@ -168,5 +177,7 @@ mod tests {
             w.record(7, false, latency);
         }
         assert_eq!(w.totals(8, Duration::from_secs(5)).p99_ms, 2048);
+        assert_eq!(w.totals(8, Duration::from_secs(5)).p50_ms, 16);
+        assert_eq!(w.totals(9, Duration::from_secs(1)).p50_ms, 0, "no requests");
     }
 }

@@ -270,11 +270,13 @@ async fn route_and_forward(
     }
     let resp = forward(state, client, service, req, conn, started).await;
     service.requests.count(resp.status().as_u16());
-    state.clients.record(
+    let (second, failed, latency) = (
         state.clock.now().as_secs(),
         resp.status().is_server_error(),
         started.elapsed(),
     );
+    state.clients.record(second, failed, latency);
+    service.clients.record(second, failed, latency);
     resp
 }
 
@@ -473,6 +475,9 @@ async fn forward(
                 if outcome.is_retryable_failure() && more && retry_safe && replayable {
                     last_failure = Some((outcome, format!("status {}", resp.status())));
                     continue;
+                }
+                if let Some(w) = state.served.get(&backend.config.region) {
+                    w.record(state.clock.now().as_secs(), false, elapsed);
                 }
                 return into_client_response(resp);
             }

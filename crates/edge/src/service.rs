@@ -75,6 +75,8 @@ pub struct ServiceState {
     pub retry_budget: Mutex<RetryBudget>,
     pub serving: Mutex<Serving>,
     pub requests: RequestCounters,
+    /// What this service's clients saw, per second (its drill guardrails).
+    pub clients: crate::guardrail::ClientWindow,
 }
 
 impl ServiceState {

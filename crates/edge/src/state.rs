@@ -61,8 +61,15 @@ pub struct EdgeState {
     pub services: Vec<ServiceState>,
     pub clock: Clock,
     pub metrics: Metrics,
-    /// What clients saw, per second, for a drill's guardrails.
+    /// What clients saw, per second, for a drill's guardrails (all
+    /// services; each service keeps its own too).
     pub clients: crate::guardrail::ClientWindow,
+    /// This edge process among the region's edges, in its guardrail
+    /// reports: the listen address, the process id and the start time.
+    pub instance: String,
+    /// Per region, the requests its backends answered, per second: the load
+    /// each region serves through this edge (a drill's capacity check).
+    pub served: BTreeMap<String, crate::guardrail::ClientWindow>,
     /// The zones, when the configuration has a `[dns]` table.
     pub dns: Option<Authority>,
     /// The HTTPS listener's certificates, when `[edge.tls]` is set.
@@ -110,6 +117,7 @@ impl EdgeState {
                         since: now,
                     }),
                     requests: metrics.service_requests(&s.name),
+                    clients: crate::guardrail::ClientWindow::new(),
                     config: s.clone(),
                     backends,
                 }
@@ -119,6 +127,14 @@ impl EdgeState {
             .dns
             .as_ref()
             .map(|d| Authority::new(d, &services, &metrics, now));
+        let instance = format!(
+            "{}/{}-{}",
+            settings.listen,
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() % 1_000_000_000_000)
+        );
         let state = EdgeState {
             routing: RwLock::new(CommittedRouting {
                 source: "none",
@@ -130,6 +146,12 @@ impl EdgeState {
             clock,
             metrics,
             clients: crate::guardrail::ClientWindow::new(),
+            instance,
+            served: config
+                .regions
+                .iter()
+                .map(|r| (r.name.clone(), crate::guardrail::ClientWindow::new()))
+                .collect(),
             dns,
             tls: None,
             closing: std::sync::atomic::AtomicBool::new(false),

@@ -78,6 +78,11 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(|t| t).await
+}
+
+/// [`setup`] with the configuration text changed by `tweak`.
+async fn setup_with(tweak: impl Fn(String) -> String) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let a = Backend::start("a", Mode::Ok).await;
     let b = Backend::start("b", Mode::Ok).await;
@@ -85,7 +90,7 @@ async fn setup() -> Setup {
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
     let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let text = config_text(a.addr, b.addr, &addrs);
+    let text = tweak(config_text(a.addr, b.addr, &addrs));
     let config = Config::from_toml("drill.toml", &text).unwrap_or_else(|e| panic!("{e}"));
     let mut controllers = Vec::new();
     for (id, l) in (1..=3u64).zip(listeners) {
@@ -203,6 +208,7 @@ async fn an_evacuation_share_is_honoured_by_every_policy_and_an_abort_restores_r
     // a, the weighted one half.
     near("failover before", s.http_share_a("fo").await, 1.0);
     let spec = DrillSpec {
+        service_guardrails: Default::default(),
         region: "a".into(),
         steps: vec![50, 100],
         // Held far longer than the test needs: the test aborts it.
@@ -281,6 +287,7 @@ async fn a_drill_aborts_when_an_edge_stops_reporting() {
     // edge stops (its reports stop): missing data aborts the drill.
     let s = setup().await;
     let spec = DrillSpec {
+        service_guardrails: Default::default(),
         region: "a".into(),
         steps: vec![100],
         hold: Duration::from_secs(600),
@@ -327,4 +334,57 @@ async fn a_drill_aborts_when_an_edge_stops_reporting() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     s.stop.cancel();
+}
+
+/// The capacity check reads the load the edges measured: region a's edge
+/// serves a's failover service far over what b says it can take, so a
+/// drill of a is refused, naming the figures, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_is_refused_when_the_other_region_cannot_take_the_load_the_edges_measured() {
+    let s = setup_with(|t| {
+        t.replacen("name = \"a\"\n", "name = \"a\"\ncapacity_rps = 100000\n", 1)
+            .replacen("name = \"b\"\n", "name = \"b\"\ncapacity_rps = 20\n", 1)
+    })
+    .await;
+    let start = Command::StartDrill {
+        spec: DrillSpec {
+            service_guardrails: Default::default(),
+            region: "a".into(),
+            steps: vec![100],
+            hold: Duration::from_secs(600),
+            return_steps: vec![],
+            switchover_at: None,
+            guardrails: Guardrails::default(),
+        },
+        actor: "test".into(),
+        wall_ms: 0,
+    };
+    // Until the edge's first load report (every 5 s), the check has no
+    // figures and refuses for that; then for the load.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for _ in 0..50 {
+            let (status, body) = get(&format!("http://{}/fo/x", s.http)).await;
+            assert!(status.is_success() && body == "a", "{status} {body}");
+        }
+        match s.client.write(&start).await {
+            Err(tern_proto::http::CallError::Refused { message, .. })
+                if message.contains("cannot absorb a's load") =>
+            {
+                assert!(message.contains("b has 20 req/s free"), "{message}");
+                break;
+            }
+            Err(tern_proto::http::CallError::Refused { message, .. })
+                if message.contains("no edge reported the load") => {}
+            other => panic!("expected a refusal: {other:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edge never reported its load"
+        );
+    }
+    let view = s.client.drills().await.unwrap();
+    assert!(view.current.is_none() && view.evacuation.is_empty());
+    s.stop.cancel();
+    s.stop_b.cancel();
 }

@@ -113,6 +113,7 @@ pub const DRILL_HOLD: Duration = Duration::from_secs(5);
 /// back at once; guardrails of 1% errors and a 2 s p99 over 2 s windows.
 pub fn drill_spec(switchover_at: Option<u8>) -> tern_core::drill::DrillSpec {
     tern_core::drill::DrillSpec {
+        service_guardrails: Default::default(),
         region: "us-east".into(),
         steps: vec![10, 50, 100],
         hold: DRILL_HOLD,

@@ -182,20 +182,46 @@ pub struct DrillsView {
     pub evacuation: std::collections::BTreeMap<String, u8>,
 }
 
-/// What one edge's clients saw over the last drill window
-/// (`POST /v1/guardrails`, while a drill runs): kept in memory by every
-/// controller it reaches, for the leader's guardrails.
+/// What one edge's clients saw over the last window (`POST
+/// /v1/guardrails`: once a second while a drill runs, once a window
+/// otherwise): kept in memory by every controller it reaches, for the
+/// leader's guardrails and its capacity check before a drill.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuardrailReport {
     /// The edge's region: its clients' region.
     pub region: String,
+    /// Which edge of the region: its listen address and a tag chosen at
+    /// start, unique per process (edges on several hosts often share one
+    /// configuration, and one certificate). Reports of several edges of one
+    /// region are added up, not overwritten.
+    #[serde(default)]
+    pub edge: String,
     /// The window the figures cover, in ms.
     pub window_ms: u64,
     pub requests: u64,
     /// Requests answered 5xx, or not at all.
     pub errors: u64,
-    /// p99 of the time to response headers, in ms (the upper bound of the
-    /// histogram bucket that holds it).
+    /// p50 and p99 of the time to response headers, in ms (the upper bound
+    /// of the histogram bucket that holds it).
+    #[serde(default)]
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    /// The same figures per service.
+    #[serde(default)]
+    pub services: Vec<ServiceWindow>,
+    /// Requests answered by each region's backends in the window (the
+    /// load each region served through this edge).
+    #[serde(default)]
+    pub served: std::collections::BTreeMap<String, u64>,
+}
+
+/// One service's part of a [`GuardrailReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceWindow {
+    pub service: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub p50_ms: u64,
     pub p99_ms: u64,
 }
 

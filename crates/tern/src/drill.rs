@@ -10,6 +10,7 @@ use tern_core::control::{Applied, Command};
 use tern_core::drill::{Drill, DrillSpec, Guardrails, Phase};
 use tern_proto::http::CallError;
 
+use crate::drill_report::{phase_lines, switchovers, DrillReport};
 use crate::ops::{actor, unavailable, Controllers, Target};
 use crate::EX_USAGE;
 
@@ -147,6 +148,7 @@ async fn start(args: StartArgs) -> ExitCode {
     };
     let g = defaults.guardrails;
     let spec = DrillSpec {
+        service_guardrails: Default::default(),
         region: args.region.clone(),
         steps: args.steps.map_or(defaults.steps, |s| s.0),
         hold: args.hold.unwrap_or(defaults.hold),
@@ -164,6 +166,13 @@ async fn start(args: StartArgs) -> ExitCode {
         return ExitCode::from(EX_USAGE);
     }
     println!("{}", describe(&spec));
+    for (service, g) in &defaults.service_guardrails {
+        println!(
+            "  service {service} has its own limits: errors over {:.1}% or p99 over {} ms",
+            g.max_error_rate * 100.0,
+            g.max_p99.as_millis()
+        );
+    }
     if args.dry_run {
         println!("dry run: nothing changed");
         return ExitCode::SUCCESS;
@@ -231,12 +240,14 @@ async fn follow(client: &tern_proto::ControllerClient, id: u64) -> ExitCode {
                 };
                 for r in d.history.iter().skip(shown) {
                     println!(
-                        "  {:<16} {:>3}%  {:>7.1} s  {}",
+                        "  {:<16} {:>3}%  {:>7.1} s",
                         r.phase.name(),
                         r.share,
                         (r.ended_at - r.started_at).as_secs_f64(),
-                        r.evidence.join("; ")
                     );
+                    for line in phase_lines(r) {
+                        println!("      {line}");
+                    }
                 }
                 shown = d.history.len();
                 match &d.phase {
@@ -332,12 +343,14 @@ fn print_drill(d: &Drill) {
     );
     for r in &d.history {
         println!(
-            "  {:<16} {:>3}%  {:>7.1} s  {}",
+            "  {:<16} {:>3}%  {:>7.1} s",
             r.phase.name(),
             r.share,
             (r.ended_at - r.started_at).as_secs_f64(),
-            r.evidence.join("; ")
         );
+        for line in phase_lines(r) {
+            println!("      {line}");
+        }
     }
     if let Phase::Aborted { reason } = &d.phase {
         println!("  aborted: {reason}");
@@ -391,8 +404,21 @@ async fn report(
         return ExitCode::FAILURE;
     };
     print_drill(drill);
+    // The switchovers it asked for, as the controllers keep them (the
+    // last few plans per cluster).
+    let clusters = match client.clusters().await {
+        Ok(v) => v.clusters,
+        Err(e) => return unavailable(e),
+    };
+    let report = DrillReport {
+        drill,
+        switchovers: switchovers(&clusters, drill.id),
+    };
+    for s in &report.switchovers {
+        println!("  {}", s.line());
+    }
     if let Some(path) = json {
-        let text = serde_json::to_string_pretty(drill).expect("serializes");
+        let text = serde_json::to_string_pretty(&report).expect("serializes");
         if let Err(e) = std::fs::write(&path, text) {
             eprintln!("tern drill report: {}: {e}", path.display());
             return ExitCode::FAILURE;
@@ -400,7 +426,7 @@ async fn report(
         println!("wrote {}", path.display());
     }
     if let Some(path) = html {
-        if let Err(e) = std::fs::write(&path, crate::drill_html::render(drill)) {
+        if let Err(e) = std::fs::write(&path, crate::drill_html::render(&report)) {
             eprintln!("tern drill report: {}: {e}", path.display());
             return ExitCode::FAILURE;
         }

@@ -1,11 +1,14 @@
 //! `tern drill report --html`: one drill as a page a team can show, with
 //! no script and nothing fetched: the outcome, the plan, a step chart of
-//! the evacuated share over time with the guardrails' limits, and a table
-//! of every phase with what the guardrails read at its end.
+//! the evacuated share over time with the guardrails' limits, a table of
+//! every phase with what each client region saw over it (requests, errors,
+//! p50 and p99), and the database switchovers with their step timings.
 
 use std::fmt::Write as _;
 
 use tern_core::drill::{Drill, Phase};
+
+use crate::drill_report::{phase_lines, DrillReport};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -14,8 +17,9 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The page for `drill`.
-pub fn render(drill: &Drill) -> String {
+/// The page for a drill's report.
+pub(crate) fn render(report: &DrillReport<'_>) -> String {
+    let drill = report.drill;
     let (outcome, class, reason) = match &drill.phase {
         Phase::Passed => ("passed", "ok", None),
         Phase::Aborted { reason } => ("aborted", "bad", Some(reason.as_str())),
@@ -81,9 +85,28 @@ pub fn render(drill: &Drill) -> String {
         p99 = g.max_p99.as_millis(),
         min = g.min_requests,
     );
+    if !drill.spec.service_guardrails.is_empty() {
+        out.push_str("<p id=\"service-guardrails\">Services with their own limits: ");
+        let parts: Vec<String> = drill
+            .spec
+            .service_guardrails
+            .iter()
+            .map(|(name, g)| {
+                format!(
+                    "{}: error rate at most {:.1}%, p99 at most {} ms",
+                    esc(name),
+                    g.max_error_rate * 100.0,
+                    g.max_p99.as_millis()
+                )
+            })
+            .collect();
+        out.push_str(&parts.join("; "));
+        out.push_str(".</p>");
+    }
     out.push_str(&chart(drill));
-    out.push_str("<section id=\"phases\"><h2>Phases</h2><table><tr><th>phase</th><th>share</th><th>from (s)</th><th>held (s)</th><th>guardrails at its end</th></tr>");
+    out.push_str("<section id=\"phases\"><h2>Phases</h2><table><tr><th>phase</th><th>share</th><th>from (s)</th><th>held (s)</th><th>what clients saw, per client region</th></tr>");
     for r in &drill.history {
+        let lines: Vec<String> = phase_lines(r).iter().map(|l| esc(l)).collect();
         let _ = write!(
             out,
             "<tr class=\"phase\"><td>{}</td><td>{}%</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
@@ -91,10 +114,21 @@ pub fn render(drill: &Drill) -> String {
             r.share,
             r.started_at.saturating_sub(drill.started_at).as_secs_f64(),
             r.ended_at.saturating_sub(r.started_at).as_secs_f64(),
-            esc(&r.evidence.join("; "))
+            lines.join("<br>")
         );
     }
-    out.push_str("</table></section></body></html>\n");
+    out.push_str("</table></section>");
+    if drill.spec.switchover_at.is_some() || !report.switchovers.is_empty() {
+        out.push_str("<section id=\"switchovers\"><h2>Database switchovers</h2>");
+        if report.switchovers.is_empty() {
+            out.push_str("<p>None recorded (the region held no writer, or the controllers no longer keep the plans).</p>");
+        }
+        for s in &report.switchovers {
+            let _ = write!(out, "<p class=\"switchover\">{}</p>", esc(&s.line()));
+        }
+        out.push_str("</section>");
+    }
+    out.push_str("</body></html>\n");
     out
 }
 
@@ -170,6 +204,7 @@ mod tests {
     #[test]
     fn the_page_shows_the_outcome_the_plan_every_phase_and_escapes_text() {
         let spec = DrillSpec {
+            service_guardrails: Default::default(),
             region: "us-east".into(),
             steps: vec![10, 100],
             hold: Duration::from_secs(5),
@@ -191,7 +226,10 @@ mod tests {
             vec![],
             t(8),
         );
-        let page = render(&d);
+        let page = render(&DrillReport {
+            drill: &d,
+            switchovers: vec![],
+        });
         assert!(page.contains("id=\"outcome\" class=\"bad\">aborted"));
         assert!(page.contains("error rate of clients in us-west 5.0% over 1.0%"));
         assert!(page.contains("operator &lt;admin&gt;"));

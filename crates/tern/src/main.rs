@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod drill;
 mod drill_html;
+mod drill_report;
 mod notify;
 mod ops;
 mod sockets;

@@ -49,6 +49,7 @@ fn config(dir: &Path, addrs: &[SocketAddr]) -> std::path::PathBuf {
          [service.api]\npolicy = \"failover\"\n\
          [[service.api.backend]]\nregion = \"east\"\nurl = \"http://127.0.0.1:9\"\n\
          [[service.api.backend]]\nregion = \"west\"\nurl = \"http://127.0.0.1:9\"\n\
+         [service.api.guardrails]\nmax_p99 = \"3s\"\n\
          [drill]\nwindow = \"1s\"\nhold = \"30s\"\nsteps = [10, 100]\n\
          [controller]\nheartbeat = \"50ms\"\nelection_timeout = \"300ms\"\nrpc_timeout = \"300ms\"\n",
     );
@@ -107,6 +108,11 @@ fn a_drill_without_edge_reports_aborts_and_its_html_report_renders() {
         "{}",
         text(&o)
     );
+    assert!(
+        text(&o).contains("service api has its own limits: errors over 1.0% or p99 over 3000 ms"),
+        "{}",
+        text(&o)
+    );
     let o = tern(&["drill", "status", "--config", cfg]);
     assert!(text(&o).contains("no drill yet"), "{}", text(&o));
     let o = tern(&[
@@ -145,6 +151,11 @@ fn a_drill_without_edge_reports_aborts_and_its_html_report_renders() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["id"], 1);
+    assert_eq!(report["switchovers"], serde_json::json!([]));
+    assert_eq!(
+        report["spec"]["service_guardrails"]["api"]["max_p99"], 3000,
+        "the leader stamped the service's own limits into the drill"
+    );
 
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new("chromium")
@@ -169,6 +180,10 @@ fn a_drill_without_edge_reports_aborts_and_its_html_report_renders() {
         "{dom}"
     );
     assert!(dom.contains("missing data counts as a breach"), "{dom}");
+    assert!(
+        dom.contains("api: error rate at most 1.0%, p99 at most 3000 ms"),
+        "{dom}"
+    );
     assert!(dom.contains("<tr class=\"phase\">"), "{dom}");
     assert!(dom.contains("<svg"), "{dom}");
 }

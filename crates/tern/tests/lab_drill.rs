@@ -55,7 +55,10 @@ fn lab_evacuation_abort_restores_routing_within_two_windows() {
     assert!(ok, "evacuation-abort missed a target:\n{output}");
     assert_eq!(r["drill"]["outcome"], "aborted", "{output}");
     let reason = r["drill"]["abort_reason"].as_str().unwrap();
-    assert!(reason.contains("error rate of clients"), "{reason}");
+    assert!(
+        reason.contains("error rate of payments for clients in"),
+        "{reason}"
+    );
     assert!(
         r["drill"]["after_share"].as_f64().unwrap() < 0.1,
         "{output}"

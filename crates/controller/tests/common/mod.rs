@@ -126,6 +126,8 @@ pub struct Group {
 pub struct Timings {
     pub lease_ms: u64,
     pub drift_ms: u64,
+    /// `capacity_rps` of east and west, when set.
+    pub capacity_rps: Option<[u64; 2]>,
 }
 
 impl Default for Timings {
@@ -133,6 +135,7 @@ impl Default for Timings {
         Timings {
             lease_ms: 600,
             drift_ms: 150,
+            capacity_rps: None,
         }
     }
 }
@@ -155,6 +158,9 @@ pub fn config_text(addrs: &[SocketAddr], t: &Timings) -> String {
             "[[region]]\nname = \"{r}\"\nserves_traffic = {}\n",
             i < 2
         ));
+        if let Some(c) = t.capacity_rps.filter(|_| i < 2) {
+            s.push_str(&format!("capacity_rps = {}\n", c[i]));
+        }
     }
     s.push_str(
         "[service.api]\npolicy = \"failover\"\n\

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use super::raw::{RawDrill, S};
+use super::raw::{RawDrill, RawGuardrails, S};
 use super::Checker;
-use crate::drill::{DrillSettings, DrillWindow};
+use crate::drill::{DrillSettings, DrillWindow, Guardrails};
 
 pub(super) fn validate_drill(c: &mut Checker<'_>, raw: Option<&S<RawDrill>>) -> DrillSettings {
     let mut d = DrillSettings::default();
@@ -51,18 +51,14 @@ pub(super) fn validate_drill(c: &mut Checker<'_>, raw: Option<&S<RawDrill>>) -> 
         }
     }
     let g = &mut d.guardrails;
-    if let Some(v) = &r.max_error_rate {
-        if (0.0..=1.0).contains(v.get_ref()) {
-            g.max_error_rate = *v.get_ref();
-        } else {
-            c.err(
-                v.span(),
-                "drill.max_error_rate",
-                "expected a share from 0.0 to 1.0 (0.01 is 1%)",
-            );
-        }
-    }
-    g.max_p99 = c.duration(&r.max_p99, "drill.max_p99", g.max_p99);
+    limits(
+        c,
+        "drill",
+        g,
+        &r.max_error_rate,
+        &r.max_p99,
+        &r.min_requests,
+    );
     g.window = c.duration(&r.window, "drill.window", g.window);
     if g.window > Duration::from_secs(60) {
         let span = r.window.as_ref().map_or(0..0, |w| w.span());
@@ -72,16 +68,6 @@ pub(super) fn validate_drill(c: &mut Checker<'_>, raw: Option<&S<RawDrill>>) -> 
             "expected a window of at most 60s (the edges keep 64 s)",
         );
     }
-    if let Some(v) = &r.min_requests {
-        match u64::try_from(*v.get_ref()) {
-            Ok(n) => g.min_requests = n,
-            Err(_) => c.err(
-                v.span(),
-                "drill.min_requests",
-                "expected a whole number of requests",
-            ),
-        }
-    }
     for (i, w) in r.windows.iter().enumerate() {
         match DrillWindow::parse(w.get_ref()) {
             Ok(w) => d.windows.push(w),
@@ -89,6 +75,7 @@ pub(super) fn validate_drill(c: &mut Checker<'_>, raw: Option<&S<RawDrill>>) -> 
         }
     }
     let spec = crate::drill::DrillSpec {
+        service_guardrails: Default::default(),
         region: String::new(),
         steps: d.steps.clone(),
         hold: d.hold,
@@ -100,4 +87,58 @@ pub(super) fn validate_drill(c: &mut Checker<'_>, raw: Option<&S<RawDrill>>) -> 
         c.err(raw.span(), "drill", e);
     }
     d
+}
+
+/// `[service.NAME.guardrails]` (`key`): the service's limits, each one it
+/// leaves out taken from `[drill]` (`defaults`).
+pub(super) fn validate_service_guardrails(
+    c: &mut Checker<'_>,
+    key: &str,
+    raw: &S<RawGuardrails>,
+    defaults: Guardrails,
+) -> Guardrails {
+    let r = raw.get_ref();
+    let mut g = defaults;
+    limits(
+        c,
+        key,
+        &mut g,
+        &r.max_error_rate,
+        &r.max_p99,
+        &r.min_requests,
+    );
+    g
+}
+
+/// Reads the three limits a guardrail table may set into `g`.
+fn limits(
+    c: &mut Checker<'_>,
+    key: &str,
+    g: &mut Guardrails,
+    max_error_rate: &Option<S<f64>>,
+    max_p99: &Option<S<String>>,
+    min_requests: &Option<S<i64>>,
+) {
+    if let Some(v) = max_error_rate {
+        if (0.0..=1.0).contains(v.get_ref()) {
+            g.max_error_rate = *v.get_ref();
+        } else {
+            c.err(
+                v.span(),
+                format!("{key}.max_error_rate"),
+                "expected a share from 0.0 to 1.0 (0.01 is 1%)",
+            );
+        }
+    }
+    g.max_p99 = c.duration(max_p99, &format!("{key}.max_p99"), g.max_p99);
+    if let Some(v) = min_requests {
+        match u64::try_from(*v.get_ref()) {
+            Ok(n) => g.min_requests = n,
+            Err(_) => c.err(
+                v.span(),
+                format!("{key}.min_requests"),
+                "expected a whole number of requests",
+            ),
+        }
+    }
 }

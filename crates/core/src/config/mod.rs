@@ -57,6 +57,11 @@ pub struct Config {
 pub struct Region {
     pub name: String,
     pub serves_traffic: bool,
+    /// Requests per second the region's backends can serve, all services
+    /// together (`capacity_rps`): set on every serving region or none.
+    /// With capacities, a drill starts only when the other regions can
+    /// absorb the evacuated region's load as the edges measured it.
+    pub capacity_rps: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -574,10 +579,43 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors>
                 format!("duplicate region name \"{name}\""),
             );
         }
+        let capacity_rps = r.get_ref().capacity_rps.as_ref().and_then(|v| {
+            let n = u64::try_from(*v.get_ref()).ok().filter(|n| *n > 0);
+            if n.is_none() {
+                c.err(
+                    v.span(),
+                    format!("region[{i}].capacity_rps"),
+                    "expected a whole number of requests per second above 0",
+                );
+            }
+            n
+        });
         regions.push(Region {
             name,
             serves_traffic: r.get_ref().serves_traffic,
+            capacity_rps,
         });
+    }
+    let with_capacity = regions
+        .iter()
+        .filter(|r| r.serves_traffic && r.capacity_rps.is_some())
+        .count();
+    let serving = regions.iter().filter(|r| r.serves_traffic).count();
+    if with_capacity > 0 && with_capacity < serving {
+        let missing: Vec<&str> = regions
+            .iter()
+            .filter(|r| r.serves_traffic && r.capacity_rps.is_none())
+            .map(|r| r.name.as_str())
+            .collect();
+        let span = raw.region.first().map_or(0..0, |r| r.span());
+        c.err(
+            span,
+            "region",
+            format!(
+                "capacity_rps is set on some serving regions but not on {}: set it on every serving region or on none",
+                missing.join(", ")
+            ),
+        );
     }
 
     let edge = raw
@@ -697,7 +735,16 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors>
         .and_then(|a| control::validate_agent(&mut c, a, &region_names))
         .map_or((None, None), |(region, admin)| (Some(region), admin));
     let databases = control::validate_databases(&mut c, &raw.database, &region_names);
-    let drill = drill::validate_drill(&mut c, raw.drill.as_ref());
+    let mut drill = drill::validate_drill(&mut c, raw.drill.as_ref());
+    for (name, svc) in &raw.service {
+        if let Some(g) = &svc.get_ref().guardrails {
+            let key = format!("service.{}.guardrails", name.get_ref());
+            let limits = drill::validate_service_guardrails(&mut c, &key, g, drill.guardrails);
+            drill
+                .service_guardrails
+                .insert(name.get_ref().clone(), limits);
+        }
+    }
 
     if c.errors.is_empty() {
         Ok(Config {
@@ -1385,6 +1432,53 @@ url = "http://127.0.2.10:8080/v1/"
 weight = 5
 health = { kind = "tcp", interval = "2s" }
 "#;
+
+    #[test]
+    fn a_service_guardrail_table_overrides_only_what_it_names() {
+        let text = GOOD.replace(
+            "[service.api]\n",
+            "[drill]\nmax_p99 = \"800ms\"\nmin_requests = 50\n[service.api]\nguardrails = { max_p99 = \"3s\" }\n",
+        );
+        let cfg = Config::from_toml("g.toml", &text).unwrap();
+        let g = cfg.drill.service_guardrails["api"];
+        assert_eq!(g.max_p99, Duration::from_secs(3));
+        assert_eq!(g.min_requests, 50, "from [drill]");
+        assert_eq!(g.max_error_rate, 0.01, "the default");
+        let bad = GOOD.replace(
+            "[service.api]\n",
+            "[service.api]\nguardrails = { max_error_rate = 5.0, max_p99 = \"soon\" }\n",
+        );
+        let err = Config::from_toml("g.toml", &bad).unwrap_err().to_string();
+        assert!(
+            err.contains("service.api.guardrails.max_error_rate"),
+            "{err}"
+        );
+        assert!(err.contains("service.api.guardrails.max_p99"), "{err}");
+    }
+
+    #[test]
+    fn capacities_are_set_on_every_serving_region_or_none() {
+        let text = GOOD.replace(
+            "name = \"us-east\"\n",
+            "name = \"us-east\"\ncapacity_rps = 500\n",
+        );
+        let err = Config::from_toml("c.toml", &text).unwrap_err().to_string();
+        assert!(err.contains("but not on us-west"), "{err}");
+        let text = text.replace(
+            "name = \"us-west\"\n",
+            "name = \"us-west\"\ncapacity_rps = 800\n",
+        );
+        let cfg = Config::from_toml("c.toml", &text).unwrap();
+        assert_eq!(cfg.regions[1].capacity_rps, Some(800));
+        assert_eq!(
+            cfg.regions[2].capacity_rps, None,
+            "the witness serves nothing"
+        );
+        let err = Config::from_toml("c.toml", &text.replace("800", "-1"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("region[1].capacity_rps"), "{err}");
+    }
 
     #[test]
     fn loads_a_good_file() {

@@ -420,6 +420,7 @@ pub struct RawRegion {
     pub name: S<String>,
     #[serde(default = "yes")]
     pub serves_traffic: bool,
+    pub capacity_rps: Option<S<i64>>,
 }
 
 fn yes() -> bool {
@@ -469,8 +470,19 @@ pub struct RawService {
     pub critical: Option<S<bool>>,
     pub tls: Option<S<RawCertPair>>,
     pub https_redirect: Option<S<bool>>,
+    pub guardrails: Option<S<RawGuardrails>>,
     #[serde(default)]
     pub backend: Vec<S<RawBackend>>,
+}
+
+/// `[service.NAME.guardrails]`: the service's own drill limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuardrails {
+    pub max_error_rate: Option<S<f64>>,
+    #[serde(default, deserialize_with = "duration")]
+    pub max_p99: Option<S<String>>,
+    pub min_requests: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
