@@ -118,7 +118,12 @@ pub fn judge(
     }
     for (phase, share, start, end) in spans {
         let (requests, measured) = measure(start + SETTLE_MS, end);
-        let within = (requests >= MIN_PHASE_REQUESTS).then(|| {
+        // While a switchover moves the writer, a region's backends may
+        // decline requests (503 with Retry-After) and the edges send them
+        // to the next region: where reads went then is the retry's choice,
+        // not the step's, so those phases are shown but not judged.
+        let writer_moving = phase == "moving-writer" || phase == "returning-writer";
+        let within = (requests >= MIN_PHASE_REQUESTS && !writer_moving).then(|| {
             measured.is_some_and(|m| (m - f64::from(share) / 100.0).abs() <= SHARE_TOLERANCE)
         });
         phases.push(PhaseShare {
@@ -201,6 +206,8 @@ impl DrillOutcome {
                 match (p.measured, p.within_tolerance) {
                     (Some(m), Some(ok)) =>
                         format!("{:.1}%{}", m * 100.0, if ok { "" } else { " (off)" }),
+                    (Some(m), None) if p.phase.ends_with("-writer") =>
+                        format!("{:.1}% (the writer moves: not judged)", m * 100.0),
                     (Some(m), None) => format!("{:.1}% (too few to judge)", m * 100.0),
                     (None, _) => "-".into(),
                 }
