@@ -245,7 +245,7 @@ async fn follow(client: &tern_proto::ControllerClient, id: u64) -> ExitCode {
                         r.share,
                         (r.ended_at - r.started_at).as_secs_f64(),
                     );
-                    for line in phase_lines(r) {
+                    for line in phase_lines(r, &d.spec.guardrails) {
                         println!("      {line}");
                     }
                 }
@@ -348,7 +348,7 @@ fn print_drill(d: &Drill) {
             r.share,
             (r.ended_at - r.started_at).as_secs_f64(),
         );
-        for line in phase_lines(r) {
+        for line in phase_lines(r, &d.spec.guardrails) {
             println!("      {line}");
         }
     }

@@ -106,7 +106,10 @@ pub(crate) fn render(report: &DrillReport<'_>) -> String {
     out.push_str(&chart(drill));
     out.push_str("<section id=\"phases\"><h2>Phases</h2><table><tr><th>phase</th><th>share</th><th>from (s)</th><th>held (s)</th><th>what clients saw, per client region</th></tr>");
     for r in &drill.history {
-        let lines: Vec<String> = phase_lines(r).iter().map(|l| esc(l)).collect();
+        let lines: Vec<String> = phase_lines(r, &drill.spec.guardrails)
+            .iter()
+            .map(|l| esc(l))
+            .collect();
         let _ = write!(
             out,
             "<tr class=\"phase\"><td>{}</td><td>{}%</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",

@@ -5,17 +5,38 @@
 use tern_core::drill::Drill;
 
 /// What clients saw during one phase, a line per client region: the
-/// watched windows' sums and worst percentiles, or, without them, what the
-/// guardrails read at its end.
-pub(crate) fn phase_lines(r: &tern_core::drill::PhaseRecord) -> Vec<String> {
+/// watched windows' sums and worst percentiles against the drill's
+/// guardrails `g`, or, without them, what the guardrails read at its end.
+/// (Services with their own limits were judged on those; these lines are
+/// all services together.)
+pub(crate) fn phase_lines(
+    r: &tern_core::drill::PhaseRecord,
+    g: &tern_core::drill::Guardrails,
+) -> Vec<String> {
     if r.stats.is_empty() {
         return r.evidence.clone();
     }
+    let writer_moving = matches!(
+        r.phase,
+        tern_core::drill::Phase::MovingWriter { .. } | tern_core::drill::Phase::ReturningWriter
+    );
     r.stats
         .iter()
         .map(|(region, s)| {
+            let mut over = Vec::new();
+            if s.requests >= g.min_requests && s.error_rate() > g.max_error_rate {
+                over.push(format!("errors over {:.1}%", g.max_error_rate * 100.0));
+            }
+            if s.p99 > g.max_p99 {
+                over.push(format!("p99 over {} ms", g.max_p99.as_millis()));
+            }
+            let verdict = match (writer_moving, over.is_empty()) {
+                (true, _) => "not judged while the writer moves".to_string(),
+                (false, true) => "within the guardrails".to_string(),
+                (false, false) => over.join(", "),
+            };
             format!(
-                "clients in {region}: {} requests, {} failed ({:.2}%), p50 {} ms, p99 {} ms (worst of {} windows)",
+                "clients in {region}: {} requests, {} failed ({:.2}%), p50 {} ms, p99 {} ms (worst of {} windows): {verdict}",
                 s.requests,
                 s.errors,
                 s.error_rate() * 100.0,
@@ -216,5 +237,44 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].plan.id, 4);
         assert!(switchovers(&clusters, 9).is_empty());
+    }
+
+    #[test]
+    fn a_phase_line_gives_p50_and_p99_per_client_region_against_the_guardrails() {
+        use tern_core::drill::{Guardrails, Phase, PhaseRecord, StepStats};
+        let stats = |errors, p99| StepStats {
+            windows: 3,
+            requests: 1000,
+            errors,
+            p50: ms(4),
+            p99: ms(p99),
+        };
+        let mut r = PhaseRecord {
+            phase: Phase::Evacuating { step: 0 },
+            share: 10,
+            started_at: ms(0),
+            ended_at: ms(15_000),
+            evidence: vec!["at its end".into()],
+            stats: [
+                ("us-east".to_string(), stats(0, 64)),
+                ("us-west".to_string(), stats(20, 2048)),
+            ]
+            .into(),
+        };
+        let g = Guardrails::default();
+        let lines = phase_lines(&r, &g);
+        assert_eq!(
+            lines[0],
+            "clients in us-east: 1000 requests, 0 failed (0.00%), p50 4 ms, p99 64 ms (worst of 3 windows): within the guardrails"
+        );
+        assert!(
+            lines[1].ends_with(": errors over 1.0%, p99 over 1000 ms"),
+            "{}",
+            lines[1]
+        );
+        r.phase = Phase::ReturningWriter;
+        assert!(phase_lines(&r, &g)[1].ends_with("not judged while the writer moves"));
+        r.stats.clear();
+        assert_eq!(phase_lines(&r, &g), ["at its end"]);
     }
 }
