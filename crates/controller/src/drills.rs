@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tern_core::control::{Command, ControlState};
-use tern_core::drill::{Decision, Drill, Guardrails, Reading, WindowStats, Writers};
+use tern_core::drill::{Decision, Drill, Reading, WindowStats, Writers};
 use tern_core::failover::PlanKind;
-use tern_proto::api::GuardrailReport;
+use tern_proto::api::{GuardrailReport, ServiceWindow};
 
 use crate::node::Controller;
 
@@ -58,14 +58,14 @@ impl Controller {
         if let Err(m) = self.capacity_ready(&state, &spec.region) {
             return refuse(m);
         }
-        for (service, g) in &self.drill.service_guardrails {
-            spec.service_guardrails
-                .entry(service.clone())
-                .or_insert(Guardrails {
-                    window: spec.guardrails.window,
-                    ..*g
-                });
-        }
+        // The services' own limits, from this leader's configuration, the
+        // rest from the drill's (the operator's flags included).
+        spec.service_guardrails = self
+            .drill
+            .service_guardrails
+            .iter()
+            .map(|(service, own)| (service.clone(), own.resolve(&spec.guardrails)))
+            .collect();
         Ok(Command::StartDrill {
             spec,
             actor,
@@ -118,9 +118,10 @@ impl Controller {
         if self.capacities.is_empty() {
             return Ok(());
         }
-        let load = self.served_load().ok_or_else(|| {
+        let load = self.served_load().map_err(|silent| {
             format!(
-                "capacities are configured but no edge reported the load it serves in the last {} s, so there is nothing to check them against",
+                "capacities are configured but no edge of {} reported the load it serves in the last {} s, so there is nothing to check them against",
+                silent.join(", "),
                 LOAD_FRESH.as_secs()
             )
         })?;
@@ -152,22 +153,34 @@ impl Controller {
     }
 
     /// Requests per second each region's backends answered, summed over
-    /// the edges' reports of the last [`LOAD_FRESH`]; `None` without any.
-    fn served_load(&self) -> Option<BTreeMap<String, f64>> {
+    /// the edges' reports of the last [`LOAD_FRESH`]. Fails, naming them,
+    /// when the edges of a serving region sent none: a region's clients
+    /// nobody reported on could be any load.
+    fn served_load(&self) -> Result<BTreeMap<String, f64>, Vec<String>> {
         let reports = self.guardrails.lock().expect("guardrails lock");
         let mut load = BTreeMap::new();
-        let mut any = false;
-        for (at, r) in reports.values() {
+        let mut heard = std::collections::BTreeSet::new();
+        for ((edge_region, _), (at, r)) in reports.iter() {
             if at.elapsed() > LOAD_FRESH || r.window_ms == 0 {
                 continue;
             }
-            any = true;
+            heard.insert(edge_region.clone());
             for (region, n) in &r.served {
                 *load.entry(region.clone()).or_insert(0.0) +=
                     *n as f64 * 1000.0 / r.window_ms as f64;
             }
         }
-        any.then_some(load)
+        let silent: Vec<String> = self
+            .regions
+            .iter()
+            .filter(|r| !heard.contains(*r))
+            .cloned()
+            .collect();
+        if silent.is_empty() {
+            Ok(load)
+        } else {
+            Err(silent)
+        }
     }
 
     /// Per serving region, its edges' latest reports added up: requests and
@@ -363,7 +376,21 @@ fn merge<'a>(
         w.p50 = w.p50.max(Duration::from_millis(r.p50_ms));
         w.p99 = w.p99.max(Duration::from_millis(r.p99_ms));
         w.age = w.age.max(age);
-        for s in &r.services {
+        let unbroken = [ServiceWindow {
+            service: WITHOUT_BREAKDOWN.into(),
+            requests: r.requests,
+            errors: r.errors,
+            p50_ms: r.p50_ms,
+            p99_ms: r.p99_ms,
+        }];
+        // An edge that reports no per-service figures (an older version)
+        // still counts: its totals are judged as one more service.
+        let services = if r.services.is_empty() && r.requests > 0 {
+            &unbroken[..]
+        } else {
+            &r.services[..]
+        };
+        for s in services {
             let st = w.services.entry(s.service.clone()).or_default();
             st.requests += s.requests;
             st.errors += s.errors;
@@ -373,6 +400,10 @@ fn merge<'a>(
     }
     out
 }
+
+/// The name under which an edge's totals are judged when it reports no
+/// per-service figures.
+const WITHOUT_BREAKDOWN: &str = "all services of an edge without a per-service breakdown";
 
 #[cfg(test)]
 mod tests {
@@ -411,5 +442,11 @@ mod tests {
         assert_eq!(w.age, s(3));
         assert_eq!(w.services["api"].errors, 30);
         assert_eq!(merge(std::iter::empty()), None);
+        // An edge without a per-service breakdown is not lost in the merge.
+        let mut old = report("c", 50, 50, 10);
+        old.services.clear();
+        let w = merge([(s(1), &a), (s(1), &old)].into_iter()).unwrap();
+        assert_eq!(w.services[WITHOUT_BREAKDOWN].errors, 50);
+        assert_eq!(w.requests, 1050);
     }
 }

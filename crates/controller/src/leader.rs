@@ -78,10 +78,13 @@ impl Controller {
         // Read your writes: the client's next read usually comes to this
         // node, so answer once this node has applied the entry too. The
         // entry is committed either way; past the wait, a read here may
-        // still be one entry behind.
+        // still be one entry behind. The wait is short (a heartbeat or two
+        // brings the commit index), so callers' deadlines hold.
         let _ = self
             .raft
-            .wait(Some(self.settings.rpc_timeout))
+            .wait(Some(
+                self.settings.rpc_timeout.min(Duration::from_millis(500)),
+            ))
             .applied_index_at_least(Some(answer.index), "forwarded write applied here")
             .await;
         Ok(answer)

@@ -1087,7 +1087,7 @@ impl ControlState {
                     crate::drill::Phase::Aborted {
                         reason: format!("{reason} ({actor})"),
                     },
-                    Vec::new(),
+                    vec![format!("ended by the abort: {reason} ({actor})")],
                     0,
                     at,
                 )

@@ -32,9 +32,31 @@ pub struct DrillSettings {
     pub guardrails: Guardrails,
     /// When a drill may start (UTC); empty: any time.
     pub windows: Vec<DrillWindow>,
-    /// Per service, its own limits (`[service.NAME.guardrails]`, each
-    /// limit it leaves out taken from `guardrails`).
-    pub service_guardrails: BTreeMap<String, Guardrails>,
+    /// Per service, the limits it sets itself (`[service.NAME.guardrails]`);
+    /// each one it leaves out is the drill's ([`ServiceLimits::resolve`]).
+    pub service_guardrails: BTreeMap<String, ServiceLimits>,
+}
+
+/// The guardrail limits one service sets itself; `None` takes the drill's.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ServiceLimits {
+    pub max_error_rate: Option<f64>,
+    pub max_p99: Option<Duration>,
+    pub min_requests: Option<u64>,
+}
+
+impl ServiceLimits {
+    /// The service's guardrails in a drill whose limits are `drill`: its
+    /// own where it sets them, the drill's (flags included) elsewhere, and
+    /// always the drill's window.
+    pub fn resolve(&self, drill: &Guardrails) -> Guardrails {
+        Guardrails {
+            max_error_rate: self.max_error_rate.unwrap_or(drill.max_error_rate),
+            max_p99: self.max_p99.unwrap_or(drill.max_p99),
+            window: drill.window,
+            min_requests: self.min_requests.unwrap_or(drill.min_requests),
+        }
+    }
 }
 
 impl Default for DrillSettings {
@@ -225,6 +247,13 @@ impl DrillSpec {
         }
         if !(0.0..=1.0).contains(&self.guardrails.max_error_rate) {
             return Err("the error-rate guardrail is a share between 0 and 1".into());
+        }
+        for (service, g) in &self.service_guardrails {
+            if !(0.0..=1.0).contains(&g.max_error_rate) {
+                return Err(format!(
+                    "the error-rate guardrail of service {service} is a share between 0 and 1"
+                ));
+            }
         }
         if let Some(s) = self.switchover_at {
             if !self.steps.contains(&s) {
@@ -488,12 +517,26 @@ impl Drill {
                 if let Some(b) = judge(&total, g, &format!("clients in {region}")) {
                     return Some(b);
                 }
+                continue;
             }
+            // Each service on its own limits; then every service without
+            // limits of its own together on the drill's, so that many
+            // services each too small to judge alone are still watched.
+            let mut pool = ServiceStats::default();
             for (service, st) in &s.services {
                 let who = format!("{service} for clients in {region}");
                 if let Some(b) = judge(st, self.spec.limits(service), &who) {
                     return Some(b);
                 }
+                if !self.spec.service_guardrails.contains_key(service) {
+                    pool.requests += st.requests;
+                    pool.errors += st.errors;
+                    pool.p50 = pool.p50.max(st.p50);
+                    pool.p99 = pool.p99.max(st.p99);
+                }
+            }
+            if let Some(b) = judge(&pool, g, &format!("clients in {region}")) {
+                return Some(b);
             }
         }
         None
@@ -932,13 +975,12 @@ mod tests {
     #[test]
     fn each_service_is_judged_on_its_own_guardrails() {
         let mut sp = spec();
-        sp.service_guardrails.insert(
-            "batch".into(),
-            Guardrails {
-                max_p99: s(5),
-                ..Guardrails::default()
-            },
-        );
+        let own = ServiceLimits {
+            max_p99: Some(s(5)),
+            ..ServiceLimits::default()
+        };
+        sp.service_guardrails
+            .insert("batch".into(), own.resolve(&sp.guardrails));
         let d = Drill::new(1, sp, "op".into(), s(0));
         let svc = |p99, errors| ServiceStats {
             requests: 100,
@@ -995,5 +1037,59 @@ mod tests {
         assert!((st.error_rate() - 0.0025).abs() < 1e-9);
         assert!(d.tally.is_empty(), "the next phase starts from nothing");
         assert_eq!(d.last_seen, s(10));
+    }
+
+    /// Broke: once edges broke their figures down per service, only each
+    /// service alone was judged, so services each under `min_requests`
+    /// failing together never breached.
+    #[test]
+    fn many_small_services_failing_together_breach() {
+        let d = Drill::new(1, spec(), "op".into(), s(0));
+        let mut r = good();
+        let w = r.get_mut("us-west").unwrap().as_mut().unwrap();
+        for name in ["a", "b", "c", "d", "e"] {
+            // 10 requests each: too few alone (min 20), all failed.
+            w.services.insert(
+                name.into(),
+                ServiceStats {
+                    requests: 10,
+                    errors: 10,
+                    p50: ms(1),
+                    p99: ms(2),
+                },
+            );
+        }
+        let Decision::Abort { reason } = d.next(s(1), &r, Writers::Home) else {
+            panic!("five services failing every request went unjudged")
+        };
+        assert!(
+            reason
+                .contains("error rate of clients in us-west 100.0% over 1.0% (50 of 50 requests)"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_services_own_limits_fill_in_from_the_drills_including_the_operators_flags() {
+        let own = ServiceLimits {
+            max_p99: Some(s(5)),
+            ..ServiceLimits::default()
+        };
+        let strict = Guardrails {
+            max_error_rate: 0.001,
+            ..Guardrails::default()
+        };
+        let g = own.resolve(&strict);
+        assert_eq!(g.max_p99, s(5));
+        assert_eq!(g.max_error_rate, 0.001, "the flag's stricter rate");
+        let mut sp = spec();
+        sp.service_guardrails.insert(
+            "x".into(),
+            Guardrails {
+                max_error_rate: 5.0,
+                ..Guardrails::default()
+            },
+        );
+        assert!(sp.validate().unwrap_err().contains("service x"));
     }
 }

@@ -462,6 +462,13 @@ async fn forward(
             if resp.status() == StatusCode::SERVICE_UNAVAILABLE
                 && resp.headers().contains_key(http::header::RETRY_AFTER));
         state.record_attempt(service, bi, outcome.counts_as_failure() && !declined);
+        // Every attempt that reached the backend (answered, reset or timed
+        // out) is load on its region, retried ones included.
+        if !matches!(outcome, AttemptOutcome::ConnectFailed) {
+            if let Some(w) = state.served.get(&backend.config.region) {
+                w.record(state.clock.now().as_secs(), false, elapsed);
+            }
+        }
         if let Ok(Ok(_)) = &result {
             state.metrics.upstream_latency(
                 &service.config.name,
@@ -475,9 +482,6 @@ async fn forward(
                 if outcome.is_retryable_failure() && more && retry_safe && replayable {
                     last_failure = Some((outcome, format!("status {}", resp.status())));
                     continue;
-                }
-                if let Some(w) = state.served.get(&backend.config.region) {
-                    w.record(state.clock.now().as_secs(), false, elapsed);
                 }
                 return into_client_response(resp);
             }

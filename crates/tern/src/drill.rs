@@ -166,9 +166,10 @@ async fn start(args: StartArgs) -> ExitCode {
         return ExitCode::from(EX_USAGE);
     }
     println!("{}", describe(&spec));
-    for (service, g) in &defaults.service_guardrails {
+    for (service, own) in &defaults.service_guardrails {
+        let g = own.resolve(&spec.guardrails);
         println!(
-            "  service {service} has its own limits: errors over {:.1}% or p99 over {} ms",
+            "  service {service} has its own limits: errors over {:.1}% or p99 over {} ms (as this file says; the leader's configuration decides)",
             g.max_error_rate * 100.0,
             g.max_p99.as_millis()
         );

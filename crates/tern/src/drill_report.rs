@@ -4,9 +4,9 @@
 
 use tern_core::drill::Drill;
 
-/// What clients saw during one phase, a line per client region: the
+/// What clients saw during one phase, a line per client region (the
 /// watched windows' sums and worst percentiles against the drill's
-/// guardrails `g`, or, without them, what the guardrails read at its end.
+/// guardrails `g`), then what the guardrails read at its end.
 /// (Services with their own limits were judged on those; these lines are
 /// all services together.)
 pub(crate) fn phase_lines(
@@ -20,14 +20,15 @@ pub(crate) fn phase_lines(
         r.phase,
         tern_core::drill::Phase::MovingWriter { .. } | tern_core::drill::Phase::ReturningWriter
     );
-    r.stats
+    let mut lines: Vec<String> = r
+        .stats
         .iter()
         .map(|(region, s)| {
             let mut over = Vec::new();
             if s.requests >= g.min_requests && s.error_rate() > g.max_error_rate {
                 over.push(format!("errors over {:.1}%", g.max_error_rate * 100.0));
             }
-            if s.p99 > g.max_p99 {
+            if s.requests >= g.min_requests && s.p99 > g.max_p99 {
                 over.push(format!("p99 over {} ms", g.max_p99.as_millis()));
             }
             let verdict = match (writer_moving, over.is_empty()) {
@@ -45,7 +46,13 @@ pub(crate) fn phase_lines(
                 s.windows
             )
         })
-        .collect()
+        .collect();
+    // The reading at the phase's end covers a last window the tally may
+    // not (and, for an aborted phase, the abort's reason).
+    if !r.evidence.is_empty() {
+        lines.push(format!("at its end: {}", r.evidence.join("; ")));
+    }
+    lines
 }
 
 /// A drill's report: the drill, and the switchovers it asked for (the
@@ -272,6 +279,7 @@ mod tests {
             "{}",
             lines[1]
         );
+        assert_eq!(lines[2], "at its end: at its end");
         r.phase = Phase::ReturningWriter;
         assert!(phase_lines(&r, &g)[1].ends_with("not judged while the writer moves"));
         r.stats.clear();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::raw::{RawDrill, RawGuardrails, S};
 use super::Checker;
-use crate::drill::{DrillSettings, DrillWindow, Guardrails};
+use crate::drill::{DrillSettings, DrillWindow, Guardrails, ServiceLimits};
 
 pub(super) fn validate_drill(c: &mut Checker<'_>, raw: Option<&S<RawDrill>>) -> DrillSettings {
     let mut d = DrillSettings::default();
@@ -89,16 +89,16 @@ pub(super) fn validate_drill(c: &mut Checker<'_>, raw: Option<&S<RawDrill>>) -> 
     d
 }
 
-/// `[service.NAME.guardrails]` (`key`): the service's limits, each one it
-/// leaves out taken from `[drill]` (`defaults`).
+/// `[service.NAME.guardrails]` (`key`): the limits the service sets
+/// itself; a drill fills in the rest from its own.
 pub(super) fn validate_service_guardrails(
     c: &mut Checker<'_>,
     key: &str,
     raw: &S<RawGuardrails>,
-    defaults: Guardrails,
-) -> Guardrails {
+) -> ServiceLimits {
     let r = raw.get_ref();
-    let mut g = defaults;
+    // Read into a copy of the defaults, keeping only what the table names.
+    let mut g = Guardrails::default();
     limits(
         c,
         key,
@@ -107,7 +107,11 @@ pub(super) fn validate_service_guardrails(
         &r.max_p99,
         &r.min_requests,
     );
-    g
+    ServiceLimits {
+        max_error_rate: r.max_error_rate.as_ref().map(|_| g.max_error_rate),
+        max_p99: r.max_p99.as_ref().map(|_| g.max_p99),
+        min_requests: r.min_requests.as_ref().map(|_| g.min_requests),
+    }
 }
 
 /// Reads the three limits a guardrail table may set into `g`.

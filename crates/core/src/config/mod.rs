@@ -739,7 +739,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigErrors>
     for (name, svc) in &raw.service {
         if let Some(g) = &svc.get_ref().guardrails {
             let key = format!("service.{}.guardrails", name.get_ref());
-            let limits = drill::validate_service_guardrails(&mut c, &key, g, drill.guardrails);
+            let limits = drill::validate_service_guardrails(&mut c, &key, g);
             drill
                 .service_guardrails
                 .insert(name.get_ref().clone(), limits);
@@ -1440,7 +1440,10 @@ health = { kind = "tcp", interval = "2s" }
             "[drill]\nmax_p99 = \"800ms\"\nmin_requests = 50\n[service.api]\nguardrails = { max_p99 = \"3s\" }\n",
         );
         let cfg = Config::from_toml("g.toml", &text).unwrap();
-        let g = cfg.drill.service_guardrails["api"];
+        let own = cfg.drill.service_guardrails["api"];
+        assert_eq!(own.max_p99, Some(Duration::from_secs(3)));
+        assert_eq!(own.max_error_rate, None);
+        let g = own.resolve(&cfg.drill.guardrails);
         assert_eq!(g.max_p99, Duration::from_secs(3));
         assert_eq!(g.min_requests, 50, "from [drill]");
         assert_eq!(g.max_error_rate, 0.01, "the default");
