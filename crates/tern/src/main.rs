@@ -275,9 +275,10 @@ fn main() -> ExitCode {
                     regions.join(", "),
                     proxies.concat()
                 );
+                let stop = shutdown_on_signal();
                 println!("ready: {line}");
                 notify::ready(&line);
-                agent.run(shutdown_on_signal()).await;
+                agent.run(stop).await;
                 ExitCode::SUCCESS
             })
         }
@@ -366,21 +367,28 @@ async fn run_edge(cfg: Config) -> ExitCode {
         edge.admin_addr()
             .map_or("none".to_string(), |a| a.to_string())
     );
+    let stop = shutdown_on_signal();
     println!("{line}");
     notify::ready(&format!("edge {line}"));
-    edge.run(shutdown_on_signal()).await;
+    edge.run(stop).await;
     ExitCode::SUCCESS
 }
 
 /// A token cancelled on SIGINT or SIGTERM.
+/// A token cancelled on SIGTERM or SIGINT (after telling the service
+/// manager `STOPPING=1`). The handlers are installed before this returns,
+/// so call it before telling the service manager `READY=1`: a SIGTERM sent
+/// the moment the process says it is ready then stops it cleanly instead of
+/// killing it with the default action.
 pub(crate) fn shutdown_on_signal() -> CancellationToken {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         notify::stopping();

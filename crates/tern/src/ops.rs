@@ -467,12 +467,13 @@ pub async fn run_controller(args: ControllerArgs, mut sockets: Inherited) -> Exi
             return ExitCode::from(if config_problem { EX_CONFIG } else { 1 });
         }
     };
+    let stop = shutdown_on_signal();
     println!("controller {} listening on {}", node.id, node.addr);
     crate::notify::ready(&format!(
         "controller {} listening on {}",
         node.id, node.addr
     ));
-    shutdown_on_signal().cancelled().await;
+    stop.cancelled().await;
     node.shutdown().await;
     ExitCode::SUCCESS
 }

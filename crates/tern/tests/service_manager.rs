@@ -166,3 +166,44 @@ fn a_controller_tells_the_service_manager_it_is_ready_once_it_serves_and_when_it
     assert_eq!(String::from_utf8_lossy(&buf[..n]), "STOPPING=1");
     assert!(child.wait().unwrap().success());
 }
+
+/// Broke: the controller said READY=1 before its SIGTERM handler was
+/// installed, so a SIGTERM sent the moment it was ready (as a service
+/// manager stopping a unit that just started may) killed it with the
+/// default action: no STOPPING=1, no clean shutdown.
+#[test]
+fn a_sigterm_sent_the_moment_a_controller_is_ready_stops_it_cleanly() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let own = TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = config(dir.path(), &own.local_addr().unwrap().to_string());
+        let notify_path = dir.path().join("notify.sock");
+        let manager = UnixDatagram::bind(&notify_path).unwrap();
+        manager
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut cmd = controller(&cfg, &dir.path().join("data"));
+        cmd.env("NOTIFY_SOCKET", &notify_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        hand_over(&mut cmd, vec![("controller".into(), own)]).unwrap();
+        let mut child = cmd.spawn().unwrap();
+        let mut buf = [0u8; 4096];
+        let n = manager.recv(&mut buf).expect("a READY=1 notification");
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "round {round}: the controller did not stop cleanly: {status}"
+        );
+        let n = manager
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("round {round}: no STOPPING=1: {e}"));
+        assert_eq!(String::from_utf8_lossy(&buf[..n]), "STOPPING=1");
+    }
+}
