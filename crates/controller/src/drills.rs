@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tern_core::control::{Command, ControlState};
-use tern_core::drill::{Decision, Drill, Reading, WindowStats, Writers};
+use tern_core::drill::{Decision, Drill, Reading, ServiceStats, WindowStats, Writers};
 use tern_core::failover::PlanKind;
 use tern_proto::api::{GuardrailReport, ServiceWindow};
 
@@ -391,11 +391,15 @@ fn merge<'a>(
             &r.services[..]
         };
         for s in services {
-            let st = w.services.entry(s.service.clone()).or_default();
-            st.requests += s.requests;
-            st.errors += s.errors;
-            st.p50 = st.p50.max(Duration::from_millis(s.p50_ms));
-            st.p99 = st.p99.max(Duration::from_millis(s.p99_ms));
+            w.services
+                .entry(s.service.clone())
+                .or_default()
+                .add(&ServiceStats {
+                    requests: s.requests,
+                    errors: s.errors,
+                    p50: Duration::from_millis(s.p50_ms),
+                    p99: Duration::from_millis(s.p99_ms),
+                });
         }
     }
     out

@@ -358,6 +358,17 @@ pub struct ServiceStats {
     pub p99: Duration,
 }
 
+impl ServiceStats {
+    /// Adds `other`'s requests and errors, keeping the larger percentiles
+    /// (several edges, or several services, as one).
+    pub fn add(&mut self, other: &ServiceStats) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.p50 = self.p50.max(other.p50);
+        self.p99 = self.p99.max(other.p99);
+    }
+}
+
 /// What the edges last said about one client region's requests.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct WindowStats {
@@ -529,10 +540,7 @@ impl Drill {
                     return Some(b);
                 }
                 if !self.spec.service_guardrails.contains_key(service) {
-                    pool.requests += st.requests;
-                    pool.errors += st.errors;
-                    pool.p50 = pool.p50.max(st.p50);
-                    pool.p99 = pool.p99.max(st.p99);
+                    pool.add(st);
                 }
             }
             if let Some(b) = judge(&pool, g, &format!("clients in {region}")) {

@@ -240,15 +240,7 @@ async fn follow(client: &tern_proto::ControllerClient, id: u64) -> ExitCode {
                     continue;
                 };
                 for r in d.history.iter().skip(shown) {
-                    println!(
-                        "  {:<16} {:>3}%  {:>7.1} s",
-                        r.phase.name(),
-                        r.share,
-                        (r.ended_at - r.started_at).as_secs_f64(),
-                    );
-                    for line in phase_lines(r, &d.spec.guardrails) {
-                        println!("      {line}");
-                    }
+                    print_phase(r, &d.spec.guardrails);
                 }
                 shown = d.history.len();
                 match &d.phase {
@@ -343,18 +335,23 @@ fn print_drill(d: &Drill) {
         d.share()
     );
     for r in &d.history {
-        println!(
-            "  {:<16} {:>3}%  {:>7.1} s",
-            r.phase.name(),
-            r.share,
-            (r.ended_at - r.started_at).as_secs_f64(),
-        );
-        for line in phase_lines(r, &d.spec.guardrails) {
-            println!("      {line}");
-        }
+        print_phase(r, &d.spec.guardrails);
     }
     if let Phase::Aborted { reason } = &d.phase {
         println!("  aborted: {reason}");
+    }
+}
+
+/// One ended phase: its name, share and length, then what clients saw.
+fn print_phase(r: &tern_core::drill::PhaseRecord, g: &Guardrails) {
+    println!(
+        "  {:<16} {:>3}%  {:>7.1} s",
+        r.phase.name(),
+        r.share,
+        (r.ended_at - r.started_at).as_secs_f64(),
+    );
+    for line in phase_lines(r, g) {
+        println!("      {line}");
     }
 }
 

@@ -125,23 +125,32 @@ fn a_handover_whose_names_do_not_match_its_count_is_refused() {
     assert_eq!(code, Some(0), "{out}");
 }
 
-#[test]
-fn a_controller_tells_the_service_manager_it_is_ready_once_it_serves_and_when_it_stops() {
-    let dir = tempfile::tempdir().unwrap();
+/// A controller started as a service manager would: its socket handed
+/// over and `NOTIFY_SOCKET` set. Returns the process, the manager's end of
+/// the notification socket (30 s read timeout) and the controller's address.
+fn managed_controller(
+    dir: &std::path::Path,
+) -> (std::process::Child, UnixDatagram, std::net::SocketAddr) {
     let own = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = own.local_addr().unwrap();
-    let cfg = config(dir.path(), &addr.to_string());
-    let notify_path = dir.path().join("notify.sock");
+    let cfg = config(dir, &addr.to_string());
+    let notify_path = dir.join("notify.sock");
     let manager = UnixDatagram::bind(&notify_path).unwrap();
     manager
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut cmd = controller(&cfg, &dir.path().join("data"));
+    let mut cmd = controller(&cfg, &dir.join("data"));
     cmd.env("NOTIFY_SOCKET", &notify_path)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     hand_over(&mut cmd, vec![("controller".into(), own)]).unwrap();
-    let mut child = cmd.spawn().unwrap();
+    (cmd.spawn().unwrap(), manager, addr)
+}
+
+#[test]
+fn a_controller_tells_the_service_manager_it_is_ready_once_it_serves_and_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, manager, addr) = managed_controller(dir.path());
     let mut buf = [0u8; 4096];
     let n = manager.recv(&mut buf).expect("a READY=1 notification");
     let message = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -175,19 +184,7 @@ fn a_controller_tells_the_service_manager_it_is_ready_once_it_serves_and_when_it
 fn a_sigterm_sent_the_moment_a_controller_is_ready_stops_it_cleanly() {
     for round in 0..5 {
         let dir = tempfile::tempdir().unwrap();
-        let own = TcpListener::bind("127.0.0.1:0").unwrap();
-        let cfg = config(dir.path(), &own.local_addr().unwrap().to_string());
-        let notify_path = dir.path().join("notify.sock");
-        let manager = UnixDatagram::bind(&notify_path).unwrap();
-        manager
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let mut cmd = controller(&cfg, &dir.path().join("data"));
-        cmd.env("NOTIFY_SOCKET", &notify_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        hand_over(&mut cmd, vec![("controller".into(), own)]).unwrap();
-        let mut child = cmd.spawn().unwrap();
+        let (mut child, manager, _) = managed_controller(dir.path());
         let mut buf = [0u8; 4096];
         let n = manager.recv(&mut buf).expect("a READY=1 notification");
         assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
